@@ -1,0 +1,213 @@
+"""Store generated samples in an MLflow run, for scoring later by a separate worker.
+
+Convention (version 1), all inside the run:
+
+* artifact ``genmetrics/samples/step_<step, 9+ digits>.npz``: a compressed numpy archive with
+  ``samples``, uint8 (N, H, W, 3), and optionally ``targets``, uint8 (N, H, W, 3), the images the
+  samples should reproduce (for paired SSIM / MS-SSIM / LPIPS).
+* tag ``genmetrics.samples.<step>`` = that artifact path. It is set only AFTER the upload has
+  finished, so a tag present means the file is complete. A scorer lists the steps to score from
+  the run's tags alone, without listing artifacts.
+* tag ``genmetrics.scored.<step>`` is set by the scorer (``genmetrics.plugin.deferred``) after the
+  metrics of that step are logged; a step with a ``samples`` tag and no ``scored`` tag is pending.
+
+Samples are quantised to uint8 before storing (what an image file would hold); grayscale images
+are stored as RGB (the channel repeated), which is what the Inception network sees anyway.
+"""
+import os
+import re
+import tempfile
+
+import numpy as np
+
+SAMPLES_DIR = "genmetrics/samples"
+SAMPLES_TAG_PREFIX = "genmetrics.samples."
+SCORED_TAG_PREFIX = "genmetrics.scored."
+
+_STEP_TAG = re.compile(r"^genmetrics\.samples\.(\d+)$")
+
+
+def samples_artifact_path(step):
+    """Artifact path of the samples of ``step`` inside the run."""
+    return f"{SAMPLES_DIR}/step_{step:09d}.npz"
+
+
+def logged_sample_steps(tags):
+    """Map step -> artifact path for every samples tag in a run's ``tags`` dict."""
+    steps = {}
+    for key, value in tags.items():
+        match = _STEP_TAG.match(key)
+        if match:
+            steps[int(match.group(1))] = value
+    return dict(sorted(steps.items()))
+
+
+def pending_sample_steps(tags):
+    """Map step -> artifact path for the logged sample steps that have no ``scored`` tag yet."""
+    return {
+        step: path
+        for step, path in logged_sample_steps(tags).items()
+        if SCORED_TAG_PREFIX + str(step) not in tags
+    }
+
+
+def _check_step(step):
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be a non-negative integer (the training step), got {step!r}")
+    return int(step)
+
+
+def _check_value_range(value_range):
+    if value_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be a pair (low, high) such as (-1, 1), got {value_range!r}") from None
+    if not high > low:
+        raise ValueError(f"value_range must have high > low, got {value_range!r}")
+    return low, high
+
+
+def _as_numpy(images):
+    if hasattr(images, "detach") and hasattr(images, "cpu"):  # torch tensor, without importing torch
+        return images.detach().cpu().numpy(), "torch"
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given: pass a non-empty array or list of images")
+        converted = [_as_numpy(img) for img in images]
+        parts = [part for part, _ in converted]
+        origin = converted[0][1]
+        try:
+            if all(part.ndim == 4 for part in parts):  # a list of batches
+                return np.concatenate(parts, axis=0), origin
+            return np.stack(parts, axis=0), origin  # a list of single images
+        except ValueError:
+            raise ValueError(
+                "the images in the list have different shapes; resize them to one size before logging"
+            ) from None
+    return np.asarray(images), "numpy"
+
+
+def _to_nhwc(array, origin):
+    """Return (N, H, W, C) with C in {1, 3}; torch tensors are read as NCHW when ambiguous."""
+    if array.ndim == 3:  # (N, H, W) grayscale
+        return array[..., None]
+    if array.ndim != 4:
+        raise ValueError(
+            f"images must be a 4-D batch (N, H, W, C) or (N, C, H, W) (or (N, H, W) grayscale), "
+            f"got shape {array.shape}"
+        )
+    channels_last = array.shape[-1] in (1, 3)
+    channels_first = array.shape[1] in (1, 3)
+    if channels_first and (not channels_last or origin == "torch"):
+        return np.transpose(array, (0, 2, 3, 1))
+    if channels_last:
+        return array
+    raise ValueError(
+        f"cannot find the colour channel in images of shape {array.shape}: "
+        "pass (N, H, W, 3) or (N, 3, H, W) RGB (or 1-channel grayscale)"
+    )
+
+
+def to_uint8_nhwc(images, value_range=None, name="samples"):
+    """Quantise an image batch to uint8 (N, H, W, 3).
+
+    uint8 input is kept as is. Float input is read in ``value_range`` (default (0, 1)) and mapped
+    linearly to 0..255 with rounding: ``round((x - low) / (high - low) * 255)``.
+    """
+    array, origin = _as_numpy(images)
+    array = _to_nhwc(array, origin)
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is empty: log at least one image")
+    value_range = _check_value_range(value_range)
+    if array.dtype == np.uint8:
+        if value_range not in (None, (0.0, 255.0)):
+            raise ValueError(f"{name} are uint8, so value_range must be None or (0, 255), got {value_range}")
+        out = array
+    elif np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer):
+        low, high = value_range or (0.0, 1.0)
+        array = array.astype(np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} contain NaN or infinite values")
+        tolerance = 1e-3 * (high - low)
+        if array.min() < low - tolerance or array.max() > high + tolerance:
+            raise ValueError(
+                f"{name} have values in [{array.min():.4g}, {array.max():.4g}], outside value_range "
+                f"({low:g}, {high:g}); pass the range they use, e.g. value_range=(-1, 1)"
+            )
+        out = np.clip(np.rint((array - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+    else:
+        raise TypeError(f"{name} must be uint8 or floating point images, got dtype {array.dtype}")
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def write_samples_file(path, samples, targets=None):
+    """Write the npz archive of the convention above (``samples`` and optional ``targets``)."""
+    arrays = {"samples": samples}
+    if targets is not None:
+        arrays["targets"] = targets
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def read_samples_file(path):
+    """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None)."""
+    with np.load(path, allow_pickle=False) as archive:
+        if "samples" not in archive.files:
+            raise ValueError(f"{path} is not a genmetrics samples file: it has no 'samples' array")
+        samples = archive["samples"]
+        targets = archive["targets"] if "targets" in archive.files else None
+    for name, array in (("samples", samples), ("targets", targets)):
+        if array is not None and (array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3):
+            raise ValueError(
+                f"{path}: '{name}' must be uint8 (N, H, W, 3), got {array.dtype} {array.shape}; "
+                "log samples with log_gen_samples"
+            )
+    return samples, targets
+
+
+def _resolve_run_id(run_id):
+    import mlflow
+
+    if run_id is not None:
+        return run_id
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: call inside `with mlflow.start_run():` or pass run_id=")
+    return run.info.run_id
+
+
+def log_gen_samples(samples, step, run_id=None, value_range=None, targets=None, client=None):
+    """Store ``samples`` (and optional paired ``targets``) of training ``step`` in an MLflow run.
+
+    ``samples``: uint8 images, or floats in [0, 1] (or in a declared ``value_range`` such as
+    (-1, 1)), as an (N, H, W, C) / (N, C, H, W) array or tensor, or a list of (H, W, C) images.
+    The samples are written to a temporary ``.npz``, uploaded as an artifact, and only then the
+    step is announced with the tag ``genmetrics.samples.<step>`` (see the module docstring).
+    Logging the same step twice replaces its samples (the tag points at the same path).
+    Works with the active run or the given ``run_id``; ``client`` defaults to a new
+    ``MlflowClient()`` on the current tracking URI. Returns the artifact path.
+    """
+    from mlflow.tracking import MlflowClient
+
+    step = _check_step(step)
+    run_id = _resolve_run_id(run_id)
+    client = client or MlflowClient()
+    sample_array = to_uint8_nhwc(samples, value_range, name="samples")
+    target_array = None
+    if targets is not None:
+        target_array = to_uint8_nhwc(targets, value_range, name="targets")
+        if target_array.shape != sample_array.shape:
+            raise ValueError(
+                f"targets must match samples one to one: samples {sample_array.shape}, targets {target_array.shape}"
+            )
+    artifact_path = samples_artifact_path(step)
+    with tempfile.TemporaryDirectory(prefix="genmetrics-samples-") as tmp:
+        local = os.path.join(tmp, os.path.basename(artifact_path))
+        write_samples_file(local, sample_array, target_array)
+        client.log_artifact(run_id, local, os.path.dirname(artifact_path))
+    client.set_tag(run_id, SAMPLES_TAG_PREFIX + str(step), artifact_path)
+    return artifact_path
