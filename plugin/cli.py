@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = []
+COMMAND_MODULES = ["cli_runs"]
 
 
 def build_parser():

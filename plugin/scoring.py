@@ -252,16 +252,24 @@ def _load_reference(reference):
     """Reference (registry ref string, .h5 path or ReferenceStats) -> (ReferenceStats, source string)."""
     if reference is None:
         return None, None
-    from genmetrics import registry
-
     if isinstance(reference, (str, os.PathLike)):
-        return registry.load(os.fspath(reference)), os.fspath(reference)
+        source = os.fspath(reference)
+        stamp = os.stat(source).st_mtime_ns if os.path.isfile(source) else None
+        return _load_reference_cached(source, stamp), source
     if hasattr(reference, "mu") and hasattr(reference, "sigma"):
         return reference, getattr(reference, "path", None) or "ReferenceStats"
     raise TypeError(
         f"reference must be a registry ref such as 'cifar10-train-32', a path to an .h5 statistics file or a "
         f"ReferenceStats, got {type(reference).__name__}."
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_reference_cached(source, file_stamp):
+    """registry.load, once per process for a ref string or an unchanged file (`file_stamp` = mtime)."""
+    from genmetrics import registry
+
+    return registry.load(source)
 
 
 def _meta_str(meta, key):

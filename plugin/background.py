@@ -1,0 +1,94 @@
+"""Non-blocking mode: one worker thread scores and logs queued work in FIFO order.
+
+`log_gen_metrics(..., blocking=False)` draws the samples in the caller's thread (so a sampler never
+races the training step that follows), then queues scoring + logging here and returns at once with a
+`concurrent.futures.Future` whose ``result()`` is the metrics dict. One worker and a FIFO queue keep
+the steps in order. An exception raised by queued work is never dropped: it is raised (wrapped in
+`BackgroundScoringError`, the original as ``__cause__``) by the next `log_gen_metrics` call and by
+`flush()`; at interpreter exit pending work is flushed and errors are logged.
+"""
+import atexit
+import concurrent.futures
+import logging
+import queue
+import threading
+
+from . import spool  # noqa: F401 - imported first so its atexit (final replay) runs after our flush
+
+logger = logging.getLogger("genmetrics")
+
+
+class BackgroundScoringError(RuntimeError):
+    """Work queued with blocking=False failed; ``__cause__`` is the original exception."""
+
+
+class _Worker:
+    def __init__(self):
+        self._queue = queue.Queue()
+        self._errors = []
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def submit(self, function, description):
+        future = concurrent.futures.Future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="genmetrics-scoring", daemon=True)
+                self._thread.start()
+        self._queue.put((future, function, description))
+        return future
+
+    def _run(self):
+        while True:
+            future, function, description = self._queue.get()
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(function())
+                    except BaseException as exc:  # noqa: BLE001 - kept and re-raised in the caller's thread
+                        future.set_exception(exc)
+                        with self._lock:
+                            self._errors.append((description, exc))
+            finally:
+                self._queue.task_done()
+
+    def raise_pending_error(self):
+        """Raise (once) the first error of queued work that failed since the last check."""
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            description, exc = errors[0]
+            more = f" (and {len(errors) - 1} more failure(s))" if len(errors) > 1 else ""
+            raise BackgroundScoringError(f"background {description} failed{more}: {exc!r}") from exc
+
+    def wait(self):
+        self._queue.join()
+
+
+_worker = _Worker()
+
+
+def submit(function, description="scoring"):
+    """Queue `function()` on the worker thread; returns a Future of its result."""
+    return _worker.submit(function, description)
+
+
+def raise_pending_error():
+    _worker.raise_pending_error()
+
+
+def flush():
+    """Wait until all work queued with blocking=False is scored and logged (or spooled).
+
+    Raises `BackgroundScoringError` if any of it failed.
+    """
+    _worker.wait()
+    _worker.raise_pending_error()
+
+
+@atexit.register
+def _flush_at_exit():
+    try:
+        flush()
+    except BackgroundScoringError as exc:
+        logger.error("genmetrics: %s", exc, exc_info=exc.__cause__)

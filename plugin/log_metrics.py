@@ -1,0 +1,101 @@
+"""`log_gen_metrics`: score generated samples and log the numbers to an MLflow run, from a training loop."""
+import inspect
+import time
+
+from . import background
+from .grid import make_grid
+from .scoring import collect_samples, score_samples
+from .spool import get_sender
+
+_SCORE_OPTIONS = frozenset(inspect.signature(score_samples).parameters) - {
+    "samples", "reference", "metrics", "targets", "prefix", "value_range", "num_samples"}
+
+
+def _resolve_run(run_id, client):
+    """(run_id, tracking_uri): the given run, or the active run of the fluent API."""
+    import mlflow
+
+    if run_id is None:
+        run = mlflow.active_run()
+        if run is None:
+            raise ValueError(
+                "log_gen_metrics needs an MLflow run: call it inside `with mlflow.start_run():` or pass run_id=..."
+            )
+        run_id = run.info.run_id
+    tracking_uri = client.tracking_uri if client is not None else mlflow.get_tracking_uri()
+    return run_id, tracking_uri
+
+
+def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix):
+    """Send metrics+tags (one log_batch), params (once per run) and the sample grid; never raises for
+    tracking-server failures (see spool.py)."""
+    sender = get_sender(tracking_uri, client)
+    sender.submit({
+        "op": "log_batch", "run_id": run_id,
+        "metrics": [[key, value, timestamp, step] for key, value in result.metrics.items()],
+        "tags": result.tags,
+    })
+    if result.params and not sender.params_known(run_id, result.params):
+        sender.submit({"op": "log_params", "run_id": run_id, "params": result.params})
+    if log_grid and result.preview is not None:
+        sender.submit(
+            {"op": "log_image", "run_id": run_id, "key": f"{prefix}samples", "step": step, "timestamp": timestamp},
+            image=make_grid(result.preview),
+        )
+    return dict(result.metrics)
+
+
+def log_gen_metrics(
+    samples,
+    reference=None,
+    step=None,
+    metrics=None,
+    targets=None,
+    run_id=None,
+    prefix="gen/",
+    log_grid=True,
+    blocking=True,
+    client=None,
+    num_samples=None,
+    value_range=None,
+    **score_options,
+):
+    """Score `samples` (see `score_samples`) and log them to the active MLflow run (or `run_id`).
+
+    Logged: every metric in ONE ``log_batch`` with `step` (default 0) and one shared timestamp (the
+    time of this call); provenance params (once per run; a param that later changes value is logged
+    as a tag of the same key, since MLflow params are immutable) and tags; with `log_grid` a grid of
+    up to 64 samples via ``log_image(key=prefix + "samples", step=step)``. A tracking server that is
+    down never raises here: writes are retried, then spooled and replayed (see `genmetrics.plugin.spool`).
+
+    Returns the metrics dict (keys exactly the logged metric keys, e.g. ``gen/fid``). With
+    ``blocking=False`` the samples are drawn now, scoring and logging run on a background worker in
+    call order, and a `concurrent.futures.Future` of that dict is returned; errors of earlier
+    background work are raised by the next call and by `flush()`.
+
+    `score_options` go to `score_samples` (mode, model, lpips_net, batch_size, device, seed,
+    allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs). `client` is an
+    `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
+    """
+    background.raise_pending_error()
+    unknown = set(score_options) - _SCORE_OPTIONS
+    if unknown:
+        raise TypeError(f"log_gen_metrics got unknown option(s) {sorted(unknown)}; valid: {sorted(_SCORE_OPTIONS)}")
+    run_id, tracking_uri = _resolve_run(run_id, client)
+    step = 0 if step is None else int(step)
+    timestamp = int(time.time() * 1000)
+
+    def score_and_log(samples, targets, value_range):
+        result = score_samples(samples, reference=reference, metrics=metrics, targets=targets, prefix=prefix,
+                               value_range=value_range, num_samples=num_samples, **score_options)
+        return _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix)
+
+    if blocking:
+        return score_and_log(samples, targets, value_range)
+    batch_size = score_options.get("batch_size", 50)
+    drawn = [b.clone() for b in collect_samples(samples, num_samples, batch_size, value_range)]
+    drawn_targets = None
+    if targets is not None:
+        drawn_targets = [b.clone() for b in collect_samples(targets, None, batch_size, value_range)]
+    # the drawn batches are already uint8 or float in [0, 1]: no value_range in the background
+    return background.submit(lambda: score_and_log(drawn, drawn_targets, None), description=f"scoring of step {step}")
