@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["cli_runs"]
+COMMAND_MODULES = ["cli_runs", "cli_deferred", "cli_demo"]
 
 
 def build_parser():

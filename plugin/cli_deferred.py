@@ -1,0 +1,67 @@
+"""``genmetrics score RUN_ID`` and ``genmetrics watch --experiment NAME``: deferred scoring workers."""
+import logging
+
+
+def _add_common(parser):
+    parser.add_argument("--reference", required=True,
+                        help="registry ref (e.g. cifar10-train-32), or a path to an .h5 statistics file")
+    parser.add_argument("--metrics", default="fid,kid",
+                        help="comma-separated metrics among fid,kid,is,ssim,ms_ssim,lpips (default: fid,kid)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
+    parser.add_argument("--prefix", default="gen/", help="metric key prefix (default: gen/)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default: 50)")
+
+
+def add_parser(subparsers):
+    score = subparsers.add_parser(
+        "score", help="score the samples logged to a run (log_gen_samples) that are not scored yet",
+        description="Score every step of RUN_ID whose samples were logged with log_gen_samples and that is "
+                    "not scored yet; idempotent and safe to kill and re-run.",
+    )
+    score.add_argument("run_id", metavar="RUN_ID")
+    _add_common(score)
+    score.set_defaults(func=_run_score)
+
+    watch = subparsers.add_parser(
+        "watch", help="poll an experiment and score new samples as they arrive (an evaluation worker)",
+        description="Poll the runs of an experiment and score newly logged samples; run one worker per experiment.",
+    )
+    watch.add_argument("--experiment", required=True, metavar="NAME", help="experiment name")
+    watch.add_argument("--interval", type=float, default=30.0, metavar="S", help="seconds between polls (default: 30)")
+    watch.add_argument("--once", action="store_true", help="one pass over the experiment, then exit")
+    watch.add_argument("--max-iterations", type=int, default=None, metavar="N", help="stop after N polls")
+    _add_common(watch)
+    watch.set_defaults(func=_run_watch)
+
+
+def _setup(args):
+    import mlflow
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise ValueError("--metrics is empty; name at least one metric, e.g. --metrics fid,kid")
+    return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size)
+
+
+def _run_score(args):
+    from .deferred import score_run
+
+    options = _setup(args)
+    steps = score_run(args.run_id, args.reference, **options)
+    print(f"run {args.run_id}: scored {len(steps)} step(s){': ' + ', '.join(map(str, steps)) if steps else ''}")
+    return 0
+
+
+def _run_watch(args):
+    from .deferred import watch
+
+    options = _setup(args)
+    max_iterations = 1 if args.once else args.max_iterations
+    scored = watch(args.experiment, args.reference, interval=args.interval, max_iterations=max_iterations, **options)
+    print(f"experiment {args.experiment}: scored {len(scored)} step(s)")
+    return 0

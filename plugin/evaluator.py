@@ -1,0 +1,144 @@
+"""``mlflow.models.evaluate`` plugin: FID / KID / IS / SSIM / MS-SSIM / LPIPS of generated images.
+
+Registered as the ``mlflow.model_evaluator`` entry point ``genmetrics``::
+
+    mlflow.models.evaluate(
+        data=df,                                  # one row per generated image
+        model_type="image-generation",
+        evaluators=["genmetrics"],
+        evaluator_config={"genmetrics": {"reference": "cifar10-train-32", "metrics": ["fid", "kid"],
+                                         "image_column": "image"}},
+    )
+
+Where the images come from:
+
+* ``model=None`` (pre-generated outputs): the column ``image_column`` of ``data``; without it, the
+  ``predictions=`` column of ``mlflow.models.evaluate``, or the only column of ``data``.
+* a model (pyfunc or callable): its predictions on ``data`` are the images.
+
+Each cell is an image file path, encoded image bytes, or a uint8 / float [0, 1] (H, W, C) array.
+Paired targets (for SSIM / MS-SSIM / LPIPS) come from ``target_column`` or ``targets=``.
+Config keys: ``reference`` (registry ref, ``.h5`` path or ``ReferenceStats``), ``metrics``
+(default fid, kid), ``image_column``, ``target_column``, ``prefix`` (default ``gen/``), ``step``
+(default 0), ``batch_size`` (default 50); any other key goes to ``score_samples``
+(``device``, ``mode``, ``seed``, ``value_range``, ...).
+"""
+import io
+import os
+
+import numpy as np
+from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
+
+MODEL_TYPE = "image-generation"
+DEFAULT_METRICS = ("fid", "kid")
+_OWN_KEYS = ("reference", "metrics", "image_column", "target_column", "prefix", "step", "batch_size")
+
+
+def _load_image(cell):
+    """One cell -> uint8 (H, W, 3) or float (H, W, C) array."""
+    from PIL import Image
+
+    if isinstance(cell, (str, os.PathLike)):
+        if not os.path.isfile(cell):
+            raise FileNotFoundError(f"image file {os.fspath(cell)!r} not found; image paths are read relative to "
+                                    f"the current directory {os.getcwd()!r}")
+        with Image.open(cell) as img:
+            return np.asarray(img.convert("RGB"))
+    if isinstance(cell, (bytes, bytearray)):
+        with Image.open(io.BytesIO(cell)) as img:
+            return np.asarray(img.convert("RGB"))
+    array = np.asarray(cell)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"an image cell must be a path, encoded bytes or an (H, W, C) array; got shape {array.shape}")
+    return array
+
+
+def _same_size_batches(cells, batch_size):
+    """Yield (n, H, W, C) batches of consecutive images with the same shape and dtype (sizes may vary)."""
+    batch = []
+    for cell in cells:
+        image = _load_image(cell)
+        if batch and (image.shape != batch[0].shape or image.dtype != batch[0].dtype or len(batch) == batch_size):
+            yield np.stack(batch)
+            batch = []
+        batch.append(image)
+    if batch:
+        yield np.stack(batch)
+
+
+def _column(frame, name, what):
+    if name not in frame.columns:
+        raise ValueError(f"{what} column {name!r} is not in the data; its columns are {list(frame.columns)}")
+    return list(frame[name])
+
+
+def _image_cells(model, dataset, config):
+    features = dataset.features_data
+    if model is not None:
+        output = model.predict(features)
+        if hasattr(output, "columns"):  # a DataFrame: the image column, or its only column
+            name = config.get("image_column") or (output.columns[0] if len(output.columns) == 1 else None)
+            if name is None:
+                raise ValueError(
+                    f"the model returned columns {list(output.columns)}; set evaluator_config image_column "
+                    "to the one holding the images"
+                )
+            return _column(output, name, "image")
+        return list(output)
+    if config.get("image_column"):
+        if dataset.predictions_name == config["image_column"]:
+            return list(dataset.predictions_data)
+        return _column(features, config["image_column"], "image")
+    if dataset.predictions_data is not None:
+        return list(dataset.predictions_data)
+    if len(features.columns) == 1:
+        return list(features[features.columns[0]])
+    raise ValueError(
+        f"cannot tell which column holds the images among {list(features.columns)}; set evaluator_config "
+        "{'genmetrics': {'image_column': ...}} or pass predictions=<column> to mlflow.models.evaluate"
+    )
+
+
+def _target_cells(dataset, config):
+    if config.get("target_column"):
+        return _column(dataset.features_data, config["target_column"], "target")
+    if dataset.labels_data is not None:
+        return list(dataset.labels_data)
+    return None
+
+
+class GenMetricsEvaluator(ModelEvaluator):
+    """Scores generated images with ``genmetrics`` and logs the metrics to the evaluation run."""
+
+    @classmethod
+    def can_evaluate(cls, *, model_type, evaluator_config, **kwargs):
+        """Only ``model_type="image-generation"``, so that ``evaluators=None`` never picks it for tabular models."""
+        return model_type == MODEL_TYPE
+
+    def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
+        """Score the images of ``dataset`` (or the model's output on it) and log the metrics to ``run_id``."""
+        from .log_metrics import log_gen_metrics
+
+        config = dict(evaluator_config or {})
+        batch_size = int(config.get("batch_size", 50))
+        images = _image_cells(model, dataset, config)
+        if not images:
+            raise ValueError("there are no images to evaluate: the data has no rows")
+        target_cells = _target_cells(dataset, config)
+        targets = None
+        if target_cells is not None:
+            if len(target_cells) != len(images):
+                raise ValueError(f"{len(images)} images but {len(target_cells)} targets; pass one target per image")
+            targets = np.concatenate(list(_same_size_batches(target_cells, batch_size)))
+        metrics = log_gen_metrics(
+            _same_size_batches(images, batch_size),
+            reference=config.get("reference"),
+            step=int(config.get("step", 0)),
+            metrics=config.get("metrics", DEFAULT_METRICS),
+            targets=targets,
+            run_id=run_id,
+            prefix=config.get("prefix", "gen/"),
+            batch_size=batch_size,
+            **{k: v for k, v in config.items() if k not in _OWN_KEYS},
+        )
+        return EvaluationResult(metrics=dict(metrics), artifacts={}, run_id=run_id)
