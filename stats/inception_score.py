@@ -1,0 +1,59 @@
+"""Inception Score (Salimans et al. 2016).
+
+For class probabilities p(y|x_i) of N generated images, split into `splits` consecutive groups
+(group s = rows [s*N//splits, (s+1)*N//splits), as in the original OpenAI code and torch-fidelity):
+
+    IS_s = exp( mean_{i in s} KL( p(y|x_i) || p_s(y) ) ),   p_s(y) = mean_{i in s} p(y|x_i)
+
+and the score is mean_s IS_s with the population std (ddof=0) over the groups. Unitless, between 1 and
+the number of classes C. It never looks at real data: it rewards confident (low-entropy) and varied
+(high-entropy marginal) ImageNet-classifier predictions, so it is only meaningful for ImageNet-like
+images, and its std measures the spread over splits, not the uncertainty of the estimate.
+
+Published numbers use the 1008-way softmax of the TF-2015 Inception on logits = pool3 @ W, without the
+classifier bias (OpenAI code; torch-fidelity's ``logits_unbiased``). Differences between the peers:
+torch-fidelity shuffles the rows first by default (``numpy.random.RandomState(2020).permutation``,
+reproduced here by ``shuffle_seed=2020``); torchmetrics shuffles with ``torch.randperm`` (unseeded),
+splits with ``torch.chunk`` (ceil(N/splits) rows per group, which can give fewer groups) and reports
+the std with ddof=1. Everything here is float64.
+"""
+import numpy as np
+import torch
+
+from .checks import _check_features, _check_positive_int, _check_probabilities
+
+__all__ = ["inception_score", "inception_score_from_logits"]
+
+
+def inception_score(probs, splits=10, shuffle_seed=None):
+    """IS (mean, std) from softmax rows `probs` (N, C) (numpy or torch; rows >= 0 summing to 1)."""
+    _check_probabilities(probs, "probs")
+    p = torch.as_tensor(probs).detach().to(torch.float64)
+    return _split_scores(p, torch.log(p), splits, shuffle_seed)
+
+
+def inception_score_from_logits(logits, splits=10, shuffle_seed=None):
+    """IS (mean, std) from classifier logits (N, C): softmax and log-softmax in float64, then as above."""
+    _check_features(logits, "logits", min_samples=1)
+    z = torch.as_tensor(logits).detach().to(torch.float64)
+    return _split_scores(z.softmax(dim=1), z.log_softmax(dim=1), splits, shuffle_seed)
+
+
+def _split_scores(p, log_p, splits, shuffle_seed):
+    _check_positive_int(splits, "splits")
+    n = p.shape[0]
+    if n < splits:
+        raise ValueError(f"inception score needs at least one sample per split: got {n} samples for {splits} splits; "
+                         f"pass more samples or fewer splits")
+    if shuffle_seed is not None:
+        order = torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(n)).to(p.device)
+        p, log_p = p[order], log_p[order]
+    scores = []
+    for s in range(splits):
+        rows = slice(s * n // splits, (s + 1) * n // splits)
+        p_split, log_p_split = p[rows], log_p[rows]
+        log_marginal = p_split.mean(dim=0, keepdim=True).log()
+        # 0 * log 0 = 0: classes with p = 0 contribute nothing (log p may be -inf there).
+        kl = torch.where(p_split > 0, p_split * (log_p_split - log_marginal), torch.zeros_like(p_split))
+        scores.append(float(kl.sum(dim=1).mean().exp()))
+    return float(np.mean(scores)), float(np.std(scores))

@@ -1,0 +1,105 @@
+"""frechet_distance: equals pytorch-fid and clean-fid, closed forms, symmetry, cached square root, bad input."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pytorch_fid.fid_score import calculate_frechet_distance as pytorch_fid_frechet_distance
+
+from genmetrics.stats import GaussianMoments, frechet_distance, sqrtm_psd
+
+
+def _gaussian_stats(n, dim, seed, scale=1.0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    x = np.abs(rng.normal(size=(n, dim)) @ mixing * scale + shift)  # non-negative, correlated, like pool3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank-deficient cases are intended here
+        moments = GaussianMoments.from_features(x)
+        return moments.mean, moments.cov
+
+
+# (n1, n2, dim): well conditioned, and rank-deficient covariances (n < D) on one or both sides.
+CASES = [(2000, 1500, 64), (300, 400, 128), (40, 2000, 64), (50, 30, 96)]
+
+
+@pytest.mark.parametrize("n1, n2, dim", CASES)
+def test_equals_pytorch_fid_and_clean_fid(n1, n2, dim):
+    mu1, sigma1 = _gaussian_stats(n1, dim, seed=1)
+    mu2, sigma2 = _gaussian_stats(n2, dim, seed=2, scale=1.3, shift=0.1)
+    ours = frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert isinstance(ours, float)
+    assert ours == pytest.approx(pytorch_fid_frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-6)
+    assert ours == pytest.approx(cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-6)
+
+
+def test_commuting_gaussians_closed_form():
+    rng = np.random.default_rng(3)
+    mu1, mu2 = rng.normal(size=50), rng.normal(size=50)
+    a, b = rng.uniform(0, 3, size=50), rng.uniform(0, 3, size=50)
+    a[:5] = 0.0  # singular covariance
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m1=st.floats(-10, 10), m2=st.floats(-10, 10), s1=st.floats(0, 10), s2=st.floats(0, 10),
+)
+def test_property_one_dimensional_closed_form(m1, m2, s1, s2):
+    # In 1-D the Fréchet distance is (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s1, s2.
+    got = frechet_distance(np.array([m1]), np.array([[s1**2]]), np.array([m2]), np.array([[s2**2]]))
+    assert got == pytest.approx((m1 - m2) ** 2 + (s1 - s2) ** 2, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), dim=st.integers(1, 12), n=st.integers(2, 30))
+def test_property_self_distance_zero_and_symmetry(seed, dim, n):
+    mu1, sigma1 = _gaussian_stats(n, dim, seed)
+    mu2, sigma2 = _gaussian_stats(n + 3, dim, seed + 1)
+    scale = np.trace(sigma1) + np.trace(sigma2) + 1.0
+    assert abs(frechet_distance(mu1, sigma1, mu1, sigma1)) < 1e-7 * scale
+    forward = frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert forward > -1e-7 * scale
+    assert forward == pytest.approx(frechet_distance(mu2, sigma2, mu1, sigma1), rel=1e-7, abs=1e-7 * scale)
+
+
+def test_invariant_to_sample_order():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(500, 32)), rng.normal(0.2, 1.1, size=(400, 32))
+    base = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    xs = GaussianMoments.from_features(x[rng.permutation(500)])
+    ys = GaussianMoments.from_features(y[rng.permutation(400)])
+    assert frechet_distance(xs.mean, xs.cov, ys.mean, ys.cov) == pytest.approx(base, rel=1e-10)
+
+
+def test_cached_square_root_and_torch_inputs():
+    mu1, sigma1 = _gaussian_stats(40, 64, seed=5)  # rank-deficient reference
+    mu2, sigma2 = _gaussian_stats(300, 64, seed=6)
+    root = sqrtm_psd(sigma1)
+    np.testing.assert_allclose(root, root.T)
+    np.testing.assert_allclose(root @ root, sigma1, atol=1e-10 * np.abs(sigma1).max())
+    assert np.linalg.eigvalsh(root).min() > -1e-12  # PSD up to rounding
+    direct = frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=root) == pytest.approx(direct, rel=1e-12)
+    as_torch = [torch.from_numpy(a) for a in (mu1, sigma1, mu2, sigma2)]
+    assert frechet_distance(*as_torch) == pytest.approx(direct, rel=1e-12)
+
+
+def test_bad_inputs_are_clear_errors():
+    mu, sigma = np.zeros(4), np.eye(4)
+    with pytest.raises(ValueError, match="feature dimension 4 but mu2 has 5"):
+        frechet_distance(mu, sigma, np.zeros(5), np.eye(5))
+    with pytest.raises(ValueError, match=r"covariance must be \(4, 4\)"):
+        frechet_distance(mu, np.eye(3), mu, sigma)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        frechet_distance(mu, np.full((4, 4), np.nan), mu, sigma)
+    with pytest.raises(ValueError, match="not symmetric"):
+        frechet_distance(mu, np.triu(np.ones((4, 4))), mu, sigma)
+    with pytest.raises(ValueError, match="sqrt_sigma1 has shape"):
+        frechet_distance(mu, sigma, mu, sigma, sqrt_sigma1=np.eye(3))
+    with pytest.raises(ValueError, match="mean must be a vector"):
+        frechet_distance(np.zeros((4, 1)), sigma, mu, sigma)
