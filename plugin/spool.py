@@ -175,11 +175,12 @@ class Sender:
             return []
         return [os.path.join(self.directory, n) for n in sorted(names) if n.endswith(".json")]
 
-    def replay(self):
+    def replay(self, wait=0.0):
         """Send spooled operations in order until one fails; True when the spool is empty afterwards.
 
         Each operation is verified against the run before sending (see module docstring), and its
-        file is removed only once the server holds it.
+        file is removed only once the server holds it. When another replayer holds the spool's lock,
+        wait up to `wait` seconds for it, then give up (False).
         """
         from filelock import FileLock, Timeout
 
@@ -189,7 +190,7 @@ class Sender:
                 return True
             try:
                 lock = FileLock(os.path.join(self.directory, "replay.lock"))
-                lock.acquire(timeout=0)
+                lock.acquire(timeout=wait)
             except Timeout:  # another process is replaying this spool
                 return False
             try:
@@ -427,6 +428,6 @@ def replay(tracking_uri=None):
     left = {}
     for uri in uris:
         sender = get_sender(uri)
-        sender.replay()
+        sender.replay(wait=60)
         left[uri] = len(sender.pending())
     return left
