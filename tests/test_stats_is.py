@@ -1,0 +1,89 @@
+"""Inception Score: equals torch-fidelity and torchmetrics on identical logits/probabilities; bad input."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch_fidelity.metric_isc import isc_features_to_metric
+
+from genmetrics.stats import inception_score, inception_score_from_logits
+
+
+@pytest.fixture(scope="module")
+def logits():
+    # Peaked, varied predictions over 1008 classes, like the FID Inception's classifier on real images.
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 2.0, size=(103, 1008))
+    z[np.arange(103), rng.integers(0, 1008, size=103)] += 12.0
+    return torch.from_numpy(z)
+
+
+def _fidelity(z, splits, shuffle, seed=2020):
+    out = isc_features_to_metric(z, splits=splits, shuffle=shuffle, rng_seed=seed)
+    return out["inception_score_mean"], out["inception_score_std"]
+
+
+@pytest.mark.parametrize("splits", [1, 10, 7])
+def test_equals_torch_fidelity_in_order(logits, splits):
+    mean, std = inception_score_from_logits(logits, splits=splits)
+    ref_mean, ref_std = _fidelity(logits, splits, shuffle=False)
+    assert mean == pytest.approx(ref_mean, rel=1e-6)
+    assert std == pytest.approx(ref_std, rel=1e-6, abs=1e-12)
+    # Probabilities in, same result (0 * log 0 handled).
+    assert inception_score(logits.softmax(dim=1).numpy(), splits=splits) == pytest.approx((mean, std), rel=1e-6)
+
+
+def test_equals_torch_fidelity_default_shuffle(logits):
+    assert inception_score_from_logits(logits, splits=10, shuffle_seed=2020) == pytest.approx(
+        _fidelity(logits, 10, shuffle=True, seed=2020), rel=1e-6)
+
+
+def test_equals_torchmetrics_on_the_same_permutation(logits):
+    from torchmetrics.image.inception import InceptionScore
+
+    z = logits[:100]  # torchmetrics splits with torch.chunk: equal to ours when N is a multiple of splits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "will save all extracted features in buffer"
+        metric = InceptionScore(feature=torch.nn.Identity(), splits=10)
+        metric.update(z)
+    torch.manual_seed(11)
+    tm_mean, tm_std = (float(v) for v in metric.compute())
+    torch.manual_seed(11)
+    mean, std = inception_score_from_logits(z[torch.randperm(100)], splits=10)
+    assert mean == pytest.approx(tm_mean, rel=1e-6)
+    assert std * np.sqrt(10 / 9) == pytest.approx(tm_std, rel=1e-6)  # torchmetrics: ddof=1
+
+
+def test_closed_forms():
+    # One-hot predictions spread evenly over C classes: IS = C; identical predictions: IS = 1.
+    one_hot = np.eye(8)[np.arange(40) % 8]
+    assert inception_score(one_hot, splits=5) == pytest.approx((8.0, 0.0))
+    assert inception_score(np.full((20, 8), 1 / 8), splits=2) == pytest.approx((1.0, 0.0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 30), classes=st.integers(2, 20), splits=st.integers(1, 5))
+def test_property_bounded_by_one_and_number_of_classes(seed, n, classes, splits):
+    if n < splits:
+        return
+    z = torch.from_numpy(np.random.default_rng(seed).normal(0, 5, size=(n, classes)))
+    mean, std = inception_score_from_logits(z, splits=splits)
+    assert 1.0 - 1e-9 <= mean <= classes + 1e-9 and std >= 0
+
+
+@pytest.mark.parametrize(
+    "probs, message",
+    [
+        (np.full((4, 3), 0.5), "must sum to 1.*inception_score_from_logits"),
+        (np.array([[1.5, -0.5], [0.5, 0.5]]), "negative entries"),
+        (np.array([[np.nan, 1.0]]), "NaN or Inf"),
+        (np.zeros((0, 3)), "empty"),
+        (np.ones(3) / 3, "2-D"),
+        (np.ones((3, 2)) / 2, "at least one sample per split: got 3 samples for 10 splits"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(probs, message):
+    with pytest.raises(ValueError, match=message):
+        inception_score(probs)
