@@ -4,7 +4,8 @@ import time
 
 from . import background
 from .grid import make_grid
-from .scoring import collect_samples, score_samples
+from .sample_input import collect_samples
+from .scoring import score_samples
 from .spool import get_sender
 
 _SCORE_OPTIONS = frozenset(inspect.signature(score_samples).parameters) - {
