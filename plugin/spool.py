@@ -136,6 +136,7 @@ class Sender:
         self._lock = threading.RLock()
         self._known_params = {}
         self._down = False
+        self._failed_at = 0.0
         self._wakeup = threading.Event()
         self._daemon = None
 
@@ -147,7 +148,7 @@ class Sender:
         """
         op = dict(op, id=op.get("id") or uuid.uuid4().hex)
         with self._lock:
-            if self.pending() and not self.replay():
+            if self.pending() and (self._recently_failed() or not self.replay()):
                 self._spool(op, image)
                 return False
             for attempt in range(self.policy.tries):
@@ -351,7 +352,13 @@ class Sender:
         with open(os.path.join(failed, os.path.basename(path) + ".error.txt"), "w") as f:
             f.write(error)
 
+    def _recently_failed(self):
+        """Within `replay_interval` s of a failure, queue behind the spool without probing again (a
+        black-holed server would otherwise cost a probe timeout per write); the daemon retries."""
+        return self._down and time.monotonic() - self._failed_at < self.policy.replay_interval
+
     def _mark_down(self, error):
+        self._failed_at = time.monotonic()
         if not self._down:
             logger.warning(
                 "genmetrics: cannot log to %s (%s); spooling to %s and replaying when it is back "
