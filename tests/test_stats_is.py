@@ -87,3 +87,9 @@ def test_property_bounded_by_one_and_number_of_classes(seed, n, classes, splits)
 def test_bad_inputs_are_clear_errors(probs, message):
     with pytest.raises(ValueError, match=message):
         inception_score(probs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu(logits):
+    assert inception_score_from_logits(logits.cuda(), splits=10, shuffle_seed=5) == pytest.approx(
+        inception_score_from_logits(logits, splits=10, shuffle_seed=5), rel=1e-12)

@@ -115,3 +115,12 @@ def test_bad_parameters():
         kernel_inception_distance(x, x, subset_size=1)
     with pytest.raises(ValueError, match="subsets must be an integer >= 1"):
         kernel_inception_distance(x, x, subsets=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu(feature_sets):
+    real, fake = feature_sets
+    cpu = kernel_inception_distance(real, fake, subsets=5, subset_size=100, seed=2)
+    gpu = kernel_inception_distance(torch.from_numpy(real).cuda(), torch.from_numpy(fake).cuda(), subsets=5,
+                                    subset_size=100, seed=2)
+    assert gpu == pytest.approx(cpu, rel=1e-9)

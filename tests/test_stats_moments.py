@@ -129,3 +129,11 @@ def test_property_any_split_merges_to_one_pass(n, dim, cut, seed, offset):
         expected = np.cov(x, rowvar=False).reshape(dim, dim)
         np.testing.assert_allclose(merged.cov, expected, rtol=1e-7, atol=1e-9 * (1 + offset**2))
     np.testing.assert_allclose(merged.mean, x.mean(axis=0), rtol=1e-12, atol=1e-12 * (1 + abs(offset)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_cpu(features):
+    on_gpu = GaussianMoments()
+    for start in range(0, len(features), 1000):
+        on_gpu.update(torch.from_numpy(features[start:start + 1000]).cuda())
+    assert _relative_error(on_gpu.cov, GaussianMoments.from_features(features).cov) < 1e-10

@@ -65,3 +65,11 @@ def test_bad_inputs_are_clear_errors():
         prdc(np.full((10, 4), np.nan), x)
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         prdc(x, x, k=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu():
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(300, 32)), rng.normal(0.2, 1.0, size=(200, 32))
+    gpu = prdc(torch.from_numpy(real).cuda(), torch.from_numpy(fake).cuda(), k=5, block=64)
+    assert gpu == pytest.approx(_reference_prdc(real, fake, 5), abs=1e-12)
