@@ -1,0 +1,93 @@
+"""Inception features of any accepted image input: resize (per mode), run the network, collect on the CPU.
+
+Images are preprocessed one input batch at a time and regrouped into network batches of exactly
+`batch_size` images (the last one smaller), so the features do not depend on how the input was batched;
+with the full-float32 network they also do not depend on `batch_size` beyond float rounding (~1e-6).
+"""
+import torch
+from tqdm.auto import tqdm
+
+from .image_input import count_images, iter_image_batches
+from .inception import load_inception
+from .preprocess import _check_mode, preprocess
+
+__all__ = ["extract_features"]
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _model_device(model, device):
+    """The device the model's parameters live on; an explicit `device` must be the same one."""
+    param = next(model.parameters(), None)
+    model_device = param.device if param is not None else torch.device(device or "cpu")
+    if device is not None and not _same_device(torch.device(device), model_device):
+        raise ValueError(f"the model is on {model_device} but device={device!r}; move it with "
+                         f"model.to({str(device)!r}) or leave device=None to use the model's device")
+    return model_device
+
+
+def _same_device(a, b):
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return True
+
+
+def _features(model, x):
+    """Run the model on one network batch; dict of float32 CPU tensors (a bare tensor counts as pool3)."""
+    out = model(x)
+    if torch.is_tensor(out):
+        out = {"pool3": out.flatten(1)}
+    return {name: value.detach().to("cpu", torch.float32) for name, value in out.items()}
+
+
+def extract_features(images, model=None, mode="clean", batch_size=50, device=None, progress=True):
+    """Inception features of `images` -> {"pool3": (N, 2048), "logits": (N, 1008) if the model has the head}.
+
+    images: uint8 (0..255) or float [0, 1] arrays/tensors in NCHW or NHWC, iterables of batches or
+      single images, PIL images, or a folder / zip path (see ``genmetrics.stats.image_input``).
+    model: a module taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features (or a
+      tensor, taken as pool3); default ``load_inception(device=device)`` (default weight resolution).
+      It is run in eval mode (its training flag is restored afterwards).
+    mode: "clean" (clean-fid), "legacy_tensorflow" (TTUR / torch-fidelity) or "legacy_pytorch"
+      (pytorch-fid); see ``genmetrics.stats.preprocess``.
+    device: None = the model's device (CUDA if available for the default model).
+    progress: show a tqdm progress bar (images processed) on stderr.
+    Returns float32 CPU tensors, rows in input order.
+    """
+    _check_mode(mode)
+    _check_batch_size(batch_size)
+    if model is None:
+        model = load_inception(device=device)
+    device = _model_device(model, device)
+    collected, pending, pending_count = {}, [], 0
+
+    def run(x):
+        for name, value in _features(model, x).items():
+            collected.setdefault(name, []).append(value)
+        bar.update(x.shape[0])
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tqdm(total=count_images(images), disable=not progress, unit="img",
+                                   desc=f"Inception features ({mode})", leave=False) as bar:
+            for batch in iter_image_batches(images):
+                for start in range(0, batch.shape[0], batch_size):
+                    pending.append(preprocess(batch[start:start + batch_size], mode, device=device))
+                    pending_count += pending[-1].shape[0]
+                    while pending_count >= batch_size:
+                        merged = torch.cat(pending) if len(pending) > 1 else pending[0]
+                        run(merged[:batch_size])
+                        pending = [merged[batch_size:]] if merged.shape[0] > batch_size else []
+                        pending_count -= batch_size
+            if pending_count:
+                run(torch.cat(pending))
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in collected.items()}

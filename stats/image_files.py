@@ -1,0 +1,83 @@
+"""Image files from a folder (recursive) or a zip archive, in a sorted, deterministic order.
+
+Extensions (case-insensitive): png, jpg, jpeg, bmp, webp, tif, tiff. Files are decoded with PIL and
+converted to RGB (``Image.convert("RGB")``, as pytorch-fid and clean-fid do: grayscale is replicated,
+alpha dropped, palettes expanded; 16-bit images are clipped to 0..255 by PIL). Order: relative paths
+sorted as strings, so the same folder gives the same features on every machine.
+"""
+import io
+import os
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["IMAGE_EXTENSIONS", "is_image_source", "list_image_files", "iter_image_files", "load_image"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _is_image_name(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_image_source(path):
+    """True for an existing folder or zip file (the sources this module reads)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) or (os.path.isfile(path) and zipfile.is_zipfile(path))
+
+
+def list_image_files(path):
+    """Sorted relative paths of the images in folder or zip `path` (zip: member names; macOS ``__MACOSX``
+    resource-fork entries skipped). Raises when `path` is neither or holds no image."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        names = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            rel_root = os.path.relpath(root, path)
+            names += [f if rel_root == "." else os.path.join(rel_root, f) for f in files if _is_image_name(f)]
+    elif os.path.isfile(path) and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist()
+                     if _is_image_name(n) and not n.endswith("/") and not n.startswith("__MACOSX/")]
+    elif os.path.exists(path):
+        raise ValueError(f"{path!r} is neither a folder nor a zip file; pass a folder or .zip of images")
+    else:
+        raise FileNotFoundError(f"image source {path!r} does not exist; pass a folder or .zip of images")
+    if not names:
+        raise ValueError(f"no images in {path!r}: looked for {', '.join(IMAGE_EXTENSIONS)} files "
+                         f"(recursively); add images or point at the folder that holds them")
+    return sorted(names)
+
+
+def load_image(file, name):
+    """uint8 RGB (H, W, 3) array from an open binary file; `name` is used in errors."""
+    try:
+        with Image.open(file) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot decode image {name}: {error}; remove or replace the file") from error
+
+
+def iter_image_files(path, names=None):
+    """Yield each image of folder/zip `path` as a uint8 tensor (1, 3, H, W), in list_image_files order.
+
+    names: the relative paths to read (default: all of list_image_files(path)).
+    """
+    names = list_image_files(path) if names is None else names
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in names:
+            full = os.path.join(path, name)
+            with open(full, "rb") as f:
+                yield _as_batch(load_image(f, full))
+    else:
+        with zipfile.ZipFile(path) as archive:
+            for name in names:
+                yield _as_batch(load_image(io.BytesIO(archive.read(name)), f"{path}:{name}"))
+
+
+def _as_batch(array):
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]

@@ -1,0 +1,112 @@
+"""Resize images to 299x299 and scale them to the Inception's input range, as each FID implementation does.
+
+Input: a batch (N, 3, H, W), either uint8 (0..255) or float32 in [0, 1] (see ``image_input``).
+Output: float32 (N, 3, 299, 299), the Inception input.
+
+Modes (the FID of one set of images differs between them by far more than numerical noise, so reference
+statistics record the mode and scores refuse to mix modes):
+
+``clean`` (clean-fid's default, Parmar et al. 2022): each channel is resized on its own as a float32 PIL
+  image (mode 'F') with PIL's antialiasing bicubic filter, then clipped to [0, 255]; no uint8 rounding
+  after the resize. Inception input ``(x - 128) / 128`` (range [-1, 0.9921875]), as clean-fid feeds its
+  TF-ported network. Bit-identical to clean-fid's ``build_resizer("clean")``.
+``legacy_tensorflow`` (TTUR's original TF code, torch-fidelity, clean-fid's ``legacy_tensorflow``):
+  TensorFlow 1.x ``resize_bilinear(align_corners=False)`` on 0..255 floats: output pixel i samples the
+  input at ``i * in/out`` (no half-pixel offset, no antialiasing), bilinear between the two neighbours,
+  clamped at the last row/column. Inception input ``(x - 128) / 128``.
+``legacy_pytorch`` (pytorch-fid): ``x / 255`` in [0, 1], ``F.interpolate(bilinear, align_corners=False)``
+  (half-pixel centres, no antialiasing), Inception input ``2 x - 1`` (range [-1, 1]).
+
+Float images in [0, 1] enter the 0..255 modes as ``255 x`` (no rounding).
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = ["MODES", "preprocess", "resize_clean", "resize_legacy_tensorflow", "resize_legacy_pytorch"]
+
+MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
+SIZE = 299
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r}; use one of {', '.join(MODES)} "
+                         f"(clean = clean-fid, legacy_pytorch = pytorch-fid, legacy_tensorflow = TTUR/torch-fidelity)")
+
+
+def _as_0_255(images):
+    """float32 on the 0..255 scale: uint8 exactly, [0, 1] floats times 255."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32)
+    return images.to(torch.float32) * 255.0
+
+
+def _as_0_1(images):
+    """float32 in [0, 1]: uint8 / 255 (as torchvision's ToTensor), floats unchanged."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div(255.0)
+    return images.to(torch.float32)
+
+
+def resize_clean(images, size=SIZE):
+    """clean-fid's clean resizer: per channel float32 PIL bicubic to (size, size), clip to [0, 255].
+
+    images: (N, 3, H, W) uint8 or float in [0, 1]; returns float32 (N, 3, size, size) on the 0..255 scale,
+    on the CPU (PIL works there).
+    """
+    array = _as_0_255(images).cpu().numpy()
+    out = np.empty(array.shape[:2] + (size, size), dtype=np.float32)
+    for n in range(array.shape[0]):
+        for c in range(array.shape[1]):
+            channel = Image.fromarray(array[n, c], mode="F").resize((size, size), resample=Image.BICUBIC)
+            out[n, c] = np.asarray(channel).clip(0, 255)
+    return torch.from_numpy(out)
+
+
+def _tf1_source_index(in_size, out_size, device):
+    """TF1 resize_bilinear (align_corners=False) sampling positions: lower index, upper index, weight."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    position = torch.arange(out_size, dtype=torch.float32, device=device) * scale.to(device)
+    lower = position.floor()
+    weight = position - lower
+    lower = lower.long()
+    upper = (lower + 1).clamp(max=in_size - 1)
+    return lower, upper, weight
+
+
+def resize_legacy_tensorflow(images, size=SIZE):
+    """TensorFlow 1.x bilinear resize (align_corners=False) of (N, C, H, W) values, float32, same device.
+
+    out[i, j] = lerp_y(lerp_x(in[y0, x0], in[y0, x1]), lerp_x(in[y1, x0], in[y1, x1])) at source position
+    (i * H/size, j * W/size), with x0 = floor, x1 = min(x0 + 1, W - 1), in TF's order of operations.
+    """
+    x = images.to(torch.float32)
+    y0, y1, wy = _tf1_source_index(x.shape[2], size, x.device)
+    x0, x1, wx = _tf1_source_index(x.shape[3], size, x.device)
+    top, bottom = x[:, :, y0, :], x[:, :, y1, :]
+    top = top[..., x0] + (top[..., x1] - top[..., x0]) * wx
+    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * wx
+    return top + (bottom - top) * wy[:, None]
+
+
+def resize_legacy_pytorch(images, size=SIZE):
+    """pytorch-fid's resize: bilinear F.interpolate (align_corners=False) of [0, 1] floats, same device."""
+    return F.interpolate(_as_0_1(images), size=(size, size), mode="bilinear", align_corners=False)
+
+
+def preprocess(images, mode="clean", device=None):
+    """Batch (N, 3, H, W) uint8 or float [0, 1] -> float32 Inception input (N, 3, 299, 299), per `mode`.
+
+    device: where the legacy modes resize (``clean`` resizes with PIL on the CPU); the result is on it.
+    """
+    _check_mode(mode)
+    if mode == "clean":
+        x = resize_clean(images)
+        x = x.to(device) if device is not None else x
+        return (x - 128.0) / 128.0
+    images = images.to(device) if device is not None else images
+    if mode == "legacy_tensorflow":
+        return (resize_legacy_tensorflow(_as_0_255(images)) - 128.0) / 128.0
+    return 2.0 * resize_legacy_pytorch(images) - 1.0

