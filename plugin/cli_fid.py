@@ -11,6 +11,7 @@ A and B may each be
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,7 +142,17 @@ def _image_side(source, model, mode, args):
     return _Side(source, moments.mean, moments.cov, n=moments.n, mode=mode, features=features)
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"genmetrics fid: warning: {message}", file=sys.stderr)
+
+
 def run_fid(args):
+    with warnings.catch_warnings():
+        warnings.showwarning = _print_warning  # one line per warning, without source lines
+        return _run_fid(args)
+
+
+def _run_fid(args):
     from genmetrics.stats import frechet_distance, kernel_inception_distance
 
     sources = [args.a, args.b]
