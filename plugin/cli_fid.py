@@ -12,30 +12,34 @@ import argparse
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 IMAGE_ARCHIVES = (".zip",)
+CHECKED_PROVENANCE = ("mode", "feature_extractor", "feature_layer")
 
 
 @dataclass
 class _Side:
-    """One side of the comparison: Gaussian statistics, and features when available."""
+    """One side of the comparison: Gaussian statistics, how they were made, and features when available."""
 
     source: str
     mu: np.ndarray
     sigma: np.ndarray
-    n: object = None  # number of samples, None when the file does not say
-    mode: str = None  # preprocessing the statistics were made with, None when unknown
-    features: object = None
+    n: int = 0  # number of samples, 0 when the file does not say
+    provenance: dict = field(default_factory=dict)  # mode / feature_extractor / feature_layer, where known
+    features: object = None  # (N, D) features, or a function reading them on demand
     sqrt_sigma: np.ndarray = None
 
+    def load_features(self):
+        return self.features() if callable(self.features) else self.features
+
     def describe(self):
-        n = "unknown number of" if self.n is None else self.n
-        mode = self.mode or "unknown"
-        return f"{self.source}: {n} samples, D={self.mu.shape[0]}, mode {mode}"
+        n = self.n or "unknown number of"
+        made = ", ".join(f"{key} {value}" for key, value in self.provenance.items()) or "provenance unknown"
+        return f"{self.source}: {n} samples, D={self.mu.shape[0]}, {made}"
 
 
 def add_parser(subparsers):
@@ -78,31 +82,28 @@ def _load_npz(path):
             )
         features = data["features"] if "features" in data.files else None
         return _Side(path, data["mu"].astype(np.float64), data["sigma"].astype(np.float64),
-                     n=None if features is None else len(features), features=features)
+                     n=0 if features is None else len(features), features=features)
 
 
 def _load_reference(source):
     """An .h5 statistics file or a registry ref, through genmetrics.registry.load."""
     if source.lower().endswith((".h5", ".hdf5")) and not os.path.isfile(source):
         raise FileNotFoundError(f"statistics file {source} does not exist")
+    from genmetrics.registry import load
+
     try:
-        from genmetrics.registry import load
-    except ImportError as exc:
-        raise RuntimeError(f"cannot read {source}: the statistics registry is not available ({exc})") from exc
-    if os.path.exists(source):
         ref = load(source)
-    else:
-        try:
-            ref = load(source)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{source} is neither an existing folder or file nor a known registry ref: {exc}") from exc
-    meta = dict(getattr(ref, "meta", None) or {})
-    mode = meta.get("mode")
-    return _Side(
-        source, np.asarray(ref.mu, dtype=np.float64), np.asarray(ref.sigma, dtype=np.float64),
-        n=getattr(ref, "n", None), mode=mode.decode() if isinstance(mode, bytes) else mode,
-        features=getattr(ref, "features", None), sqrt_sigma=getattr(ref, "sqrt_sigma", None),
-    )
+    except (KeyError, ValueError) as exc:
+        if os.path.exists(source):
+            raise
+        raise ValueError(f"{source} is neither an existing folder or file nor a known registry ref: {exc}") from exc
+    provenance = {}
+    for key in CHECKED_PROVENANCE:
+        value = ref.meta.get(key)
+        if value is not None:
+            provenance[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return _Side(source, ref.mu, ref.sigma, n=ref.n, provenance=provenance,
+                 features=(lambda: ref.features) if ref.has_features else None, sqrt_sigma=ref.sqrt_sigma)
 
 
 def _load_statistics(source):
@@ -119,17 +120,25 @@ def _load_statistics(source):
     return _load_reference(source)
 
 
-def _choose_mode(requested, sides, allow_mismatch):
-    """The preprocessing for image sides: --mode, else the statistics' mode, else clean; refuse mixes."""
-    known = {side.source: side.mode for side in sides if side.mode}
-    mode = requested or next(iter(known.values()), "clean")
-    for source, side_mode in known.items():
-        if side_mode != mode and not allow_mismatch:
+def _image_provenance(mode):
+    from genmetrics.stats import FEATURE_EXTRACTOR
+
+    return {"mode": mode, "feature_extractor": FEATURE_EXTRACTOR, "feature_layer": "pool3"}
+
+
+def _check_comparable(sides, image_provenance, allow_mismatch):
+    """Refuse statistics made with another preprocessing mode, extractor or layer than the other side."""
+    for key in CHECKED_PROVENANCE:
+        values = {side.source: side.provenance[key] for side in sides if key in side.provenance}
+        if image_provenance is not None:
+            values["the images"] = image_provenance[key]
+        if len(set(values.values())) > 1 and not allow_mismatch:
+            made = ", ".join(f"{source}: {value!r}" for source, value in values.items())
+            fix = "pass the matching --mode" if key == "mode" else "use statistics made with the same extractor"
             raise ValueError(
-                f"{source} was made with preprocessing mode {side_mode!r} but the comparison uses {mode!r}; "
-                f"FIDs across modes are not comparable. Use --mode {side_mode} (or --allow-mismatch to override)"
+                f"the two sides differ in {key} ({made}), so their FID is not comparable with published numbers; "
+                f"{fix} (or --allow-mismatch to compare anyway)"
             )
-    return mode
 
 
 def _image_side(source, model, mode, args):
@@ -139,7 +148,8 @@ def _image_side(source, model, mode, args):
     features = extract_features(source, model=model, mode=mode, batch_size=args.batch_size, device=args.device,
                                 progress=True)["pool3"]
     moments = GaussianMoments.from_features(features)
-    return _Side(source, moments.mean, moments.cov, n=moments.n, mode=mode, features=features)
+    return _Side(source, moments.mean, moments.cov, n=moments.n, provenance=_image_provenance(mode),
+                 features=features)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None):
@@ -163,9 +173,13 @@ def _run_fid(args):
             f"--kid needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass image "
             f"folders, or statistics built with features (genmetrics stats build ... --features)"
         )
-    mode = _choose_mode(args.mode, statistics.values(), args.allow_mismatch)
+    modes = [side.provenance["mode"] for side in statistics.values() if "mode" in side.provenance]
+    mode = args.mode or next(iter(modes), "clean")
+    has_images = len(statistics) < len(sources)
+    _check_comparable(list(statistics.values()), _image_provenance(mode) if has_images else None,
+                      args.allow_mismatch)
     model = None
-    if len(statistics) < len(sources):
+    if has_images:
         from genmetrics.stats import load_inception
 
         model = load_inception(args.weights, device=args.device)
@@ -183,7 +197,8 @@ def _run_fid(args):
     fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
     print(f"FID: {fid:.6f}")
     if args.kid:
-        mean, std = kernel_inception_distance(sides[0].features, sides[1].features, subsets=args.kid_subsets,
-                                              subset_size=args.kid_subset_size, seed=args.seed)
+        mean, std = kernel_inception_distance(sides[0].load_features(), sides[1].load_features(),
+                                              subsets=args.kid_subsets, subset_size=args.kid_subset_size,
+                                              seed=args.seed)
         print(f"KID: {mean:.6g} ± {std:.3g}")
     return 0
