@@ -140,11 +140,7 @@ def _reference_sha256(ref, meta, source):
 
 
 def _extractor_name(model):
-    from genmetrics import stats
-
-    default = getattr(stats, "FEATURE_EXTRACTOR", "inception-v3-compat")
-    if model is None:
-        return default
+    """The name statistics files record for the extractor (the FID Inception's is ``inception-v3-compat``)."""
     return getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}"
 
 
@@ -183,10 +179,12 @@ def _resolve_device(device):
 
 
 @functools.lru_cache(maxsize=4)
-def _default_inception(device, weights_env):
+def _default_inception(device, weights_env, require_logits):
+    """The FID Inception from default weight resolution (GENMETRICS_INCEPTION_WEIGHTS, cache, ...), once."""
     from genmetrics.stats import load_inception
 
-    return load_inception(weights=weights_env or None, device=device)
+    return load_inception(weights=weights_env or None, device=device, require_logits=require_logits,
+                          progress=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -308,6 +306,9 @@ def score_samples(
         skips.skip("kid", "the reference stores no features (only mu/sigma); rebuild it with --features")
         needs_features.remove("kid")
 
+    if needs_features and model is None:
+        model = _default_inception(device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
+                                   explicit and "is" in needs_features)
     mode = mode or _meta_str(meta, "mode") or "clean"
     extractor = _extractor_name(model)
     mismatches = []
@@ -317,8 +318,6 @@ def score_samples(
                           mismatches)
         _check_compatible(FEATURE_LAYER, _meta_str(meta, "feature_layer"), "feature layer", allow_mismatch,
                           mismatches)
-    if needs_features and model is None:
-        model = _default_inception(device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"))
 
     target_images = _paired_targets(targets, value_range, batch_size)
     image_metrics = [m for m in names if m in ("ssim", "ms_ssim", "lpips")]
@@ -332,8 +331,7 @@ def score_samples(
     pool3_parts, logit_parts, kept, count = [], [], [], 0
     for batch in iter_sample_batches(samples, num_samples, batch_size, value_range):
         if needs_features:
-            features = extract_features(batch, model=model, mode=mode, batch_size=batch_size, device=device,
-                                        progress=False)
+            features = extract_features(batch, model=model, mode=mode, batch_size=batch_size, progress=False)
             if moments is not None:
                 moments.update(features[FEATURE_LAYER])
             if "kid" in needs_features:
