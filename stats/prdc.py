@@ -39,11 +39,11 @@ def _kth_neighbour_sq_radius(x, k, block):
     return torch.cat(radii)
 
 
-def prdc(real_features, fake_features, k=5, block=4096):
+def prdc(real_features, fake_features, k=5, block=1024):
     """{"precision", "recall", "density", "coverage"} (floats) of fake vs real feature sets (N, D), (M, D).
 
     Needs more than `k` samples on each side. numpy arrays or torch tensors; computed in float64 on the
-    real features' device.
+    real features' device, `block` rows at a time (peak memory about 8 * block * max(N, M) bytes).
     """
     _check_features(real_features, "real_features")
     _check_features(fake_features, "fake_features")
