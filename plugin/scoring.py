@@ -79,7 +79,9 @@ def _check_metrics(metrics):
     return list(dict.fromkeys(names)), True
 
 
-def _sha256_file(path):
+@functools.lru_cache(maxsize=16)
+def _sha256_file(path, size, mtime_ns):
+    """sha256 of a file, computed once per (path, size, mtime)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -135,7 +137,8 @@ def _reference_sha256(ref, meta, source):
             return candidate
     path = getattr(ref, "path", None) or source
     if path and os.path.isfile(str(path)):
-        return _sha256_file(str(path))
+        stat = os.stat(str(path))
+        return _sha256_file(os.path.abspath(str(path)), stat.st_size, stat.st_mtime_ns)
     return None
 
 
