@@ -231,6 +231,8 @@ class Sender:
         metrics = [tuple(m) for m in op.get("metrics", [])]
         if verify:
             metrics = [m for m in metrics if not self._metric_logged(op["run_id"], *m)]
+        if not metrics and not op.get("tags"):
+            return
         self.client.log_batch(
             op["run_id"],
             metrics=[Metric(key, float(value), int(timestamp), int(step)) for key, value, timestamp, step in metrics],
