@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
+MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")  # genmetrics.stats.MODES, without importing torch
 IMAGE_ARCHIVES = (".zip",)
 CHECKED_PROVENANCE = ("mode", "feature_extractor", "feature_layer")
 
@@ -64,7 +64,7 @@ def add_parser(subparsers):
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (default 0)")
     parser.add_argument("--allow-mismatch", action="store_true",
-                        help="compare even when the two sides were preprocessed with different modes")
+                        help="compare even when the sides differ in preprocessing mode, extractor or layer")
     parser.set_defaults(func=run_fid)
 
 
@@ -136,7 +136,7 @@ def _check_comparable(sides, image_provenance, allow_mismatch):
             made = ", ".join(f"{source}: {value!r}" for source, value in values.items())
             fix = "pass the matching --mode" if key == "mode" else "use statistics made with the same extractor"
             raise ValueError(
-                f"the two sides differ in {key} ({made}), so their FID is not comparable with published numbers; "
+                f"the two sides differ in {key} ({made}), so their FID would not measure the images alone; "
                 f"{fix} (or --allow-mismatch to compare anyway)"
             )
 
