@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .threads import thread_map
+
 __all__ = ["IMAGE_EXTENSIONS", "is_image_source", "list_image_files", "iter_image_files", "load_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -61,22 +63,27 @@ def load_image(file, name):
         raise ValueError(f"cannot decode image {name}: {error}; remove or replace the file") from error
 
 
-def iter_image_files(path, names=None):
+def iter_image_files(path, names=None, chunk=64):
     """Yield each image of folder/zip `path` as a uint8 tensor (1, 3, H, W), in list_image_files order.
 
-    names: the relative paths to read (default: all of list_image_files(path)).
+    names: the relative paths to read (default: all of list_image_files(path)). Files are decoded `chunk`
+    at a time on the shared thread pool.
     """
     names = list_image_files(path) if names is None else names
     path = os.fspath(path)
     if os.path.isdir(path):
-        for name in names:
+        def read(name):
             full = os.path.join(path, name)
             with open(full, "rb") as f:
-                yield _as_batch(load_image(f, full))
+                return _as_batch(load_image(f, full))
+        for start in range(0, len(names), chunk):
+            yield from thread_map(read, names[start:start + chunk])
     else:
         with zipfile.ZipFile(path) as archive:
-            for name in names:
-                yield _as_batch(load_image(io.BytesIO(archive.read(name)), f"{path}:{name}"))
+            for start in range(0, len(names), chunk):
+                blobs = [(name, archive.read(name)) for name in names[start:start + chunk]]
+                yield from thread_map(lambda item: _as_batch(load_image(io.BytesIO(item[1]), f"{path}:{item[0]}")),
+                                      blobs)
 
 
 def _as_batch(array):

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .threads import thread_map
+
 __all__ = ["MODES", "preprocess", "resize_clean", "resize_legacy_tensorflow", "resize_legacy_pytorch"]
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
@@ -50,19 +52,23 @@ def _as_0_1(images):
     return images.to(torch.float32)
 
 
+def _pil_bicubic(channel, size):
+    """One channel (H, W) float32 on the 0..255 scale -> (size, size), PIL 'F' bicubic, clipped to [0, 255]."""
+    resized = Image.fromarray(channel, mode="F").resize((size, size), resample=Image.BICUBIC)
+    return np.asarray(resized).clip(0, 255)
+
+
 def resize_clean(images, size=SIZE):
     """clean-fid's clean resizer: per channel float32 PIL bicubic to (size, size), clip to [0, 255].
 
     images: (N, 3, H, W) uint8 or float in [0, 1]; returns float32 (N, 3, size, size) on the 0..255 scale,
-    on the CPU (PIL works there).
+    on the CPU (PIL works there; the channels are resized in parallel threads).
     """
     array = _as_0_255(images).cpu().numpy()
-    out = np.empty(array.shape[:2] + (size, size), dtype=np.float32)
-    for n in range(array.shape[0]):
-        for c in range(array.shape[1]):
-            channel = Image.fromarray(array[n, c], mode="F").resize((size, size), resample=Image.BICUBIC)
-            out[n, c] = np.asarray(channel).clip(0, 255)
-    return torch.from_numpy(out)
+    channels = [array[n, c] for n in range(array.shape[0]) for c in range(array.shape[1])]
+    resized = thread_map(lambda channel: _pil_bicubic(channel, size), channels)
+    out = np.stack(resized).astype(np.float32, copy=False) if resized else np.empty((0, size, size), np.float32)
+    return torch.from_numpy(out.reshape(array.shape[:2] + (size, size)))
 
 
 def _tf1_source_index(in_size, out_size, device):
@@ -80,14 +86,15 @@ def resize_legacy_tensorflow(images, size=SIZE):
     """TensorFlow 1.x bilinear resize (align_corners=False) of (N, C, H, W) values, float32, same device.
 
     out[i, j] = lerp_y(lerp_x(in[y0, x0], in[y0, x1]), lerp_x(in[y1, x0], in[y1, x1])) at source position
-    (i * H/size, j * W/size), with x0 = floor, x1 = min(x0 + 1, W - 1), in TF's order of operations.
+    (i * H/size, j * W/size), with x0 = floor, x1 = min(x0 + 1, W - 1), in TF's order of operations
+    (a + (b - a) * t). The x-interpolation is done once per input row, then rows are picked.
     """
     x = images.to(torch.float32)
     y0, y1, wy = _tf1_source_index(x.shape[2], size, x.device)
     x0, x1, wx = _tf1_source_index(x.shape[3], size, x.device)
-    top, bottom = x[:, :, y0, :], x[:, :, y1, :]
-    top = top[..., x0] + (top[..., x1] - top[..., x0]) * wx
-    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * wx
+    left, right = x.index_select(3, x0), x.index_select(3, x1)
+    rows = left + (right - left) * wx
+    top, bottom = rows.index_select(2, y0), rows.index_select(2, y1)
     return top + (bottom - top) * wy[:, None]
 
 
