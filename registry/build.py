@@ -1,0 +1,278 @@
+"""Build reference statistics from images: a folder, a zip, an array/tensor, an iterator, or a standard dataset.
+
+The images are read in a fixed order and processed in chunks of ``checkpoint_every`` images: Inception
+pool3 features per chunk (``genmetrics.stats.extract_features``), accumulated in float64
+(``genmetrics.stats.GaussianMoments``: n, sum, outer_sum). After each chunk the moments (and the features
+so far, with ``features=True``) are checkpointed atomically to ``<output>.ckpt.npz``; an interrupted
+build called again with the same arguments resumes after the last finished chunk and gives the same arrays
+as an uninterrupted one (same chunks, same order). A finished build removes its checkpoint.
+
+Sharding: ``shard=(i, k)`` (or ``"i/k"``) processes only images ``i*N//k .. (i+1)*N//k - 1``; shards are
+disjoint and ``merge`` combines them exactly. Under ``torchrun`` (``WORLD_SIZE`` > 1, ``RANK``) a build
+without ``shard`` shards itself: rank r writes ``<stem>.shard<r>of<k>.h5`` and the last rank to finish
+merges all shards into ``output``.
+"""
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from .datasets import image_source
+from .refstats import ReferenceStats, read_refstats, write_refstats
+
+__all__ = ["build", "parse_shard"]
+
+FEATURE_LAYER = "pool3"
+
+
+def parse_shard(shard):
+    """"i/k" or (i, k) -> (i, k) with 0 <= i < k; None -> None."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"shard must look like 'i/k' (e.g. '0/4' = the first of 4 shards), got {shard!r}")
+        shard = tuple(int(p) for p in parts)
+    index, count = shard
+    if not (isinstance(index, int) and isinstance(count, int)) or count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= i < k (shards are numbered from 0)")
+    return index, count
+
+
+def _torchrun_shard():
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _shard_output(output, index, count):
+    stem, ext = os.path.splitext(output)
+    return f"{stem}.shard{index}of{count}{ext or '.h5'}"
+
+
+def build(source, output, name=None, split=None, resolution=None, mode="clean", features=False, root=None,
+          shard=None, weights=None, batch_size=50, device=None, progress=True, checkpoint_every=1000, model=None,
+          sqrt_sigma=False, version=1, license=None, citation=None, on_checkpoint=None):
+    """Compute the statistics of `source` and write them to `output` (.h5, format v1); returns ReferenceStats.
+
+    source: a folder or zip of images; a dataset name (cifar10, cifar100, stl10, mnist, fashion_mnist,
+      celeba, lsun_<category>, imagenet) read from its native files under `root`; a 4-D uint8 / float
+      [0, 1] array or tensor; or an iterable of image batches (not shardable).
+    name / split / resolution: recorded identity (defaults: the folder or dataset name, the dataset's
+      split or "custom", the dataset's resolution or the first image's size).
+    mode: preprocessing (clean, legacy_tensorflow, legacy_pytorch). features: also store the (N, 2048)
+      float32 features (for KID / PRDC). shard: "i/k" (see module docstring). weights / device / model:
+      the Inception (default ``load_inception(weights, device)``). batch_size: images per network batch.
+    checkpoint_every: images per chunk (and checkpoint). on_checkpoint(done, total): called after each
+      chunk's checkpoint is written. sqrt_sigma: also store the square root of sigma.
+    """
+    from genmetrics.stats import extract_features, load_inception
+
+    output = os.path.abspath(os.fspath(output))
+    shard = parse_shard(shard)
+    auto = shard is None and _torchrun_shard() is not None
+    if auto:
+        shard = _torchrun_shard()
+    src = image_source(source, root=root, split=split)
+    if src is None and shard is not None and shard[1] > 1:
+        raise ValueError("an iterator of batches cannot be split into shards; pass a folder, zip, array or "
+                         "dataset name, or build without --shard / torchrun")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of images, got {checkpoint_every}")
+    index, count = shard or (0, 1)
+    target = _shard_output(output, index, count) if auto else output
+    if model is None:
+        model = load_inception(weights, device=device)
+    meta = {
+        "dataset": name or getattr(src, "default_name", None) or "custom",
+        "split": split or getattr(src, "default_split", None) or "custom",
+        "mode": mode, "version": version,
+        "feature_extractor": getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}",
+        "feature_layer": FEATURE_LAYER,
+        "weights_sha256": getattr(model, "weights_sha256", None) or "unknown",
+        "source": getattr(src, "description", None) or "iterable of image batches",
+        "shard": f"{index}/{count}", "chunk_size": checkpoint_every,
+    }
+    meta.update({k: v for k, v in (("license", license), ("citation", citation)) if v})
+    run = _Run(target, meta, features, checkpoint_every)
+
+    def extract(images):
+        return extract_features(images, model=model, mode=mode, batch_size=batch_size, progress=False)["pool3"]
+
+    if src is not None:
+        total = len(src)
+        start, stop = index * total // count, (index + 1) * total // count
+        meta.update(total_images=total, shard_range=f"{start}:{stop}")
+        run.resume(stop - start)
+        _build_indexed(src, start, stop, run, extract, progress, on_checkpoint)
+    else:
+        run.resume(None)
+        _build_stream(source, run, extract, progress, on_checkpoint)
+    meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
+    stats = run.finish(sqrt_sigma)
+    if auto:
+        _merge_when_complete(output, count)
+    return stats
+
+
+def _build_indexed(src, start, stop, run, extract, progress, on_checkpoint):
+    from tqdm.auto import tqdm
+
+    with tqdm(total=stop - start, initial=run.done, unit="img", desc="reference statistics", disable=not progress) as bar:
+        while start + run.done < stop:
+            position = start + run.done
+            end = min(position + run.chunk, stop)
+            images = src.batch(position, end)
+            run.add(extract(images), _size_of(images))
+            bar.update(end - position)
+            if on_checkpoint:
+                on_checkpoint(run.done, stop - start)
+
+
+def _build_stream(source, run, extract, progress, on_checkpoint):
+    """An iterable of batches: skip the images already in the checkpoint, then chunk the rest."""
+    from tqdm.auto import tqdm
+
+    from genmetrics.stats.image_input import iter_image_batches
+
+    skip, pending, pending_count = run.done, [], 0
+    with tqdm(initial=run.done, unit="img", desc="reference statistics", disable=not progress) as bar:
+        def flush():
+            run.add(extract(pending), _size_of(pending))
+            bar.update(pending_count)
+            if on_checkpoint:
+                on_checkpoint(run.done, None)
+
+        for batch in iter_image_batches(source):
+            if skip:
+                dropped = min(skip, batch.shape[0])
+                batch, skip = batch[dropped:], skip - dropped
+            while batch.shape[0]:
+                take = min(run.chunk - pending_count, batch.shape[0])
+                pending.append(batch[:take])
+                pending_count += take
+                batch = batch[take:]
+                if pending_count == run.chunk:
+                    flush()
+                    pending, pending_count = [], 0
+        if pending_count:
+            flush()
+
+
+def _size_of(images):
+    """Resolution label of the first image: H when square, else 'HxW'."""
+    first = images[0] if isinstance(images, list) else images[:1]
+    shape = tuple(first.shape)
+    if len(shape) == 4:
+        shape = shape[1:]
+    h, w = (shape[1], shape[2]) if shape[0] in (1, 3, 4) else (shape[0], shape[1])
+    return int(h) if h == w else f"{h}x{w}"
+
+
+class _Run:
+    """Moments (and features) of one build, checkpointed to ``<target>.ckpt.npz`` after every chunk."""
+
+    def __init__(self, target, meta, keep_features, chunk):
+        from genmetrics.stats import GaussianMoments
+
+        self.target, self.meta, self.keep_features, self.chunk = target, meta, keep_features, chunk
+        self.ckpt = target + ".ckpt.npz"
+        self.features_file = target + ".ckpt.features"
+        self.moments = GaussianMoments()
+        self.done = 0
+        self.first_size = None
+
+    def _fingerprint(self, total):
+        keys = ("dataset", "split", "mode", "feature_extractor", "weights_sha256", "source", "shard", "chunk_size")
+        return json.dumps({"total": total, "features": bool(self.keep_features),
+                           **{k: str(self.meta.get(k)) for k in keys}}, sort_keys=True)
+
+    def resume(self, total):
+        """Continue from a checkpoint written by the same build (else start over, with a warning)."""
+        self.fingerprint = self._fingerprint(total)
+        if not os.path.isfile(self.ckpt):
+            self._reset_features()
+            return
+        from genmetrics.stats import GaussianMoments
+
+        with np.load(self.ckpt, allow_pickle=False) as state:
+            same = str(state["fingerprint"]) == self.fingerprint
+            if same:
+                self.done = int(state["done"])
+                self.first_size = str(state["first_size"]) or None
+                if self.first_size and self.first_size.isdigit():
+                    self.first_size = int(self.first_size)
+                if self.done:
+                    self.moments = GaussianMoments.from_state(state)
+        if not same:
+            warnings.warn(f"{self.ckpt} belongs to a build with other arguments; starting over", stacklevel=3)
+            os.remove(self.ckpt)
+            self._reset_features()
+        elif self.keep_features:
+            dim = self.moments.dim or 0
+            with open(self.features_file, "r+b") as f:  # drop rows written after the last checkpoint
+                f.truncate(self.done * dim * 4)
+
+    def _reset_features(self):
+        if self.keep_features:
+            os.makedirs(os.path.dirname(self.features_file), exist_ok=True)
+            open(self.features_file, "wb").close()
+        elif os.path.exists(self.features_file):
+            os.remove(self.features_file)
+
+    def add(self, feats, size):
+        feats = feats.to(torch.float32)
+        self.moments.update(feats)
+        if self.first_size is None:
+            self.first_size = size
+        if self.keep_features:
+            with open(self.features_file, "ab") as f:
+                f.write(np.ascontiguousarray(feats.numpy()).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        self.done += int(feats.shape[0])
+        self._checkpoint()
+
+    def _checkpoint(self):
+        state = self.moments.state_dict()
+        tmp = f"{self.ckpt}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, n=state["n"], sum=state["sum"], outer_sum=state["outer_sum"], done=self.done,
+                     fingerprint=self.fingerprint, first_size=str(self.first_size or ""))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.ckpt)
+
+    def finish(self, sqrt_sigma):
+        if self.moments.n < 2:
+            raise ValueError(f"statistics need at least 2 images, got {self.moments.n}; add images")
+        features = None
+        if self.keep_features:
+            features = np.fromfile(self.features_file, dtype=np.float32).reshape(self.moments.n, self.moments.dim)
+        self.meta["num_samples"] = self.moments.n
+        stats = ReferenceStats.from_moments(self.moments, features=features, meta=self.meta)
+        if sqrt_sigma:
+            from genmetrics.stats import sqrtm_psd
+
+            stats.sqrt_sigma = sqrtm_psd(stats.sigma)
+        write_refstats(self.target, stats)
+        for leftover in (self.ckpt, self.features_file):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        return read_refstats(self.target)
+
+
+def _merge_when_complete(output, count):
+    """torchrun: the rank that finds all shard files merges them into `output` (once, under a lock)."""
+    import filelock
+
+    from .merge import merge
+
+    shards = [_shard_output(output, i, count) for i in range(count)]
+    with filelock.FileLock(output + ".merge.lock"):
+        if all(os.path.isfile(s) for s in shards) and not os.path.isfile(output):
+            merge(shards, output)

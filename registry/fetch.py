@@ -1,0 +1,229 @@
+"""Fetch registry entries into the cache, load statistics, verify and describe them.
+
+Cache layout under ``$GENMETRICS_HOME/stats/`` (default ``~/.cache/genmetrics/stats``):
+
+- ``<name>-<split>-<resolution>-<mode>@<version>.h5``: the statistics (format v1), what `load` reads;
+- ``sources/<ref>/<file>``: the downloaded upstream file (an ``.npz`` source is kept so that `verify`
+  can re-check its hash and an offline machine can convert it);
+- ``<ref>.source.sha256``: for unpinned entries (``sha256: null``), the source's hash recorded on the first
+  fetch; a later download with another hash is refused.
+
+Every step holds a file lock (``<ref>.h5.lock``), so concurrent processes fetch and convert once; all files
+appear by atomic rename. With ``GENMETRICS_OFFLINE=1`` only the cache is used.
+"""
+import json
+import os
+import urllib.parse
+
+from genmetrics.stats.download import (ChecksumMismatchError, DownloadError, OfflineError, download, file_sha256,
+                                       genmetrics_home, offline)
+
+from .manifest import load_manifests, resolve
+from .npz_import import read_npz
+from .refstats import ReferenceStats, RefStatsFormatError, read_refstats, write_refstats
+
+__all__ = ["stats_dir", "cache_path", "fetch", "load", "verify", "info", "list_entries"]
+
+
+def stats_dir():
+    """``$GENMETRICS_HOME/stats``."""
+    return os.path.join(genmetrics_home(), "stats")
+
+
+def cache_path(entry):
+    """Where the entry's .h5 lives in the cache."""
+    return os.path.join(stats_dir(), f"{entry.ref}.h5")
+
+
+def _source_path(entry, source):
+    name = os.path.basename(urllib.parse.urlsplit(source.url).path) or f"source.{source.format}"
+    return os.path.join(stats_dir(), "sources", entry.ref, name)
+
+
+def _record_path(entry):
+    return os.path.join(stats_dir(), f"{entry.ref}.source.sha256")
+
+
+def _recorded_sha256(entry):
+    path = _record_path(entry)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["sha256"]
+
+
+def _record_sha256(entry, sha256, url):
+    path = _record_path(entry)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"sha256": sha256, "url": url, "ref": entry.ref}, f)
+    os.replace(tmp, path)
+
+
+def _expected_sha256(entry):
+    """The pinned hash, else the one recorded at the first fetch, else None."""
+    return entry.sha256 or _recorded_sha256(entry)
+
+
+def list_entries():
+    """All manifest entries (packaged + $GENMETRICS_MANIFEST), sorted by ref."""
+    return sorted(load_manifests(), key=lambda e: (e.name, e.split, str(e.resolution), e.mode, e.version))
+
+
+def fetch(ref, progress=True, sqrt_sigma=True):
+    """Make sure the entry `ref` is in the cache (download + convert if needed); return its .h5 path.
+
+    Sources are tried in order; each download resumes, retries, shows progress and checks the pinned or
+    recorded sha256. An .npz source is converted to .h5 with provenance (source URL, source sha256, the
+    manifest's metadata) and, with ``sqrt_sigma``, the cached square root of sigma.
+    """
+    import filelock
+
+    entry = resolve(ref)
+    final = cache_path(entry)
+    if os.path.isfile(final):
+        return final
+    os.makedirs(stats_dir(), exist_ok=True)
+    with filelock.FileLock(final + ".lock"):
+        if os.path.isfile(final):
+            return final
+        expected = _expected_sha256(entry)
+        errors = []
+        for source in entry.sources:
+            src = _source_path(entry, source)
+            if offline() and not os.path.isfile(src):
+                continue
+            try:
+                got = download(source.url, src, sha256=expected, progress=progress)
+            except ChecksumMismatchError as error:
+                detail = "" if entry.sha256 else " (the hash recorded at the first fetch of this unpinned entry)"
+                errors.append(f"{error}{detail}")
+                continue
+            except DownloadError as error:
+                errors.append(str(error))
+                continue
+            if expected is None:
+                _record_sha256(entry, got, source.url)
+            _convert(entry, source, src, got, final, sqrt_sigma)
+            return final
+        if offline():
+            first = entry.sources[0]
+            raise OfflineError(
+                f"GENMETRICS_OFFLINE=1 and {entry.ref} is not in the cache. On a machine with network run "
+                f"`genmetrics stats fetch {entry.ref}` and copy {final} here, or download {first.url} and put it "
+                f"at {_source_path(entry, first)}"
+            )
+        raise DownloadError(f"could not fetch {entry.ref}: " + " | ".join(errors))
+
+
+def _entry_meta(entry, url, sha256):
+    meta = {"dataset": entry.name, "split": entry.split, "resolution": entry.resolution, "mode": entry.mode,
+            "version": entry.version, "registry_ref": entry.ref, "source": url, "source_sha256": sha256,
+            "manifest": entry.manifest}
+    if entry.num_samples is not None:
+        meta["num_samples"] = entry.num_samples
+    for key in ("provider", "citation", "license", "description"):
+        if getattr(entry, key):
+            meta[key] = getattr(entry, key)
+    return meta
+
+
+def _convert(entry, source, src, sha256, final, sqrt_sigma):
+    """Turn the downloaded source into the cached .h5 (npz: convert; h5: validate and move)."""
+    if source.format == "h5":
+        stats = read_refstats(src)
+        if stats.meta.get("mode") != entry.mode:
+            os.remove(src)
+            raise RefStatsFormatError(f"{source.url} holds statistics of mode {stats.meta.get('mode')!r} but the "
+                                      f"manifest entry {entry.ref} says {entry.mode!r}; fix the manifest")
+        os.replace(src, final)
+        return
+    meta = _entry_meta(entry, source.url, sha256)
+    stats = read_npz(src, source=source.url, **{k: v for k, v in meta.items() if k != "source"})
+    if sqrt_sigma:
+        from genmetrics.stats import sqrtm_psd
+
+        stats.sqrt_sigma = sqrtm_psd(stats.sigma)
+    write_refstats(final, stats)
+
+
+def _looks_like_path(text):
+    return os.sep in text or "/" in text or text.lower().endswith((".h5", ".hdf5", ".npz"))
+
+
+def load(ref_or_path, progress=True):
+    """ReferenceStats from a registry ref (fetched when not cached), an .h5 or .npz path, or a ReferenceStats.
+
+    ``features`` of an .h5 file are read on first access, so loading a cached entry reads only the
+    moments (well under a second).
+    """
+    if isinstance(ref_or_path, ReferenceStats):
+        return ref_or_path
+    if not isinstance(ref_or_path, (str, os.PathLike)):
+        raise TypeError(f"expected a registry ref, a path or a ReferenceStats, got {type(ref_or_path).__name__}")
+    text = os.fspath(ref_or_path)
+    if os.path.isfile(text):
+        if text.lower().endswith(".npz"):
+            stats = read_npz(text)
+            stats.path = os.path.abspath(text)
+            return stats
+        return read_refstats(text)
+    if _looks_like_path(text):
+        raise FileNotFoundError(f"statistics file {text} does not exist (it is a path, not a registry ref)")
+    return read_refstats(fetch(text, progress=progress))
+
+
+def _resolve_file(ref_or_path):
+    """(path, manifest entry or None) for a ref or an .h5 path."""
+    text = os.fspath(ref_or_path)
+    if os.path.isfile(text):
+        return os.path.abspath(text), None
+    if _looks_like_path(text):
+        raise FileNotFoundError(f"statistics file {text} does not exist")
+    entry = resolve(text)
+    return cache_path(entry), entry
+
+
+def verify(ref_or_path):
+    """Recompute hashes and validate a cached entry or an .h5 file; returns a report dict, raises on failure.
+
+    For a ref: the cached source's sha256 must equal the pinned (or first-fetch recorded) hash, and the
+    .h5 must read and validate completely (features included). For a path: the file must validate, and
+    its sha256 is reported.
+    """
+    path, entry = _resolve_file(ref_or_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{entry.ref} is not in the cache ({path}); run `genmetrics stats fetch {entry.ref}`")
+    report = {"path": path, "sha256": file_sha256(path)}
+    if entry is not None:
+        expected = _expected_sha256(entry)
+        report.update(ref=entry.ref, expected_sha256=expected, pinned=entry.sha256 is not None)
+        source = next((s for s in entry.sources if os.path.isfile(_source_path(entry, s))), None)
+        checked = path if entry.sources[0].format == "h5" else (_source_path(entry, source) if source else None)
+        if checked is not None and expected is not None:
+            got = file_sha256(checked)
+            if got != expected:
+                raise ChecksumMismatchError(f"{checked} has sha256 {got}, expected {expected} ({entry.ref}); delete "
+                                            f"{path} and fetch it again")
+            report["source_sha256"] = got
+    stats = read_refstats(path, lazy_features=False)
+    report.update(n=stats.n, dim=stats.dim, features=stats.features is not None, ok=True)
+    return report
+
+
+def info(ref_or_path):
+    """Manifest entry fields (for a ref), cache status, and the file's attributes when it is on disk."""
+    path, entry = _resolve_file(ref_or_path)
+    result = {}
+    if entry is not None:
+        result.update(ref=entry.ref, name=entry.name, split=entry.split, resolution=entry.resolution,
+                      mode=entry.mode, version=entry.version, num_samples=entry.num_samples,
+                      sha256=entry.sha256, recorded_sha256=_recorded_sha256(entry),
+                      sources=[s.url for s in entry.sources], provider=entry.provider, citation=entry.citation,
+                      license=entry.license, manifest=entry.manifest)
+    result.update(path=path, cached=os.path.isfile(path))
+    if os.path.isfile(path):
+        stats = read_refstats(path)
+        result.update(attributes=stats.meta, n=stats.n, dim=stats.dim, has_features=stats.has_features,
+                      has_moments=stats.sum is not None, has_sqrt_sigma=stats.sqrt_sigma is not None)
+    return result

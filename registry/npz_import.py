@@ -1,0 +1,102 @@
+"""Import upstream ``.npz`` statistics (TTUR, clean-fid, pytorch-fid) into the ``.h5`` format with provenance.
+
+Accepted keys: ``mu`` (D,) and ``sigma`` (D, D) (TTUR, pytorch-fid, clean-fid FID files), and/or a
+feature matrix ``feats`` / ``features`` (N, D) (clean-fid's KID files). With features only, mu and sigma
+are their mean and unbiased covariance (float64) and n/sum/outer_sum are stored too. Files are read with
+``allow_pickle=False``.
+"""
+import os
+
+import numpy as np
+
+from .refstats import RefStatsFormatError, ReferenceStats, write_refstats
+
+__all__ = ["read_npz", "import_npz"]
+
+_FEATURE_KEYS = ("features", "feats")
+
+
+def read_npz(path, source=None, **meta):
+    """An upstream .npz -> ReferenceStats (not written anywhere); `meta` becomes its provenance."""
+    from genmetrics.stats.download import file_sha256
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"statistics file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise RefStatsFormatError(f"cannot read {path} as .npz statistics ({error}); the file is corrupt, "
+                                  f"truncated or not an .npz file") from error
+    features = next((arrays[k] for k in _FEATURE_KEYS if k in arrays), None)
+    if features is not None:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2:
+            raise RefStatsFormatError(f"{path}: features have shape {features.shape}, expected (N, D)")
+    moments = None
+    if "mu" in arrays and "sigma" in arrays:
+        mu, sigma = arrays["mu"], arrays["sigma"]
+    elif features is not None:
+        from genmetrics.stats import GaussianMoments
+
+        moments = GaussianMoments.from_features(features)
+        mu, sigma = moments.mean, moments.cov
+    else:
+        raise RefStatsFormatError(f"{path} holds {sorted(arrays)}; expected mu and sigma (TTUR / pytorch-fid / "
+                                  f"clean-fid statistics) or a feature matrix 'feats'")
+    if np.ndim(mu) != 1 or np.shape(sigma) != (np.shape(mu)[0],) * 2:
+        raise RefStatsFormatError(f"{path}: mu has shape {np.shape(mu)} and sigma {np.shape(sigma)}; expected "
+                                  f"(D,) and (D, D)")
+    num_samples = meta.pop("num_samples", None)
+    n = int(num_samples) if num_samples is not None else (len(features) if features is not None else 0)
+    provenance = {
+        "source": source or path,
+        "source_sha256": file_sha256(path),
+        "source_format": "npz",
+        "num_samples": n,
+        "feature_layer": "pool3",
+    }
+    provenance.update({k: v for k, v in meta.items() if v is not None})
+    if "feature_extractor" not in provenance:
+        from genmetrics.stats import FEATURE_EXTRACTOR
+
+        provenance["feature_extractor"] = FEATURE_EXTRACTOR
+    return ReferenceStats(mu, sigma, n, features=features,
+                          sum=None if moments is None else moments.sum,
+                          outer_sum=None if moments is None else moments.outer_sum,
+                          meta=provenance)
+
+
+def import_npz(npz_path, output=None, mode=None, name=None, split="unknown", resolution="unknown", version=1,
+               source=None, num_samples=None, citation=None, license=None, provider=None, sqrt_sigma=False,
+               **meta):
+    """Convert an upstream .npz into a format-v1 .h5 file; returns the written ReferenceStats.
+
+    mode: the preprocessing the statistics were made with ("legacy_tensorflow" for TTUR, "clean",
+      "legacy_tensorflow" or "legacy_pytorch" for clean-fid, "legacy_pytorch" for pytorch-fid); required,
+      since FIDs are only comparable within one mode.
+    output: the .h5 path (default: beside the .npz, same stem). name: dataset name (default: the stem).
+    source: where the .npz came from (URL or description; default its path). num_samples: images behind
+    the statistics, when known (TTUR files do not say; 0 is stored for unknown).
+    sqrt_sigma: also store the symmetric square root of sigma (speeds up later FIDs).
+    """
+    from .manifest import MODES
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (the preprocessing the .npz was made with: TTUR -> "
+                         f"legacy_tensorflow, pytorch-fid -> legacy_pytorch, clean-fid -> its file name), got {mode!r}")
+    npz_path = os.fspath(npz_path)
+    stem = os.path.splitext(os.path.basename(npz_path))[0]
+    stats = read_npz(npz_path, source=source, mode=mode, dataset=name or stem, split=split,
+                     resolution=resolution, version=version, num_samples=num_samples, citation=citation,
+                     license=license, provider=provider, **meta)
+    if sqrt_sigma:
+        from genmetrics.stats import sqrtm_psd
+
+        stats.sqrt_sigma = sqrtm_psd(stats.sigma)
+    output = output or os.path.join(os.path.dirname(os.path.abspath(npz_path)), stem + ".h5")
+    stats.path = write_refstats(output, stats)
+    from .refstats import read_refstats
+
+    return read_refstats(stats.path)

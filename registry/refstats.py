@@ -1,0 +1,289 @@
+"""Reference statistics in memory (`ReferenceStats`) and on disk (the ``.h5`` format, version 1).
+
+File layout (HDF5), format version 1:
+
+=================  ==============================  ===========================================
+dataset            dtype / shape                   meaning
+=================  ==============================  ===========================================
+``mu``             float64 (D,)                    mean of the features
+``sigma``          float64 (D, D)                  unbiased covariance (divides by n - 1)
+``n``              int64 scalar                    number of images (0 = unknown, imported files)
+``sum``            float64 (D,)                    sum of the features (every build; exact merging)
+``outer_sum``      float64 (D, D)                  sum of x x^T (every build; exact merging)
+``features``       float32/float16 (N, D)          optional; chunked, gzip; for KID / PRDC
+``sqrt_sigma``     float64 (D, D)                  optional cached symmetric square root of sigma
+=================  ==============================  ===========================================
+
+Root attributes: ``format="genmetrics-refstats"``, ``format_version=1`` and the provenance in
+:data:`REQUIRED_ATTRIBUTES` (dataset, split, resolution, mode, version, feature_extractor, feature_layer,
+weights_sha256, num_samples, created_at, created_by, source), plus optional ones (license, citation,
+source_sha256, shard, ...). Files are written to a temporary file and renamed into place (atomic).
+The reader validates the format, the version, the attributes, every shape and dtype, and that the values
+are finite, and names the file in every error.
+"""
+import datetime
+import os
+import platform
+import tempfile
+
+import numpy as np
+
+__all__ = ["ReferenceStats", "RefStatsFormatError", "write_refstats", "read_refstats", "created_by",
+           "FORMAT", "FORMAT_VERSION", "REQUIRED_ATTRIBUTES"]
+
+FORMAT = "genmetrics-refstats"
+FORMAT_VERSION = 1
+REQUIRED_ATTRIBUTES = ("dataset", "split", "resolution", "mode", "version", "feature_extractor", "feature_layer",
+                       "weights_sha256", "num_samples", "created_at", "created_by", "source")
+_MATRICES = ("sigma", "outer_sum", "sqrt_sigma")
+
+
+class RefStatsFormatError(ValueError):
+    """A statistics file is missing, corrupt, truncated, of an unknown format or of a newer version."""
+
+
+class ReferenceStats:
+    """Gaussian statistics of a reference image set, with provenance.
+
+    mu (D,), sigma (D, D) float64; n (int, 0 = unknown); optional ``features`` (N, D) float32 (read from
+    the file on first access when loaded from disk), ``sqrt_sigma`` (D, D), ``sum``/``outer_sum``
+    (the exact moments: mu = sum / n, sigma = (outer_sum - n mu mu^T) / (n - 1)); ``meta`` holds every
+    root attribute of the file; ``path`` the file it came from (or None).
+    """
+
+    def __init__(self, mu, sigma, n, features=None, sqrt_sigma=None, sum=None, outer_sum=None, meta=None,
+                 path=None):
+        self.mu = np.asarray(mu, dtype=np.float64)
+        self.sigma = np.asarray(sigma, dtype=np.float64)
+        self.n = int(n)
+        self._features = features
+        self.sqrt_sigma = None if sqrt_sigma is None else np.asarray(sqrt_sigma, dtype=np.float64)
+        self.sum = None if sum is None else np.asarray(sum, dtype=np.float64)
+        self.outer_sum = None if outer_sum is None else np.asarray(outer_sum, dtype=np.float64)
+        self.meta = dict(meta or {})
+        self.path = path
+        _check_arrays(self._arrays(), "the statistics", self.n)
+
+    @classmethod
+    def from_moments(cls, moments, features=None, meta=None):
+        """From a :class:`genmetrics.stats.GaussianMoments` (keeps n, sum and outer_sum)."""
+        return cls(moments.mean, moments.cov, moments.n, features=features, sum=moments.sum,
+                   outer_sum=moments.outer_sum, meta=meta)
+
+    @property
+    def features(self):
+        """(N, D) float32 features or None; a lazily loaded file dataset is read on first access."""
+        if callable(self._features):
+            self._features = self._features()
+        return self._features
+
+    @features.setter
+    def features(self, value):
+        self._features = value
+
+    @property
+    def has_features(self):
+        return self._features is not None
+
+    @property
+    def dim(self):
+        return self.mu.shape[0]
+
+    def moments(self):
+        """The exact moments as a :class:`genmetrics.stats.GaussianMoments` (needs sum and outer_sum)."""
+        from genmetrics.stats import GaussianMoments
+
+        if self.sum is None or self.outer_sum is None:
+            raise ValueError(f"{self.path or 'these statistics'} hold no sum/outer_sum (an imported upstream "
+                             f"file); only files written by `genmetrics stats build` can be merged exactly")
+        return GaussianMoments.from_state({"n": self.n, "sum": self.sum, "outer_sum": self.outer_sum})
+
+    def _arrays(self):
+        arrays = {"mu": self.mu, "sigma": self.sigma, "sqrt_sigma": self.sqrt_sigma, "sum": self.sum,
+                  "outer_sum": self.outer_sum}
+        if self._features is not None and not callable(self._features):
+            arrays["features"] = np.asarray(self._features)
+        return {k: v for k, v in arrays.items() if v is not None}
+
+    def __repr__(self):
+        ident = "-".join(str(self.meta[k]) for k in ("dataset", "split", "resolution", "mode") if k in self.meta)
+        return (f"ReferenceStats({ident or 'unnamed'}, n={self.n}, dim={self.dim}, "
+                f"features={'yes' if self.has_features else 'no'}, path={self.path!r})")
+
+
+def _check_arrays(arrays, where, n):
+    """Shapes (D,), (D, D), (N, D), float dtypes, finite values; raises RefStatsFormatError naming `where`."""
+    mu = arrays.get("mu")
+    if mu is None or mu.ndim != 1 or mu.shape[0] < 1:
+        raise RefStatsFormatError(f"{where}: mu must be a vector (D,), got shape {getattr(mu, 'shape', None)}")
+    dim = mu.shape[0]
+    for name, value in arrays.items():
+        expected = {"mu": (dim,), "sum": (dim,), "features": (value.shape[0] if value.ndim else -1, dim)}.get(
+            name, (dim, dim))
+        if value.shape != expected:
+            raise RefStatsFormatError(f"{where}: {name} has shape {value.shape}, expected {expected} (D={dim} "
+                                      f"from mu); the file is corrupt or mixes statistics of different features")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise RefStatsFormatError(f"{where}: {name} has dtype {value.dtype}, expected a float dtype")
+        if not np.isfinite(value).all():
+            raise RefStatsFormatError(f"{where}: {name} contains NaN or Inf values; rebuild or re-fetch the file")
+    if n < 0:
+        raise RefStatsFormatError(f"{where}: n must be >= 0 (0 = unknown), got {n}")
+
+
+def created_by():
+    """'mlflow-genmetrics X; torch Y; python Z' for the created_by attribute."""
+    from importlib import metadata
+
+    import torch
+
+    try:
+        version = metadata.version("mlflow-genmetrics")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"mlflow-genmetrics {version}; torch {torch.__version__}; numpy {np.__version__}; " \
+           f"python {platform.python_version()}"
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _attr_value(value):
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return np.int64(value)
+    if isinstance(value, (float, np.floating)):
+        return np.float64(value)
+    return str(value)
+
+
+def write_refstats(path, stats, features_dtype="float32"):
+    """Write `stats` (a ReferenceStats) to `path` in format v1, atomically; returns the absolute path.
+
+    Missing provenance gets defaults: created_at (now, UTC), created_by (package versions), num_samples (n),
+    version 1, weights_sha256/source "unknown"; dataset, split, resolution, mode and feature_extractor/
+    feature_layer must be in ``stats.meta``.
+    """
+    import h5py
+
+    path = os.path.abspath(os.fspath(path))
+    meta = dict(stats.meta)
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION)
+    meta.setdefault("created_at", _now())
+    meta.setdefault("created_by", created_by())
+    meta.setdefault("num_samples", stats.n)
+    meta.setdefault("version", 1)
+    meta.setdefault("weights_sha256", "unknown")
+    meta.setdefault("source", "unknown")
+    missing = [k for k in REQUIRED_ATTRIBUTES if meta.get(k) is None]
+    if missing:
+        raise ValueError(f"cannot write {path}: provenance attributes {missing} are missing; pass them "
+                         f"(e.g. dataset=..., split=..., resolution=..., mode=...)")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key in sorted(meta):
+                f.attrs[key] = _attr_value(meta[key])
+            f.create_dataset("mu", data=stats.mu.astype(np.float64))
+            f.create_dataset("sigma", data=stats.sigma.astype(np.float64))
+            f.create_dataset("n", data=np.int64(stats.n))
+            for name in ("sum", "outer_sum", "sqrt_sigma"):
+                value = getattr(stats, name)
+                if value is not None:
+                    f.create_dataset(name, data=np.asarray(value, dtype=np.float64))
+            features = stats.features
+            if features is not None:
+                features = np.asarray(features, dtype=features_dtype)
+                f.create_dataset("features", data=features, compression="gzip", compression_opts=4,
+                                 chunks=(max(1, min(len(features), 1024)), features.shape[1]))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_refstats(path, lazy_features=True):
+    """Read and validate a format-v1 file -> ReferenceStats (``features`` read on first access if lazy).
+
+    Raises RefStatsFormatError (a ValueError) naming the file for anything but a valid v1 file.
+    """
+    import h5py
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"statistics file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            meta = {k: _decode(v) for k, v in f.attrs.items()}
+            _check_header(meta, path)
+            arrays = {}
+            for name in ("mu", "sigma", "sum", "outer_sum", "sqrt_sigma"):
+                if name in f:
+                    arrays[name] = f[name][()]
+            if "mu" not in arrays or "sigma" not in arrays or "n" not in f:
+                raise RefStatsFormatError(f"{path} lacks the mu, sigma or n dataset; the file is incomplete, "
+                                          f"fetch or build it again")
+            n = int(f["n"][()])
+            has_features = "features" in f
+            if has_features and (f["features"].ndim != 2 or f["features"].shape[1] != arrays["mu"].shape[0]):
+                raise RefStatsFormatError(f"{path}: features have shape {f['features'].shape}, expected "
+                                          f"(N, {arrays['mu'].shape[0]})")
+    except (OSError, KeyError, TypeError) as error:
+        raise RefStatsFormatError(f"cannot read statistics file {path}: it is corrupt or truncated ({error}); "
+                                  f"delete it and fetch or build it again") from error
+    for name in ("mu", "sigma", "sum", "outer_sum", "sqrt_sigma"):
+        if name in arrays and arrays[name].dtype != np.float64:
+            raise RefStatsFormatError(f"{path}: {name} has dtype {arrays[name].dtype}, format v1 requires float64")
+    _check_arrays(arrays, path, n)
+    features = (lambda: _read_features(path)) if has_features and lazy_features else (
+        _read_features(path) if has_features else None)
+    return ReferenceStats(arrays["mu"], arrays["sigma"], n, features=features, sqrt_sigma=arrays.get("sqrt_sigma"),
+                          sum=arrays.get("sum"), outer_sum=arrays.get("outer_sum"), meta=meta, path=path)
+
+
+def _read_features(path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            features = f["features"][()]
+    except (OSError, KeyError) as error:
+        raise RefStatsFormatError(f"cannot read the features of {path}: the file is corrupt or truncated "
+                                  f"({error}); delete it and fetch or build it again") from error
+    if not np.isfinite(features).all():
+        raise RefStatsFormatError(f"{path}: features contain NaN or Inf values; rebuild the file")
+    return features.astype(np.float32, copy=False)
+
+
+def _check_header(meta, path):
+    if meta.get("format") != FORMAT:
+        raise RefStatsFormatError(f"{path} is not a genmetrics statistics file (format attribute "
+                                  f"{meta.get('format')!r}, expected {FORMAT!r}); convert .npz files with "
+                                  f"`genmetrics stats import`")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise RefStatsFormatError(f"{path}: format_version attribute is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise RefStatsFormatError(f"{path} was written by a newer genmetrics (format version {version}; this "
+                                  f"one reads up to {FORMAT_VERSION}); upgrade mlflow-genmetrics to read it")
+    if version < 1:
+        raise RefStatsFormatError(f"{path}: invalid format_version {version}")
+    missing = [k for k in REQUIRED_ATTRIBUTES if k not in meta]
+    if missing:
+        raise RefStatsFormatError(f"{path} lacks the required provenance attributes {missing}; the file is "
+                                  f"incomplete or was not written by genmetrics")
