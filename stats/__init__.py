@@ -3,6 +3,7 @@ from .frechet import frechet_distance, sqrtm_psd  # noqa: F401
 from .kid import kernel_inception_distance, polynomial_mmd_unbiased  # noqa: F401
 from .inception_score import inception_score, inception_score_from_logits  # noqa: F401
 from .prdc import prdc  # noqa: F401
+from .fid_infinity import fid_infinity  # noqa: F401
 from .inception import FEATURE_EXTRACTOR, FIDInception, load_inception  # noqa: F401
 from .features import extract_features  # noqa: F401
 from .preprocess import MODES, preprocess  # noqa: F401
