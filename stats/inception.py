@@ -1,14 +1,14 @@
 """The FID Inception-v3: the TensorFlow graph ``inception-2015-12-05`` as a PyTorch module.
 
-Every FID published since 2017 uses this network (TTUR's TensorFlow code, then pytorch-fid, clean-fid and
-torch-fidelity, which all port the same weights). It differs from torchvision's Inception-v3 in four places,
+The standard FID network (TTUR's original TensorFlow code; pytorch-fid, clean-fid and torch-fidelity all port
+the same weights). It differs from torchvision's Inception-v3 in four places,
 all reproduced here:
 
-- BatchNorm has eps = 1e-3 and no learned scale (gamma = 1 in the TF graph; pytorch-fid's file stores ones);
+- BatchNorm has eps = 1e-3 and no learned scale (gamma = 1 in the TF graph);
 - the 3x3 average pools inside the Mixed blocks do not count the zero padding (TF ``SAME`` pooling,
   ``count_include_pad=False``);
 - the last block (``Mixed_7c``) max-pools its pool branch where the paper average-pools;
-- the classifier has 1008 outputs (1000 ImageNet classes plus 8 unused), on the 2048-d ``pool3`` features.
+- the classifier has 1008 outputs (the 2015 graph's class count), on the 2048-d ``pool3`` features.
 
 Module and parameter names follow pytorch-fid (``Mixed_5b.branch1x1.conv.weight``, ``...bn.running_var``,
 ``fc.weight`` (1008, 2048), ``fc.bias``), so its release file ``pt_inception-2015-12-05-6726825d.pth``
@@ -24,6 +24,7 @@ compatibility) but does not enter the IS logits.
 """
 import contextlib
 import os
+import threading
 import warnings
 import zipfile
 
@@ -180,30 +181,48 @@ class InceptionE(nn.Module):
         ], 1)
 
 
-@contextlib.contextmanager
-def exact_float32():
-    """Run the block in full IEEE float32: no TF32 in cuBLAS/cuDNN/oneDNN, deterministic cuDNN algorithms.
-
-    The previous settings are restored on exit (nothing global changes permanently). Torch versions with
-    the per-backend ``fp32_precision`` API are driven through it only (torch refuses to read the legacy
-    ``allow_tf32`` flags, ``cudnn.flags`` included, once the two APIs disagree). Settings are process-wide
-    while the block runs: another thread doing float32 math at that moment also runs without TF32.
-    """
+def _precision_knobs():
+    """(object, attribute, exact value) of every switch that could make float32 math inexact or vary."""
     backends = torch.backends
     if hasattr(backends.cuda.matmul, "fp32_precision"):
         knobs = [(backends.cuda.matmul, "fp32_precision", "ieee"), (backends.cudnn.conv, "fp32_precision", "ieee"),
                  (backends.mkldnn.matmul, "fp32_precision", "ieee"), (backends.mkldnn.conv, "fp32_precision", "ieee")]
     else:
         knobs = [(backends.cuda.matmul, "allow_tf32", False), (backends.cudnn, "allow_tf32", False)]
-    knobs += [(backends.cudnn, "benchmark", False), (backends.cudnn, "deterministic", True)]
-    saved = [getattr(obj, attr) for obj, attr, _ in knobs]
+    return knobs + [(backends.cudnn, "benchmark", False), (backends.cudnn, "deterministic", True)]
+
+
+_exact_lock = threading.Lock()
+_exact_state = {"depth": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """Run the block in full IEEE float32: no TF32 in cuBLAS/cuDNN/oneDNN, deterministic cuDNN algorithms.
+
+    The previous settings are restored when the last block open in the process exits (nothing global
+    changes permanently; overlapping blocks in several threads are counted, so they cannot restore each
+    other's values). Torch versions with the per-backend ``fp32_precision`` API are driven through it
+    only (torch refuses to read the legacy ``allow_tf32`` flags, ``cudnn.flags`` included, once the two
+    APIs disagree). The settings are process-wide while a block runs: another thread doing float32 math
+    at that moment also runs without TF32.
+    """
+    with _exact_lock:
+        if _exact_state["depth"] == 0:
+            knobs = _precision_knobs()
+            _exact_state["saved"] = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in knobs]
+            for obj, attr, value in knobs:
+                setattr(obj, attr, value)
+        _exact_state["depth"] += 1
     try:
-        for obj, attr, value in knobs:
-            setattr(obj, attr, value)
         yield
     finally:
-        for (obj, attr, _), value in zip(knobs, saved):
-            setattr(obj, attr, value)
+        with _exact_lock:
+            _exact_state["depth"] -= 1
+            if _exact_state["depth"] == 0:
+                for obj, attr, value in _exact_state["saved"]:
+                    setattr(obj, attr, value)
+                _exact_state["saved"] = None
 
 
 class FIDInception(nn.Module):

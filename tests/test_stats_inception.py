@@ -175,6 +175,24 @@ def test_exact_float32_restores_the_settings():
         backends.cudnn.benchmark, backends.cudnn.deterministic = before[4:]
 
 
+def test_overlapping_exact_blocks_restore_once_at_the_end():
+    """Two threads' blocks interleaved (A enters, B enters, A leaves, B leaves): the user's value comes back
+    only when the last block leaves, and is not replaced by A's 'ieee' snapshot."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        first, second = exact_float32(), exact_float32()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert matmul.fp32_precision == "ieee"
+        second.__exit__(None, None, None)
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+
+
 def test_pool3_only_weights_refuse_is(fid_weights_path):
     with pytest.raises(ValueError, match="no classifier head") as info:
         load_inception(fid_weights_path, device="cpu", require_logits=True)
