@@ -4,9 +4,9 @@ A and B may each be
 - an image folder (searched recursively) or a .zip of images: Inception pool3 features are extracted
   with the chosen preprocessing `--mode`;
 - an `.npz` statistics file with arrays `mu` and `sigma` (the TTUR / pytorch-fid / clean-fid layout;
-  optional `features` (N, D) enables KID);
-- an `.h5` reference statistics file or a registry ref such as `cifar10-train-32`, loaded with
-  `genmetrics.registry.load` (its cached `sqrt_sigma` is used, its stored `features` enable KID).
+  optional `features` (N, D) enable KID), an `.h5` reference statistics file, or a registry ref such as
+  `cifar10-train-32`, all read by `genmetrics.registry.load` (a cached `sqrt_sigma` is used, stored
+  `features` enable KID).
 """
 import argparse
 import os
@@ -18,6 +18,7 @@ import numpy as np
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")  # genmetrics.stats.MODES, without importing torch
 IMAGE_ARCHIVES = (".zip",)
+STATISTICS_FILES = (".npz", ".h5", ".hdf5")
 CHECKED_PROVENANCE = ("mode", "feature_extractor", "feature_layer")
 
 
@@ -72,31 +73,16 @@ def _is_image_source(source):
     return os.path.isdir(source) or (os.path.isfile(source) and source.lower().endswith(IMAGE_ARCHIVES))
 
 
-def _load_npz(path):
-    with np.load(path, allow_pickle=False) as data:
-        missing = [key for key in ("mu", "sigma") if key not in data.files]
-        if missing:
-            raise ValueError(
-                f"{path} lacks array(s) {missing} (has {data.files}); an .npz statistics file needs 'mu' (D,) "
-                f"and 'sigma' (D, D) as written by pytorch-fid --save-stats, TTUR or clean-fid"
-            )
-        features = data["features"] if "features" in data.files else None
-        return _Side(path, data["mu"].astype(np.float64), data["sigma"].astype(np.float64),
-                     n=0 if features is None else len(features), features=features)
-
-
-def _load_reference(source):
-    """An .h5 statistics file or a registry ref, through genmetrics.registry.load."""
-    if source.lower().endswith((".h5", ".hdf5")) and not os.path.isfile(source):
-        raise FileNotFoundError(f"statistics file {source} does not exist")
+def _load_statistics(source):
+    """An .npz/.h5 statistics file or a registry ref, read by genmetrics.registry.load."""
     from genmetrics.registry import load
 
+    if os.path.isfile(source) and not source.lower().endswith(STATISTICS_FILES):
+        raise ValueError(f"{source}: unsupported file type; pass an image folder, a .zip, an .npz or an .h5 file")
     try:
         ref = load(source)
-    except (KeyError, ValueError) as exc:
-        if os.path.exists(source):
-            raise
-        raise ValueError(f"{source} is neither an existing folder or file nor a known registry ref: {exc}") from exc
+    except KeyError as exc:  # an unknown registry ref: say that it is no folder or file either
+        raise ValueError(f"{source} is no existing folder or file, and {exc}") from exc
     provenance = {}
     for key in CHECKED_PROVENANCE:
         value = ref.meta.get(key)
@@ -104,20 +90,6 @@ def _load_reference(source):
             provenance[key] = value.decode() if isinstance(value, bytes) else str(value)
     return _Side(source, ref.mu, ref.sigma, n=ref.n, provenance=provenance,
                  features=(lambda: ref.features) if ref.has_features else None, sqrt_sigma=ref.sqrt_sigma)
-
-
-def _load_statistics(source):
-    if source.lower().endswith(".npz"):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"statistics file {source} does not exist")
-        return _load_npz(source)
-    if not os.path.exists(source) and (os.sep in source or "." in os.path.basename(source)):
-        raise FileNotFoundError(
-            f"{source} does not exist; pass an image folder, a .zip, an .npz/.h5 statistics file or a registry ref"
-        )
-    if os.path.isfile(source) and not source.lower().endswith((".h5", ".hdf5")):
-        raise ValueError(f"{source}: unsupported file type; pass an image folder, a .zip, an .npz or an .h5 file")
-    return _load_reference(source)
 
 
 def _image_provenance(mode):

@@ -37,6 +37,10 @@ def _printed(capsys, name):
 
 
 def test_npz_statistics(npz_pair, capsys):
+    from genmetrics.plugin.cli_fid import MODES
+    from genmetrics.stats import MODES as STATS_MODES
+
+    assert MODES == STATS_MODES
     a, b, expected, _ = npz_pair
     assert main(["fid", a, b]) == 0
     assert _printed(capsys, "FID") == pytest.approx(expected, abs=1e-6)
@@ -61,10 +65,11 @@ def test_clear_errors(npz_pair, capsys):
     (root / "notes.txt").write_text("not statistics")
     cases = [
         ([a, str(root / "other_dim.npz")], "A has 16 features per sample but B has 8"),
-        ([a, str(root / "no_sigma.npz")], "lacks array(s) ['sigma']"),
+        ([a, str(root / "no_sigma.npz")], "holds ['mu']; expected mu and sigma"),
         ([a, str(root / "only_stats.npz"), "--kid"], "--kid needs features on both sides"),
         ([a, str(root / "missing" / "x.npz")], "does not exist"),
         ([a, str(root / "notes.txt")], "unsupported file type"),
+        ([a, "nosuchdataset-train-32"], "is no existing folder or file, and unknown registry ref"),
     ]
     for argv, message in cases:
         assert main(["fid", *argv]) == 2
@@ -106,3 +111,46 @@ def test_zip_and_folder_end_to_end(photo_folders, fid_weights_path, inception, c
     with pytest.warns(UserWarning, match="subsets of 3"):
         expected_kid = kernel_inception_distance(feats[0], feats[1], subsets=2)[0]
     assert kid == pytest.approx(expected_kid, rel=1e-4)
+
+
+def _write_h5(path, x, mode, with_features=True):
+    from genmetrics.registry import ReferenceStats
+    from genmetrics.registry.refstats import write_refstats
+    from genmetrics.stats import sqrtm_psd
+
+    stats = ReferenceStats.from_moments(
+        GaussianMoments.from_features(x), features=x.astype(np.float32) if with_features else None,
+        meta=dict(dataset="toy", split="train", resolution=32, mode=mode, feature_extractor="inception-v3-compat",
+                  feature_layer="pool3"))
+    stats.sqrt_sigma = sqrtm_psd(stats.sigma)
+    return write_refstats(path, stats)
+
+
+def test_h5_statistics_with_features_and_provenance_checks(npz_pair, tmp_path, capsys):
+    _, b_npz, _, _ = npz_pair
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.1, 1.1, size=(300, 16))
+    clean_h5 = _write_h5(tmp_path / "clean.h5", x, "clean")
+    y = np.load(b_npz)["features"]
+
+    assert main(["fid", b_npz, clean_h5, "--kid", "--kid-subsets", "3", "--kid-subset-size", "100"]) == 0
+    captured = capsys.readouterr()
+    moments = GaussianMoments.from_features(x)
+    expected = frechet_distance(y.mean(0), np.cov(y, rowvar=False), moments.mean, moments.cov)
+    assert float(captured.out.split("FID: ")[1].split()[0]) == pytest.approx(expected, abs=1e-6)
+    expected_kid = kernel_inception_distance(y, x.astype(np.float32), subsets=3, subset_size=100)[0]
+    assert float(captured.out.split("KID: ")[1].split()[0]) == pytest.approx(expected_kid, rel=1e-5)
+    assert "clean.h5: 300 samples, D=16, mode clean, feature_extractor inception-v3-compat" in captured.err
+
+    # Statistics made with another preprocessing mode are refused unless asked for.
+    other_h5 = _write_h5(tmp_path / "tf.h5", x[:200], "legacy_tensorflow", with_features=False)
+    assert main(["fid", clean_h5, other_h5]) == 2
+    assert "differ in mode" in capsys.readouterr().err
+    assert main(["fid", clean_h5, other_h5, "--allow-mismatch"]) == 0
+    capsys.readouterr()
+    # Refused before any image is read: images would be preprocessed with --mode, the file used clean.
+    (tmp_path / "images").mkdir()
+    assert main(["fid", str(tmp_path / "images"), clean_h5, "--mode", "legacy_pytorch"]) == 2
+    assert "pass the matching --mode" in capsys.readouterr().err
+    assert main(["fid", clean_h5, other_h5, "--kid"]) == 2
+    assert "tf.h5 hold(s) only mu/sigma" in capsys.readouterr().err
