@@ -88,7 +88,7 @@ def fetch(ref, progress=True, sqrt_sigma=True):
         if os.path.isfile(final):
             return final
         expected = _expected_sha256(entry)
-        errors = []
+        errors, mismatch = [], False
         for source in entry.sources:
             src = _source_path(entry, source)
             if offline() and not os.path.isfile(src):
@@ -98,6 +98,7 @@ def fetch(ref, progress=True, sqrt_sigma=True):
             except ChecksumMismatchError as error:
                 detail = "" if entry.sha256 else " (the hash recorded at the first fetch of this unpinned entry)"
                 errors.append(f"{error}{detail}")
+                mismatch = True
                 continue
             except DownloadError as error:
                 errors.append(str(error))
@@ -113,7 +114,8 @@ def fetch(ref, progress=True, sqrt_sigma=True):
                 f"`genmetrics stats fetch {entry.ref}` and copy {final} here, or download {first.url} and put it "
                 f"at {_source_path(entry, first)}"
             )
-        raise DownloadError(f"could not fetch {entry.ref}: " + " | ".join(errors))
+        error_type = ChecksumMismatchError if mismatch else DownloadError
+        raise error_type(f"could not fetch {entry.ref}: " + " | ".join(errors))
 
 
 def _entry_meta(entry, url, sha256):

@@ -89,9 +89,21 @@ class ManifestEntry:
         return f"{self.key}@{self.version}"
 
 
+def _split_locations(text):
+    """Split on os.pathsep, keeping URLs whole (on POSIX ':' also follows 'http', 'file' and a host)."""
+    parts, out = text.split(os.pathsep), []
+    for part in parts:
+        glue = out and (out[-1].lower() in ("http", "https", "file") and part.startswith("//")
+                        or _is_url(out[-1]) and part[:1].isdigit() and os.pathsep == ":")  # host:port
+        if glue:
+            out[-1] += os.pathsep + part
+        else:
+            out.append(part)
+    return [p.strip() for p in out if p.strip()]
+
+
 def _manifest_locations():
-    extra = [p.strip() for p in os.environ.get(MANIFEST_ENV, "").split(os.pathsep) if p.strip()]
-    return [PACKAGED_MANIFEST] + extra
+    return [PACKAGED_MANIFEST] + _split_locations(os.environ.get(MANIFEST_ENV, ""))
 
 
 def _is_url(text):
