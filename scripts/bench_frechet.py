@@ -100,7 +100,8 @@ def main():
     )
     print(f"D={args.dim}, covariances from N={args.samples} samples, best of {args.repeats}")
     print(f"{'implementation':58s} {'seconds':>9s} {'ratio':>7s} {'FID':>16s} {'rel. diff':>10s}")
-    print(f"{'genmetrics frechet_distance (Cholesky + eigvalsh)':58s} {ours_time:9.3f} {1.0:7.2f} {ours:16.10f} {0.0:10.1e}")
+    print(f"{'genmetrics frechet_distance (Cholesky + eigvalsh)':58s} {ours_time:9.3f} {1.0:7.2f} "
+          f"{ours:16.10f} {0.0:10.1e}")
     print(f"{'genmetrics frechet_distance, cached sqrt_sigma1':58s} {cached_time:9.3f} "
           f"{ours_time / cached_time:7.2f} {cached:16.10f} {abs(cached - ours) / abs(ours):10.1e}")
     print(f"{'(genmetrics sqrtm_psd, computed once per reference)':58s} {root_time:9.3f}")

@@ -49,7 +49,9 @@ def _check_features(x, name="features", min_samples=2):
         )
     n, dim = x.shape
     if dim == 0:
-        raise ValueError(f"{name} has feature dimension 0 (shape {tuple(x.shape)}); each row needs at least one feature")
+        raise ValueError(
+            f"{name} has feature dimension 0 (shape {tuple(x.shape)}); each row needs at least one feature"
+        )
     if n == 0:
         raise ValueError(f"{name} is empty (0 samples); pass at least {min_samples} samples")
     if n < min_samples:
