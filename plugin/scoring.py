@@ -110,7 +110,7 @@ def _load_reference_cached(source, file_stamp):
     """registry.load, once per process for a ref string or an unchanged file (`file_stamp` = mtime)."""
     from genmetrics import registry
 
-    return registry.load(source)
+    return registry.load(source, progress=False)
 
 
 def _meta_str(meta, key):
@@ -456,6 +456,7 @@ def _params(prefix, ref, meta, ref_source, mode, extractor, model, count, seed, 
             "reference": _reference_id(meta, ref_source),
             "reference_version": _meta_str(meta, "version"),
             "reference_sha256": _reference_sha256(ref, meta, ref_source),
+            "reference_source_sha256": _meta_str(meta, "source_sha256"),
             "reference_num_samples": int(getattr(ref, "n", 0) or 0) or None,
         })
     if feature_metrics:
