@@ -282,3 +282,23 @@ def test_four_processes_fetch_once(http_server, home, tmp_path, monkeypatch):
     assert len(hashes) == 1
     assert len(_full_gets(http_server, "/toy.npz")) == 1 and len(http_server.get_requests("/toy.npz")) == 1
     assert len(seen) <= 1
+
+
+def test_cli_fetch_list_info_verify(http_server, home, tmp_path, monkeypatch, capsys):
+    from genmetrics.plugin.cli import main
+
+    data, _ = _npz_bytes(dim=8)
+    http_server.files["/toy.npz"] = data
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    assert main(["stats", "fetch", "toy-train-32", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(home / "stats" / "toy-train-32-clean@1.h5")
+    assert main(["stats", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "* toy-train-32-clean@1" in listing and "  cifar10-train-32-clean@1" in listing
+    assert main(["stats", "info", "toy-train-32", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["cached"] and described["attributes"]["source_sha256"] == _sha(data)
+    assert main(["stats", "verify", "toy-train-32"]) == 0
+    assert f"source sha256 {_sha(data)}" in capsys.readouterr().out
+    assert main(["stats", "info", "toy-trian-32"]) == 2
+    assert "Did you mean: toy-train-32" in capsys.readouterr().err
