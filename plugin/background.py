@@ -5,7 +5,8 @@ races the training step that follows), then queues scoring + logging here and re
 `concurrent.futures.Future` whose ``result()`` is the metrics dict. One worker and a FIFO queue keep
 the steps in order. An exception raised by queued work is never dropped: it is raised (wrapped in
 `BackgroundScoringError`, the original as ``__cause__``) by the next `log_gen_metrics` call and by
-`flush()`; at interpreter exit pending work is flushed and errors are logged.
+`flush()`; at interpreter exit pending work is flushed (before thread pools shut down) and errors are
+logged.
 """
 import atexit
 import concurrent.futures
@@ -13,7 +14,7 @@ import logging
 import queue
 import threading
 
-from . import spool  # noqa: F401 - imported first so its atexit (final replay) runs after our flush
+from . import spool  # noqa: F401 - imported first: its exit hook (final replay) runs after our flush
 
 logger = logging.getLogger("genmetrics")
 
@@ -86,9 +87,24 @@ def flush():
     _worker.raise_pending_error()
 
 
-@atexit.register
 def _flush_at_exit():
     try:
         flush()
     except BackgroundScoringError as exc:
         logger.error("genmetrics: %s", exc, exc_info=exc.__cause__)
+
+
+def register_exit_hook(function):
+    """Run `function` at interpreter exit while thread pools still accept work.
+
+    Plain `atexit` runs after `concurrent.futures` has shut its pools down (scoring uses them, e.g. for
+    resizing), so the hook goes to threading's exit hooks, which run first and last-registered first;
+    `concurrent.futures.thread` is imported before, so its own hook runs after ours.
+    """
+    import concurrent.futures.thread  # noqa: F401
+
+    register = getattr(threading, "_register_atexit", atexit.register)
+    register(function)
+
+
+register_exit_hook(_flush_at_exit)

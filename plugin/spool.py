@@ -29,6 +29,7 @@ rejects for good (an unknown run, an invalid value) are not retried forever: the
 ``failed/`` beside the spool with the error, and a warning is logged.
 """
 import atexit
+import concurrent.futures.thread  # noqa: F401 - see the exit hook at the end
 import hashlib
 import itertools
 import json
@@ -416,10 +417,14 @@ def get_sender(tracking_uri, client=None):
         return sender
 
 
-@atexit.register
 def _close_senders():
     for sender in list(_senders.values()):
         sender.close()
+
+
+# threading's exit hooks run last-registered first, before plain atexit handlers; registered after
+# concurrent.futures.thread's own hook, ours runs while thread pools still accept work
+getattr(threading, "_register_atexit", atexit.register)(_close_senders)
 
 
 def replay(tracking_uri=None):

@@ -2,6 +2,8 @@
 import concurrent.futures
 import hashlib
 import os
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -133,3 +135,29 @@ def test_without_a_run_the_error_says_how_to_get_one(tiny_reference_path):
         _log(0, tiny_reference_path)
     with pytest.raises(TypeError, match="unknown option"):
         log_gen_metrics(tiny_images(2, 0), run_id="x", modee="clean")
+
+
+EXIT_SCRIPT = """
+import sys, mlflow
+from fixtures_plugin_scoring import TinyExtractor, tiny_images
+from genmetrics.plugin import log_gen_metrics
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run() as run:
+    print(run.info.run_id)
+    for step in range(3):
+        log_gen_metrics(tiny_images(4, step), reference=sys.argv[2], step=step, metrics=("fid",),
+                        model=TinyExtractor(), blocking=False, log_grid=False)
+    log_gen_metrics(tiny_images(4, 9), reference=sys.argv[2], step=3, metrics=("fid",), mode="legacy_pytorch",
+                    model=TinyExtractor(), blocking=False)
+"""
+
+
+def test_pending_background_work_is_flushed_at_exit_and_errors_reported(tmp_path, tiny_reference_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, uri, tiny_reference_path], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip().splitlines()[-1]
+    assert [s for s, _ in _history(MlflowClient(uri), run_id, "gen/fid")] == [0, 1, 2]
+    assert "scoring of step 3 failed" in done.stderr and "allow_mismatch" in done.stderr
