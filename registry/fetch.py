@@ -5,6 +5,7 @@ Cache layout under ``$GENMETRICS_HOME/stats/`` (default ``~/.cache/genmetrics/st
 - ``<name>-<split>-<resolution>-<mode>@<version>.h5``: the statistics (format v1), what `load` reads;
 - ``sources/<ref>/<file>``: the downloaded upstream file (an ``.npz`` source is kept so that `verify`
   can re-check its hash and an offline machine can convert it);
+- ``<ref>.h5.sha256``: the hash of the .h5 as fetch wrote it (`verify` detects later damage);
 - ``<ref>.source.sha256``: for unpinned entries (``sha256: null``), the source's hash recorded on the first
   fetch; a later download with another hash is refused.
 
@@ -52,12 +53,15 @@ def _recorded_sha256(entry):
         return json.load(f)["sha256"]
 
 
-def _record_sha256(entry, sha256, url):
-    path = _record_path(entry)
+def _write_text(path, text):
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"sha256": sha256, "url": url, "ref": entry.ref}, f)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _record_sha256(entry, sha256, url):
+    _write_text(_record_path(entry), json.dumps({"sha256": sha256, "url": url, "ref": entry.ref}))
 
 
 def _expected_sha256(entry):
@@ -106,6 +110,7 @@ def fetch(ref, progress=True, sqrt_sigma=True):
             if expected is None:
                 _record_sha256(entry, got, source.url)
             _convert(entry, source, src, got, final, sqrt_sigma)
+            _write_text(final + ".sha256", file_sha256(final))
             return final
         if offline():
             first = entry.sources[0]
@@ -197,6 +202,12 @@ def verify(ref_or_path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{entry.ref} is not in the cache ({path}); run `genmetrics stats fetch {entry.ref}`")
     report = {"path": path, "sha256": file_sha256(path)}
+    if entry is not None and os.path.isfile(path + ".sha256"):
+        with open(path + ".sha256", encoding="utf-8") as f:
+            written = f.read().strip()
+        if written != report["sha256"]:
+            raise ChecksumMismatchError(f"{path} has sha256 {report['sha256']} but had {written} when fetch wrote it: "
+                                        f"the cached file changed or is damaged; delete it and fetch it again")
     if entry is not None:
         expected = _expected_sha256(entry)
         report.update(ref=entry.ref, expected_sha256=expected, pinned=entry.sha256 is not None)

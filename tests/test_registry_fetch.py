@@ -302,3 +302,32 @@ def test_cli_fetch_list_info_verify(http_server, home, tmp_path, monkeypatch, ca
     assert f"source sha256 {_sha(data)}" in capsys.readouterr().out
     assert main(["stats", "info", "toy-trian-32"]) == 2
     assert "Did you mean: toy-train-32" in capsys.readouterr().err
+
+
+def test_verify_detects_a_damaged_cached_file(http_server, home, tmp_path, monkeypatch):
+    data, _ = _npz_bytes(dim=8)
+    http_server.files["/toy.npz"] = data
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    path = registry.fetch("toy-train-32", progress=False)
+    assert registry.verify("toy-train-32")["ok"]
+    with open(path, "r+b") as f:  # flip one byte inside the file
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumMismatchError, match="changed or is damaged"):
+        registry.verify("toy-train-32")
+
+
+def test_remote_user_manifest_is_cached_for_offline_use(http_server, home, monkeypatch):
+    data, x = _npz_bytes(dim=8)
+    http_server.files["/team/toy.npz"] = data
+    http_server.files["/team/manifest.yaml"] = json.dumps(
+        {"format_version": 1, "entries": [_entry("toy.npz", sha256=_sha(data))]}).encode()
+    monkeypatch.setenv("GENMETRICS_MANIFEST", http_server.url + "/team/manifest.yaml")
+    assert resolve("toy-train-32").sources[0].url == http_server.url + "/team/toy.npz"  # relative to the manifest
+    registry.fetch("toy-train-32", progress=False)
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+    count = len(http_server.requests)
+    np.testing.assert_allclose(registry.load("toy-train-32").mu, x.mean(0), atol=1e-12)
+    assert len(http_server.requests) == count  # neither the manifest nor the file was requested again
