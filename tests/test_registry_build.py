@@ -224,3 +224,41 @@ def test_torchrun_ranks_shard_automatically_and_the_last_one_merges(cifar_images
     _assert_matches(merged, extract_features(images, model=model, progress=False)["pool3"].numpy(), atol=1e-10)
     assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".h5")) == [
         "dist.h5", "dist.shard0of3.h5", "dist.shard1of3.h5", "dist.shard2of3.h5"]
+
+
+def _write_idx(path, array):
+    """MNIST's idx format: magic (0x08 = uint8, ndim), big-endian int32 dims, raw bytes."""
+    import struct
+
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}i", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_dataset_adapters_read_native_files(tmp_path, cifar_images):
+    from genmetrics.registry.datasets import dataset_source
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    digits = cifar_images[:5, 2:30, 2:30, 0]
+    for prefix, count in (("train", 3), ("t10k", 2)):
+        part = digits[:3] if prefix == "train" else digits[3:]
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", part)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count))
+    mnist = dataset_source("mnist", str(tmp_path), split="test")
+    assert len(mnist) == 2 and mnist.default_resolution == 28
+    batch = mnist.batch(0, 2)
+    assert batch.shape == (2, 28, 28, 3) and batch.dtype == np.uint8  # grayscale replicated to RGB
+    np.testing.assert_array_equal(batch[..., 1], digits[3:])
+
+    for wnid, index in (("n01", 0), ("n02", 1)):
+        make_photo_folder(tmp_path / "imagenet" / "val" / wnid, [cifar_images[index]])
+    imagenet = dataset_source("imagenet", str(tmp_path / "imagenet"), split="val")
+    images = imagenet.batch(0, 2)
+    assert len(imagenet) == 2 and [tuple(t.shape) for t in images] == [(1, 3, 32, 32)] * 2
+    np.testing.assert_array_equal(images[1][0].permute(1, 2, 0).numpy(), cifar_images[1])
+    with pytest.raises(FileNotFoundError, match="image-net.org"):
+        dataset_source("imagenet", str(tmp_path / "imagenet"), split="train")
+    with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
+        dataset_source("cifar11", str(tmp_path))
