@@ -123,6 +123,9 @@ def _meta_str(meta, key):
 
 
 def _reference_id(meta, source):
+    """The pinned registry ref (``cifar10-train-32-clean@1``), from the file's provenance when it has it."""
+    if _meta_str(meta, "registry_ref"):
+        return _meta_str(meta, "registry_ref")
     parts = [_meta_str(meta, k) for k in ("dataset", "split", "resolution", "mode")]
     if parts[0] is None:
         return source
