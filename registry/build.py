@@ -213,9 +213,15 @@ class _Run:
             os.remove(self.ckpt)
             self._reset_features()
         elif self.keep_features:
-            dim = self.moments.dim or 0
+            needed = self.done * (self.moments.dim or 0) * 4
+            if not os.path.isfile(self.features_file) or os.path.getsize(self.features_file) < needed:
+                warnings.warn(f"{self.features_file} is missing or short; starting the build over", stacklevel=3)
+                os.remove(self.ckpt)
+                self.__init__(self.target, self.meta, self.keep_features, self.chunk)
+                self.resume(total)
+                return
             with open(self.features_file, "r+b") as f:  # drop rows written after the last checkpoint
-                f.truncate(self.done * dim * 4)
+                f.truncate(needed)
 
     def _reset_features(self):
         if self.keep_features:
@@ -274,5 +280,8 @@ def _merge_when_complete(output, count):
 
     shards = [_shard_output(output, i, count) for i in range(count)]
     with filelock.FileLock(output + ".merge.lock"):
-        if all(os.path.isfile(s) for s in shards) and not os.path.isfile(output):
+        if not all(os.path.isfile(s) for s in shards):
+            return  # another rank is still working; the last one merges
+        newest_shard = max(os.path.getmtime(s) for s in shards)
+        if not os.path.isfile(output) or os.path.getmtime(output) < newest_shard:  # absent or stale
             merge(shards, output)
