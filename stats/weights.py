@@ -56,6 +56,43 @@ KNOWN_WEIGHTS = {
         description="FID Inception-v3 (TF graph inception-2015-12-05) ported by pytorch-fid, with the 1008-way "
                     "classifier head used by the Inception Score (Apache-2.0)",
     ),
+    # LPIPS (stats/lpips.py). torchvision publishes only the first 8 hex digits of a backbone's sha256, in
+    # the file name (sha256=None here; stats/lpips.py checks that prefix as torch.hub does).
+    "lpips-alex-backbone": KnownWeights(
+        name="lpips-alex-backbone", filename="alexnet-owt-7be5be79.pth",
+        urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",), sha256=None,
+        description="torchvision AlexNet ImageNet weights (AlexNet_Weights.IMAGENET1K_V1, BSD-3), LPIPS backbone",
+    ),
+    "lpips-vgg-backbone": KnownWeights(
+        name="lpips-vgg-backbone", filename="vgg16-397923af.pth",
+        urls=("https://download.pytorch.org/models/vgg16-397923af.pth",), sha256=None,
+        description="torchvision VGG-16 ImageNet weights (VGG16_Weights.IMAGENET1K_V1, BSD-3), LPIPS backbone",
+    ),
+    "lpips-squeeze-backbone": KnownWeights(
+        name="lpips-squeeze-backbone", filename="squeezenet1_1-b8a52dc0.pth",
+        urls=("https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",), sha256=None,
+        description="torchvision SqueezeNet 1.1 ImageNet weights (SqueezeNet1_1_Weights.IMAGENET1K_V1, BSD-3), "
+                    "LPIPS backbone",
+    ),
+    # LPIPS v0.1 linear layers, as shipped in the lpips 0.1.4 package (lpips/weights/v0.1/*.pth, BSD-2).
+    "lpips-alex-lin": KnownWeights(
+        name="lpips-alex-lin", filename="lpips-v0.1-alex.pth",
+        urls=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",),
+        sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+        description="LPIPS v0.1 linear layers for AlexNet (Zhang et al. 2018, BSD-2)",
+    ),
+    "lpips-vgg-lin": KnownWeights(
+        name="lpips-vgg-lin", filename="lpips-v0.1-vgg.pth",
+        urls=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",),
+        sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+        description="LPIPS v0.1 linear layers for VGG-16 (Zhang et al. 2018, BSD-2)",
+    ),
+    "lpips-squeeze-lin": KnownWeights(
+        name="lpips-squeeze-lin", filename="lpips-v0.1-squeeze.pth",
+        urls=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/squeeze.pth",),
+        sha256="4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
+        description="LPIPS v0.1 linear layers for SqueezeNet 1.1 (Zhang et al. 2018, BSD-2)",
+    ),
 }
 
 
