@@ -10,3 +10,7 @@ from .preprocess import MODES, preprocess  # noqa: F401
 from .image_input import iter_image_batches  # noqa: F401
 from .image_files import list_image_files  # noqa: F401
 from .weights import KNOWN_WEIGHTS, resolve_inception_weights  # noqa: F401
+from .ssim import MS_SSIM_WEIGHTS, ms_ssim, ssim  # noqa: F401
+from .lpips import LPIPS  # noqa: F401
+from .diversity import DiversityScore, diversity_pairs, pairwise_diversity  # noqa: F401
+from .diversity import lpips_diversity, ms_ssim_diversity  # noqa: F401
