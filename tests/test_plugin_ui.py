@@ -1,0 +1,64 @@
+"""Headless Chromium opens the real mlflow server's UI on the demo run and finds `gen/fid` and its chart.
+
+The screenshot is saved as test-artifacts/ui_demo_run.png (repository root).
+"""
+import os
+import time
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCREENSHOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts",
+                          "ui_demo_run.png")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, texts, timeout=60):
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        if all(text in body for text in texts):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"the page never showed {texts}; it shows:\n{body[:2000]}")
+
+
+def test_ui_shows_the_fid_metric_and_its_chart(demo_run, browser):
+    from selenium.webdriver.common.by import By
+
+    run_url = f"{demo_run.tracking_uri}/#/experiments/{demo_run.experiment_id}/runs/{demo_run.run_id}"
+    browser.get(run_url)
+    overview = _wait_for_text(browser, ["demo-training", "gen/fid", "gen/kid"])
+    assert demo_run.run_id in overview
+
+    browser.get(run_url + "/model-metrics")
+    _wait_for_text(browser, ["demo-training (gen/fid)"])
+    fid_card = browser.find_element(
+        By.XPATH, "//*[contains(text(), '(gen/fid)')]/ancestor::*[.//*[contains(@class, 'js-plotly-plot')]][1]")
+    lines = fid_card.find_elements(By.CSS_SELECTOR, ".js-plotly-plot path.js-line")
+    assert lines and lines[0].get_attribute("d"), "the gen/fid chart draws no line"
+    for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):  # the assistant panel
+        close.click()
+    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
+    assert browser.save_screenshot(SCREENSHOT)
