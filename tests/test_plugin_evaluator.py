@@ -1,0 +1,83 @@
+"""`mlflow.models.evaluate(..., evaluators=["genmetrics"])` through the installed entry point, on a real server."""
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from fixtures_data import make_photo_folder
+from genmetrics.plugin.demo import make_shapes
+
+
+@pytest.fixture
+def tracking(mlflow_server, monkeypatch, tmp_path, fid_weights_path):
+    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GENMETRICS_INCEPTION_WEIGHTS", fid_weights_path)
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    mlflow.set_experiment("evaluator")
+    yield mlflow.tracking.MlflowClient(mlflow_server.uri)
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def generated_images():
+    return np.rint(make_shapes(8, size=32, seed=77) * 255).astype(np.uint8)
+
+
+def test_entry_point_is_registered():
+    from mlflow.models.evaluation.evaluator_registry import _model_evaluation_registry
+
+    from genmetrics.plugin.evaluator import GenMetricsEvaluator
+
+    assert _model_evaluation_registry.get_evaluator("genmetrics").__class__ is GenMetricsEvaluator
+    assert GenMetricsEvaluator.can_evaluate(model_type="image-generation", evaluator_config={})
+    assert not GenMetricsEvaluator.can_evaluate(model_type="classifier", evaluator_config={})
+
+
+def test_evaluate_image_paths_logs_fid_and_kid(tracking, tiny_reference, generated_images, tmp_path):
+    folder = make_photo_folder(tmp_path / "generated", list(generated_images))
+    paths = sorted(str(p) for p in (tmp_path / "generated").iterdir())
+    data = pd.DataFrame({"image": paths, "prompt": [f"shape {i}" for i in range(len(paths))]})
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(
+            data=data, model_type="image-generation", evaluators=["genmetrics"],
+            evaluator_config={"genmetrics": {"reference": tiny_reference, "metrics": ["fid", "kid"],
+                                             "image_column": "image", "device": "cpu"}},
+        )
+    assert folder
+    assert set(result.metrics) == {"gen/fid", "gen/kid", "gen/kid_std"}
+    logged = tracking.get_run(run.info.run_id).data
+    for key, value in result.metrics.items():
+        assert logged.metrics[key] == pytest.approx(value)
+    assert result.metrics["gen/fid"] > 0
+    assert logged.params["gen/num_samples"] == "8"
+
+
+def test_evaluate_paired_targets_and_a_model(tracking, generated_images):
+    """SSIM paired with `targets=`; the images are the output of a (callable) model."""
+    darker = (generated_images // 2).astype(np.uint8)
+    data = pd.DataFrame({"index": range(len(generated_images)), "target": list(generated_images)})
+
+    def model(frame):
+        return [darker[i] for i in frame["index"]]
+
+    with mlflow.start_run():
+        same = mlflow.models.evaluate(
+            model=lambda frame: [generated_images[i] for i in frame["index"]], data=data, targets="target",
+            model_type="image-generation", evaluators=["genmetrics"],
+            evaluator_config={"genmetrics": {"metrics": ["ssim"]}},
+        )
+        changed = mlflow.models.evaluate(
+            model=model, data=data, targets="target", model_type="image-generation", evaluators=["genmetrics"],
+            evaluator_config={"genmetrics": {"metrics": ["ssim"], "step": 1}},
+        )
+    assert same.metrics == {"gen/ssim": pytest.approx(1.0)}
+    assert 0 < changed.metrics["gen/ssim"] < 0.99
+
+
+def test_evaluate_names_the_missing_column(tracking):
+    data = pd.DataFrame({"a": ["x.png"], "b": ["y.png"]})
+    with mlflow.start_run(), pytest.raises(ValueError, match="image_column"):
+        mlflow.models.evaluate(data=data, model_type="image-generation", evaluators=["genmetrics"],
+                               evaluator_config={"genmetrics": {"metrics": ["fid"]}})
