@@ -193,11 +193,24 @@ def _default_inception(device, weights_env, require_logits):
                           progress=False)
 
 
-@functools.lru_cache(maxsize=4)
-def _lpips_model(net, device):
-    from genmetrics.stats import LPIPS
+_lpips_models = {}
 
-    return LPIPS(net=net).to(device).eval()
+
+def _lpips_model(net, device):
+    """LPIPS on `device`, built once per process; a failure to load it (weights unavailable offline) is
+    remembered too, so a training loop does not retry the weight resolution at every call."""
+    key = (net, device)
+    if key not in _lpips_models:
+        from genmetrics.stats import LPIPS
+
+        try:
+            _lpips_models[key] = LPIPS(net=net, progress=False).to(device).eval()
+        except (RuntimeError, OSError, ValueError) as exc:
+            _lpips_models[key] = exc
+    model = _lpips_models[key]
+    if isinstance(model, Exception):
+        raise model
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,14 +249,6 @@ def _paired_targets(targets, value_range, batch_size):
     if not batches:
         raise ValueError("targets is empty; pass one target image per sample, or targets=None for diversity.")
     return torch.cat([_as_float01(b) for b in batches])
-
-
-def _diversity_pairs(n, pairs, seed):
-    """`pairs` seeded random (i, j), i != j, drawn uniformly among n images (n >= 2)."""
-    generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(0, n, (pairs,), generator=generator)
-    offset = torch.randint(1, n, (pairs,), generator=generator)
-    return first, (first + offset) % n
 
 
 def _image_similarity(name, x, y, device, lpips_net):
@@ -434,19 +439,18 @@ def _kid(sample_features, ref, subsets, subset_size, seed):
 
 def _diversity(image_metrics, images, pairs, seed, device, lpips_net, skips):
     """Mean similarity over `pairs` seeded pairs of distinct samples, per metric (keys `*_diversity`)."""
+    from genmetrics.stats import pairwise_diversity
+
     results = {}
     if images is None or images.shape[0] < 2:
         for m in image_metrics:
             skips.skip(f"{m}_diversity", "diversity needs at least 2 samples")
         return results
-    first, second = _diversity_pairs(images.shape[0], pairs, seed)
-    x, y = _as_float01(images[first]), _as_float01(images[second])
     for m in image_metrics:
-        values = torch.cat([
-            _image_similarity(m, x[i:i + 50], y[i:i + 50], device, lpips_net).reshape(-1).double()
-            for i in range(0, x.shape[0], 50)
-        ])
-        results[f"{m}_diversity"] = float(values.mean())
+        score = pairwise_diversity(
+            images, lambda x, y, m=m: _image_similarity(m, _as_float01(x), _as_float01(y), device, lpips_net),
+            pairs=pairs, seed=seed)
+        results[f"{m}_diversity"] = score.mean
     return results
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from fixtures_plugin_scoring import TinyExtractor, tiny_images, tiny_reference_path  # noqa: F401 (fixture)
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from genmetrics.plugin import flush, log_gen_metrics, replay, spool
 from genmetrics.plugin.background import BackgroundScoringError
@@ -22,15 +23,28 @@ pytestmark = pytest.mark.filterwarnings("ignore:covariance of D")
 def isolated_spool(tmp_path, monkeypatch):
     """A fresh GENMETRICS_HOME (spool) per test, fast retries, and the fluent tracking URI restored."""
     monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
     monkeypatch.setenv("GENMETRICS_LOG_TRIES", "2")
     monkeypatch.setenv("GENMETRICS_LOG_BACKOFF", "0.05")
     monkeypatch.setenv("GENMETRICS_REPLAY_INTERVAL", "0.5")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):  # set_tracking_uri exports them; restored after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
     spool._senders.clear()
-    previous = mlflow.get_tracking_uri()
+    previous = tracking_utils._tracking_uri
     yield
     flush()
     mlflow.set_tracking_uri(previous)
     spool._senders.clear()
+
+
+def _server_run(server):
+    """A fluent run on the server (without mlflow.set_experiment, which exports MLFLOW_EXPERIMENT_ID)."""
+    mlflow.set_tracking_uri(server.uri)
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("log-gen-metrics")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("log-gen-metrics")
+    return mlflow.start_run(experiment_id=experiment_id)
 
 
 def _log(step, reference, **kwargs):
@@ -50,9 +64,7 @@ def _grids(client, run_id):
 
 
 def test_logged_metrics_params_tags_and_grid_match_the_returned_dict(mlflow_server, tiny_reference_path):
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    mlflow.set_experiment("log-gen-metrics")
-    with mlflow.start_run() as run:
+    with _server_run(mlflow_server) as run:
         returned = {step: _log(step, tiny_reference_path) for step in (0, 1, 2)}
     client = MlflowClient(mlflow_server.uri)
     keys = set(returned[0])
@@ -74,9 +86,7 @@ def test_logged_metrics_params_tags_and_grid_match_the_returned_dict(mlflow_serv
 
 
 def test_non_blocking_mode_logs_every_step_in_order_and_surfaces_errors(mlflow_server, tiny_reference_path):
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    mlflow.set_experiment("log-gen-metrics")
-    with mlflow.start_run() as run:
+    with _server_run(mlflow_server) as run:
         handles = [_log(step, tiny_reference_path, blocking=False, log_grid=False) for step in range(4)]
         flush()
         client = MlflowClient(mlflow_server.uri)
@@ -97,9 +107,7 @@ def test_non_blocking_mode_logs_every_step_in_order_and_surfaces_errors(mlflow_s
 
 
 def test_server_down_mid_training_loses_nothing_and_duplicates_nothing(mlflow_server, tiny_reference_path):
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    mlflow.set_experiment("log-gen-metrics")
-    with mlflow.start_run() as run:
+    with _server_run(mlflow_server) as run:
         returned = {0: _log(0, tiny_reference_path), 1: _log(1, tiny_reference_path)}
         mlflow_server.stop()
         try:
@@ -154,7 +162,8 @@ with mlflow.start_run() as run:
 
 def test_pending_background_work_is_flushed_at_exit_and_errors_reported(tmp_path, tiny_reference_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, uri, tiny_reference_path], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

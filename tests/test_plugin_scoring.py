@@ -16,6 +16,12 @@ EXPLICIT = ("fid", "kid", "ssim")
 pytestmark = pytest.mark.filterwarnings("ignore:covariance of D")
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Nothing here may download: LPIPS backbone weights are then unavailable (the default skips LPIPS)."""
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+
+
 @pytest.fixture(scope="module")
 def reference():
     return make_tiny_reference(tiny_images(24, seed=1))
@@ -85,6 +91,8 @@ def test_default_metrics_skip_what_is_unavailable_and_explicit_ones_raise(sample
     assert "gen/fid" in result.metrics and "gen/kid" not in result.metrics and "gen/is" not in result.metrics
     assert "features" in result.tags["gen/skipped.kid"]
     assert "classifier head" in result.tags["gen/skipped.is"]
+    if "gen/lpips_diversity" not in result.metrics:  # the AlexNet backbone weights are not available offline
+        assert "GENMETRICS_OFFLINE" in result.tags["gen/skipped.lpips"]
     with pytest.raises(ValueError, match="features"):
         score_samples(samples, reference=no_features, model=TinyExtractor(), metrics=("kid",))
     with pytest.raises(ValueError, match="classifier head"):
