@@ -126,6 +126,11 @@ def test_paired_and_diversity_image_metrics(samples):
     with pytest.raises(ValueError, match="targets"):
         score_samples(samples, targets=samples[:5], metrics=("ssim",))
 
+    large = tiny_images(3, seed=4, size=176)
+    assert score_samples(large, targets=large, metrics=("ms_ssim",)).metrics == {"gen/ms_ssim": pytest.approx(1.0)}
+    with pytest.raises(ValueError, match="161x161"):  # explicitly requested MS-SSIM on 32x32 images
+        score_samples(samples, metrics=("ms_ssim",))
+
     same = np.repeat(samples[:1], 4, axis=0)
     assert score_samples(same, metrics=("ssim",)).metrics == {"gen/ssim_diversity": pytest.approx(1.0, abs=1e-6)}
     first = score_samples(samples, metrics=("ssim",), seed=5, diversity_pairs=6)
