@@ -44,6 +44,7 @@ K1 = 0.01
 K2 = 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_MIN_SIZE = (WINDOW_SIZE - 1) * 2 ** 4 + 1  # 161: the smallest side must exceed 160
+_CPU_CHUNK_ELEMENTS = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,13 +153,23 @@ def _filter_valid(maps):
 def _ssim_and_cs(x, y):
     """Per (image, channel) means of the SSIM map and the cs map over the valid region, for x, y scaled by L.
 
-    Returns two (N, C) tensors. C1 = K1², C2 = K2² because the images are already divided by L.
+    Returns two (N, C) tensors. Channels are independent, so the (N * C) planes are processed in chunks;
+    on the CPU a chunk holds about ``_CPU_CHUNK_ELEMENTS`` pixels so that its dozen temporary maps stay in
+    cache (the computation is memory bound: one pass over the whole batch is several times slower).
     """
+    n, c, height, width = x.shape
+    planes_x, planes_y = x.reshape(n * c, height, width), y.reshape(n * c, height, width)
+    step = n * c if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (height * width))
+    parts = [_planes_ssim_and_cs(planes_x[i:i + step], planes_y[i:i + step]) for i in range(0, n * c, step)]
+    return torch.cat([p[0] for p in parts]).view(n, c), torch.cat([p[1] for p in parts]).view(n, c)
+
+
+def _planes_ssim_and_cs(x, y):
+    """(P,) means of the SSIM and cs maps of P planes (P, H, W); C1 = K1², C2 = K2² (images divided by L)."""
     c1, c2 = K1 ** 2, K2 ** 2
     shift = (x.mean(dim=(-2, -1), keepdim=True) + y.mean(dim=(-2, -1), keepdim=True)) / 2
     x, y = x - shift, y - shift
-    filtered = _filter_valid(torch.stack([x, y, x * x, y * y, x * y]))
-    mu_x, mu_y, xx, yy, xy = filtered
+    mu_x, mu_y, xx, yy, xy = _filter_valid(torch.stack([x, y, x * x, y * y, x * y]))
     var_x, var_y, cov = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     mu_x, mu_y = mu_x + shift, mu_y + shift
     cs_map = (2 * cov + c2) / (var_x + var_y + c2)
