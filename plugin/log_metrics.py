@@ -74,8 +74,8 @@ def log_gen_metrics(
     call order, and a `concurrent.futures.Future` of that dict is returned; errors of earlier
     background work are raised by the next call and by `flush()`.
 
-    `score_options` go to `score_samples` (mode, model, lpips_net, batch_size, device, seed,
-    allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs). `client` is an
+    `score_options` go to `score_samples` (mode, model, lpips_net, lpips_backbone_weights, batch_size,
+    device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs). `client` is an
     `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
     """
     background.raise_pending_error()

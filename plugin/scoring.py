@@ -196,15 +196,16 @@ def _default_inception(device, weights_env, require_logits):
 _lpips_models = {}
 
 
-def _lpips_model(net, device):
-    """LPIPS on `device`, built once per process; a failure to load it (weights unavailable offline) is
-    remembered too, so a training loop does not retry the weight resolution at every call."""
-    key = (net, device)
+def _lpips_model(net, device, backbone_weights=None):
+    """LPIPS on `device` (backbone from `backbone_weights` or default resolution), built once per process; a
+    failure to load it (weights unavailable offline) is remembered too, so a training loop does not retry
+    the weight resolution at every call."""
+    key = (net, device, None if backbone_weights is None else os.path.abspath(os.fspath(backbone_weights)))
     if key not in _lpips_models:
         from genmetrics.stats import LPIPS
 
         try:
-            _lpips_models[key] = LPIPS(net=net, progress=False).to(device).eval()
+            _lpips_models[key] = LPIPS(net=net, backbone_weights=backbone_weights, progress=False).to(device).eval()
         except (RuntimeError, OSError, ValueError) as exc:
             _lpips_models[key] = exc
     model = _lpips_models[key]
@@ -232,10 +233,10 @@ class _Skips:
         self.tags[f"{self.prefix}skipped.{name}"] = reason[:5000]
 
 
-def _lpips_available(net, device, skips):
+def _lpips_available(net, device, backbone_weights, skips):
     """Load LPIPS once; its backbone weights may be unavailable offline (skipped, or raised if requested)."""
     try:
-        _lpips_model(net, device)
+        _lpips_model(net, device, backbone_weights)
         return True
     except (RuntimeError, OSError, ValueError) as exc:
         skips.skip("lpips", f"LPIPS ({net}) could not be loaded: {exc}", error=exc)
@@ -251,7 +252,7 @@ def _paired_targets(targets, value_range, batch_size):
     return torch.cat([_as_float01(b) for b in batches])
 
 
-def _image_similarity(name, x, y, device, lpips_net):
+def _image_similarity(name, x, y, device, lpips_net, lpips_backbone_weights):
     """Per-image similarity of float [0, 1] batches x, y (N, 3, H, W) -> tensor (N,)."""
     from genmetrics.stats import ms_ssim, ssim
 
@@ -259,7 +260,7 @@ def _image_similarity(name, x, y, device, lpips_net):
         return ssim(x, y, data_range=1.0)
     if name == "ms_ssim":
         return ms_ssim(x, y, data_range=1.0)
-    model = _lpips_model(lpips_net, device)
+    model = _lpips_model(lpips_net, device, lpips_backbone_weights)
     with torch.no_grad():
         return model(x.to(device) * 2 - 1, y.to(device) * 2 - 1).reshape(-1).cpu()
 
@@ -274,6 +275,7 @@ def score_samples(
     mode=None,
     model=None,
     lpips_net="alex",
+    lpips_backbone_weights=None,
     num_samples=None,
     batch_size=50,
     device=None,
@@ -296,6 +298,8 @@ def score_samples(
         SSIM/MS-SSIM/LPIPS; without targets those metrics measure diversity.
     mode: preprocessing (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``); None = the reference's.
     model: feature extractor (default: the FID Inception from default weight resolution).
+    lpips_backbone_weights: path to the torchvision state dict of the LPIPS backbone (e.g.
+        ``alexnet-owt-7be5be79.pth``); None = cache, torch.hub's folder, then download.
     allow_mismatch: compare even when mode / extractor / layer differ from the reference's.
     seed: seeds KID subsets and diversity pairs.
     """
@@ -332,7 +336,7 @@ def score_samples(
 
     target_images = _paired_targets(targets, value_range, batch_size)
     image_metrics = [m for m in names if m in ("ssim", "ms_ssim", "lpips")]
-    if "lpips" in image_metrics and not _lpips_available(lpips_net, device, skips):
+    if "lpips" in image_metrics and not _lpips_available(lpips_net, device, lpips_backbone_weights, skips):
         image_metrics.remove("lpips")
     paired_sums = {m: 0.0 for m in image_metrics} if target_images is not None else {}
     keep_images = PREVIEW_MAX_IMAGES if target_images is not None or not image_metrics else max(
@@ -359,7 +363,8 @@ def score_samples(
                     f"{tuple(y.shape)}."
                 )
             for m in image_metrics:
-                paired_sums[m] += float(_image_similarity(m, x, y, device, lpips_net).double().sum())
+                similarity = _image_similarity(m, x, y, device, lpips_net, lpips_backbone_weights)
+                paired_sums[m] += float(similarity.double().sum())
         if sum(k.shape[0] for k in kept) < keep_images:
             kept.append(batch)
         count += batch.shape[0]
@@ -388,7 +393,8 @@ def score_samples(
     if paired_sums:
         results.update({m: paired_sums[m] / count for m in image_metrics})
     elif image_metrics:
-        results.update(_diversity(image_metrics, kept_images, diversity_pairs, seed, device, lpips_net, skips))
+        results.update(_diversity(image_metrics, kept_images, diversity_pairs, seed, device, lpips_net,
+                                  lpips_backbone_weights, skips))
 
     params = _params(prefix, ref, meta, ref_source, mode, extractor, model, count, seed, names, needs_features,
                      image_metrics, target_images is not None, kid_subsets, kid_subset_size, is_splits,
@@ -437,7 +443,7 @@ def _kid(sample_features, ref, subsets, subset_size, seed):
     return {"kid": float(mean), "kid_std": float(std)}
 
 
-def _diversity(image_metrics, images, pairs, seed, device, lpips_net, skips):
+def _diversity(image_metrics, images, pairs, seed, device, lpips_net, lpips_backbone_weights, skips):
     """Mean similarity over `pairs` seeded pairs of distinct samples, per metric (keys `*_diversity`)."""
     from genmetrics.stats import pairwise_diversity
 
@@ -448,7 +454,8 @@ def _diversity(image_metrics, images, pairs, seed, device, lpips_net, skips):
         return results
     for m in image_metrics:
         score = pairwise_diversity(
-            images, lambda x, y, m=m: _image_similarity(m, _as_float01(x), _as_float01(y), device, lpips_net),
+            images, lambda x, y, m=m: _image_similarity(m, _as_float01(x), _as_float01(y), device, lpips_net,
+                                                lpips_backbone_weights),
             pairs=pairs, seed=seed)
         results[f"{m}_diversity"] = score.mean
     return results

@@ -7,7 +7,6 @@ an FID Inception state dict (pool3 weights of the offline TorchScript, pytorch-f
 on the same tensors: torch-fidelity's IS formula on the same logits, and the ``lpips`` package with the
 same backbone. Photos are 64x64 crops-by-resize of scikit-image's real photographs.
 """
-import inspect
 
 import numpy as np
 import pytest
@@ -22,11 +21,6 @@ from genmetrics.stats import LPIPS, extract_features, inception_score_from_logit
 IS_SPLITS = 2
 DIVERSITY_PAIRS = 6
 SEED = 3
-HAS_BACKBONE_OPTION = "lpips_backbone_weights" in inspect.signature(score_samples).parameters
-needs_backbone_option = pytest.mark.skipif(
-    not HAS_BACKBONE_OPTION,
-    reason="score_samples has no lpips_backbone_weights option: LPIPS can only use the real torchvision AlexNet "
-           "file (its sha256 prefix is verified), which cannot be downloaded here")
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +113,6 @@ def test_inception_score_with_a_head_equals_the_stats_function_and_torch_fidelit
     assert 1.0 < result.metrics["gen/is"] < 6.0 and result.metrics["gen/is_std"] > 0
 
 
-@needs_backbone_option
 def test_paired_lpips_equals_the_lpips_package_with_the_same_backbone(small_photos, alexnet_path):
     samples, targets = small_photos[:4], small_photos[4:8]
     result = score_samples(samples, metrics=("lpips",), targets=targets, lpips_backbone_weights=alexnet_path,
@@ -133,7 +126,6 @@ def test_paired_lpips_equals_the_lpips_package_with_the_same_backbone(small_phot
     assert result.metrics["gen/lpips"] > 0
 
 
-@needs_backbone_option
 def test_lpips_diversity_equals_the_mean_over_the_same_seeded_pairs(small_photos, alexnet_path):
     samples = small_photos[:5]
     result = score_samples(samples, metrics=("lpips",), lpips_backbone_weights=alexnet_path, device="cpu",
@@ -173,7 +165,6 @@ def test_inception_score_logged_to_the_mlflow_server(mlflow_server, monkeypatch,
         assert [(m.value, m.step) for m in history[key]] == [(pytest.approx(returned[key], rel=1e-12), 7)]
 
 
-@needs_backbone_option
 def test_lpips_logged_to_the_mlflow_server(mlflow_server, small_photos, alexnet_path):
     samples, targets = small_photos[:4], small_photos[4:8]
     returned, history = _logged_metrics(mlflow_server, samples=samples, targets=targets, metrics=("lpips",),
