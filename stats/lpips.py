@@ -15,8 +15,8 @@ with the non-negative LPIPS v0.1 linear weights w_l (1x1 convolutions without bi
 - ``squeeze``: SqueezeNet 1.1 features[1, 4, 7, 9, 10, 11, 12] (64, 128, 256, 384, 384, 512, 512).
 
 The spatial mean is taken before the channel weighting (both are linear, so this equals the ``lpips``
-package's 1x1 convolution followed by the mean, to float rounding) and x and y run through the backbone as
-one batch.
+package's 1x1 convolution followed by the mean, to float rounding). The forward pass runs in full IEEE
+float32 (no TF32 on CUDA, via :func:`genmetrics.stats.inception.exact_float32`), so GPU and CPU agree.
 
 Weights: ``backbone_weights`` is a path to torchvision's state dict of the architecture (the file
 torchvision itself downloads, e.g. ``alexnet-owt-7be5be79.pth``; only its ``features.*`` tensors are used).
@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from .inception import exact_float32
 from .weights import KNOWN_WEIGHTS, file_sha256, resolve_weights, weights_dir
 
 __all__ = ["LPIPS", "LPIPS_NETS", "resolve_lpips_backbone", "resolve_lpips_lin"]
@@ -223,18 +224,18 @@ class LPIPS(nn.Module):
         self._check_inputs(x, y)
         if self.normalize:
             x, y = 2 * x - 1, 2 * y - 1
-        n = x.shape[0]
-        h = (torch.cat([x, y]) - self.shift) / self.scale
-        distance = x.new_zeros(n)
-        taps = iter(zip(self.taps, self.lins))
-        tap, lin = next(taps)
-        for index, layer in enumerate(self.features):
-            h = layer(h)
-            if index != tap:
-                continue
-            unit = h / (torch.sqrt(torch.sum(h * h, dim=1, keepdim=True)) + NORM_EPS)
-            squared = (unit[:n] - unit[n:]) ** 2
-            distance = distance + squared.mean(dim=(2, 3)) @ lin.weight.view(-1)
-            tap, lin = next(taps, (None, None))
+        lins = dict(zip(self.taps, self.lins))
+        distance = x.new_zeros(x.shape[0])
+        with exact_float32():  # no TF32 on CUDA: the same numbers as on the CPU
+            hx, hy = (x - self.shift) / self.scale, (y - self.shift) / self.scale
+            for index, layer in enumerate(self.features):
+                hx, hy = layer(hx), layer(hy)
+                if index in lins:
+                    diff = _unit_channels(hx) - _unit_channels(hy)
+                    distance = distance + (diff * diff).mean(dim=(2, 3)) @ lins[index].weight.view(-1)
         return distance
 
+
+def _unit_channels(features):
+    """features / (their Euclidean norm over channels + 1e-10), per position."""
+    return features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + NORM_EPS)
