@@ -58,17 +58,18 @@ def _nchw(*imgs):
 
 def test_ssim_equals_scikit_image_and_pytorch_msssim(pairs):
     worst = {"skimage": 0.0, "skimage_float64": 0.0, "pytorch_msssim": 0.0}
-    for name, ref, dist in pairs:
+    for k, (name, ref, dist) in enumerate(pairs):
         expected = _skimage_ssim(ref, dist, 255)
         x, y = _nchw(ref), _nchw(dist)
         ours = ssim(x, y)  # uint8: data_range 255 inferred
         assert ours.shape == (1,) and ours.dtype == torch.float32
         peer = float(pytorch_msssim.ssim(x.float(), y.float(), data_range=255, size_average=False))
         unit = float(ssim(x.float() / 255, y.float() / 255, data_range=1.0))
-        exact = float(ssim(x.double(), y.double(), data_range=255))
         worst["skimage"] = max(worst["skimage"], abs(float(ours) - expected), abs(unit - expected))
-        worst["skimage_float64"] = max(worst["skimage_float64"], abs(exact - expected))
         worst["pytorch_msssim"] = max(worst["pytorch_msssim"], abs(float(ours) - peer))
+        if k % 3 == 0:  # float64 on a third of the pairs (slower)
+            exact = float(ssim(x.double(), y.double(), data_range=255))
+            worst["skimage_float64"] = max(worst["skimage_float64"], abs(exact - expected))
     print("max |ssim diff|", worst)
     assert worst["skimage"] < TOL and worst["pytorch_msssim"] < TOL and worst["skimage_float64"] < 1e-10
     inverted = [float(ssim(_nchw(r), _nchw(d))) for name, r, d in pairs if name == "inverted"]
@@ -90,20 +91,20 @@ def test_ssim_batch_grayscale_and_numpy_input(pairs):
 
 def test_ms_ssim_equals_pytorch_msssim(pairs):
     worst, worst_exact = 0.0, 0.0
-    for name, ref, dist in pairs:
+    for k, (name, ref, dist) in enumerate(pairs):
         x, y = _nchw(ref), _nchw(dist)
         ours = ms_ssim(x, y)
         assert ours.shape == (1,) and 0 <= float(ours) <= 1
         peer = float(pytorch_msssim.ms_ssim(x.float(), y.float(), data_range=255, size_average=False))
         worst = max(worst, abs(float(ours) - peer))
-        # [-1, 1] values: odd sides are zero-padded before pooling, so the offset matters; same for both
-        signed_x, signed_y = x.float() / 127.5 - 1, y.float() / 127.5 - 1
-        peer = float(pytorch_msssim.ms_ssim(signed_x, signed_y, data_range=2.0, size_average=False))
-        worst = max(worst, abs(float(ms_ssim(signed_x, signed_y, data_range=2.0)) - peer))
-        # float64 on both sides with the same (float64) window: the algorithms agree to rounding
-        peer = float(pytorch_msssim.ms_ssim(x.double(), y.double(), data_range=255, size_average=False,
-                                            win=_exact_window(3)))
-        worst_exact = max(worst_exact, abs(float(ms_ssim(x, y, dtype=torch.float64)) - peer))
+        if k % 2 == 0:  # [-1, 1] values: odd sides are zero-padded before pooling, so the offset matters
+            signed_x, signed_y = x.float() / 127.5 - 1, y.float() / 127.5 - 1
+            peer = float(pytorch_msssim.ms_ssim(signed_x, signed_y, data_range=2.0, size_average=False))
+            worst = max(worst, abs(float(ms_ssim(signed_x, signed_y, data_range=2.0)) - peer))
+        if k % 3 == 0:  # float64 on both sides with the same (float64) window: agreement to rounding
+            peer = float(pytorch_msssim.ms_ssim(x.double(), y.double(), data_range=255, size_average=False,
+                                                win=_exact_window(3)))
+            worst_exact = max(worst_exact, abs(float(ms_ssim(x, y, dtype=torch.float64)) - peer))
     print(f"max |ms_ssim diff| float32 {worst:.2e}, float64 {worst_exact:.2e}")
     assert worst < TOL and worst_exact < 1e-12
     x, y = _nchw(pairs[0][1]), _nchw(pairs[0][2])
