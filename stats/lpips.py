@@ -38,7 +38,7 @@ import torch.nn as nn
 import torchvision
 
 from .inception import exact_float32
-from .weights import KNOWN_WEIGHTS, file_sha256, resolve_weights, weights_dir
+from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, file_sha256, resolve_weights, weights_dir
 
 __all__ = ["LPIPS", "LPIPS_NETS", "resolve_lpips_backbone", "resolve_lpips_lin"]
 
@@ -111,7 +111,11 @@ def resolve_lpips_backbone(net, path=None, progress=True):
     hub = _torch_hub_file(entry.filename)
     if hub:
         return hub
-    resolved = resolve_weights(name, progress=progress)
+    try:
+        resolved = resolve_weights(name, progress=progress)
+    except WeightsUnavailableError as error:
+        raise WeightsUnavailableError(f"{error} Or pass LPIPS({net!r}, backbone_weights=<path of that file>) "
+                                      f"(its sha256 starts with {_hash_prefix(entry.filename)}).") from error
     _check_hash_prefix(resolved.path, entry.filename, delete=resolved.source in ("cache", "download"))
     return resolved.path
 

@@ -11,7 +11,7 @@ import torchvision
 
 from genmetrics.stats import LPIPS
 from genmetrics.stats.lpips import LPIPS_NETS
-from genmetrics.stats.weights import KNOWN_WEIGHTS, URL_BASE_ENV, file_sha256, weights_dir
+from genmetrics.stats.weights import KNOWN_WEIGHTS, URL_BASE_ENV, WeightsUnavailableError, file_sha256, weights_dir
 
 TOL = 1e-5
 
@@ -154,3 +154,10 @@ def test_backbone_with_wrong_sha256_is_refused(weights_env, monkeypatch, backbon
     with pytest.raises(ValueError, match=f"starts with {wrong}"):
         LPIPS("alex", progress=False)
     assert not os.path.exists(cached)
+
+
+def test_offline_without_backbone_says_how_to_provide_it(weights_env, monkeypatch):
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match=r"alexnet-owt-7be5be79\.pth.*backbone_weights="):
+        LPIPS("alex", progress=False)
+    assert not weights_env.requests
