@@ -1,5 +1,6 @@
 """``genmetrics score RUN_ID`` and ``genmetrics watch --experiment NAME``: deferred scoring workers."""
 import logging
+import os
 
 
 def _add_common(parser):
@@ -40,6 +41,7 @@ def _setup(args):
     import mlflow
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per sample file is noise in logs
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

@@ -134,6 +134,8 @@ def _score_run_with(scorer, client, run_id):
         return []
     _require_empty_spool(client)
     already_logged = _steps_with_logged_metrics(client, run_id, scorer.prefix)
+    if any(step not in already_logged for step in pending):
+        scorer.loaded_reference()  # a missing or invalid reference fails here, once, not per step
     done, failures = [], {}
     for step, artifact_path in pending.items():
         try:

@@ -179,6 +179,29 @@ def test_crash_between_logging_and_marking_logs_nothing_twice(mlflow_server, sco
     assert client.get_run(run_id).data.tags[SCORED_TAG_PREFIX + "2"] == "gen/kid,gen/kid_std"
 
 
+def test_a_bad_step_is_reported_and_the_others_are_scored(mlflow_server, scorer_env, tiny_reference, inception,
+                                                          tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from genmetrics.plugin import score_run
+    from genmetrics.plugin.deferred import DeferredScoringError
+
+    client = MlflowClient(mlflow_server.uri)
+    run_id = _new_run(client, "deferred-bad-step")
+    _log_steps(client, run_id, [1])
+    broken = tmp_path / "step_000000002.npz"
+    np.savez_compressed(broken, samples=np.zeros((2, 8, 8), np.float32))
+    client.log_artifact(run_id, str(broken), "genmetrics/samples")
+    client.set_tag(run_id, "genmetrics.samples.2", samples_artifact_path(2))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        score_run(run_id, str(tmp_path / "missing.h5"), metrics=["kid"], client=client, model=inception)
+    with pytest.raises(DeferredScoringError, match="step 2: .*uint8") as failed:
+        score_run(run_id, tiny_reference, metrics=["kid"], client=client, model=inception)
+    assert failed.value.scored == [1]
+    assert _scored_steps(client, run_id) == [1]
+    assert _history_steps(client, run_id, "gen/kid") == [1]
+
+
 def _wait_for(condition, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,6 +220,10 @@ def _start_cli(args, env, log_path):
 def test_cli_score_killed_midway_then_rerun(mlflow_server, scorer_env, tiny_reference, inception, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    import mlflow
+
+    from genmetrics.plugin.cli import main
+
     client = MlflowClient(mlflow_server.uri)
     run_id = _new_run(client, "deferred-cli-kill")
     steps = [0, 1, 2]
@@ -210,9 +237,11 @@ def test_cli_score_killed_midway_then_rerun(mlflow_server, scorer_env, tiny_refe
         os.killpg(scorer.pid, signal.SIGKILL)
         scorer.wait()
     assert _history_steps(client, run_id, "gen/kid") != steps, "killed too late to test a restart"
-    rerun = subprocess.run([sys.executable, "-m", "genmetrics.plugin.cli", *args], env=scorer_env,
-                           capture_output=True, text=True, timeout=240)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        assert main(args) == 0  # the restart, in this process (saves a second interpreter start)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
     assert _history_steps(client, run_id, "gen/kid") == steps
     assert _scored_steps(client, run_id) == steps
 
