@@ -129,7 +129,10 @@ class GenMetricsEvaluator(ModelEvaluator):
         if target_cells is not None:
             if len(target_cells) != len(images):
                 raise ValueError(f"{len(images)} images but {len(target_cells)} targets; pass one target per image")
-            targets = np.concatenate(list(_same_size_batches(target_cells, batch_size)))
+            target_batches = list(_same_size_batches(target_cells, batch_size))
+            if len({batch.shape[1:] for batch in target_batches}) > 1:
+                raise ValueError("paired target images must all have one size, the size of their samples; resize them")
+            targets = np.concatenate(target_batches)
         metrics = log_gen_metrics(
             _same_size_batches(images, batch_size),
             reference=config.get("reference"),
