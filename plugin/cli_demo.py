@@ -28,9 +28,8 @@ def _run(args):
     from .demo import FULL, QUICK, format_table, run_demo
 
     sizes = dict(QUICK if args.quick else FULL)
-    for key, value in (("steps", args.steps), ("samples_per_step", args.samples), ("reference_size", args.reference_size)):
-        if value is not None:
-            sizes[key] = value
+    chosen = {"steps": args.steps, "samples_per_step": args.samples, "reference_size": args.reference_size}
+    sizes.update({key: value for key, value in chosen.items() if value is not None})
     result = run_demo(out_dir=args.out, tracking_uri=args.tracking_uri, device=args.device, **sizes)
     print()
     print(format_table(result.metrics_by_step))
