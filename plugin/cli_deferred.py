@@ -53,8 +53,13 @@ def _setup(args):
 def _run_score(args):
     from .deferred import score_run
 
+    from mlflow.exceptions import MlflowException
+
     options = _setup(args)
-    steps = score_run(args.run_id, args.reference, **options)
+    try:
+        steps = score_run(args.run_id, args.reference, **options)
+    except MlflowException as exc:  # e.g. an unknown run id: a one-line error, not a traceback
+        raise RuntimeError(f"run {args.run_id}: {exc.message}") from exc
     print(f"run {args.run_id}: scored {len(steps)} step(s){': ' + ', '.join(map(str, steps)) if steps else ''}")
     return 0
 
