@@ -128,6 +128,7 @@ def test_server_down_mid_training_loses_nothing_and_duplicates_nothing(mlflow_se
 @pytest.mark.parametrize("store", ["sqlite", "file"])
 def test_local_stores_with_run_id(store, tmp_path, tiny_reference_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts under ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else (tmp_path / "mlruns").as_uri()
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("local")).info.run_id
@@ -164,7 +165,7 @@ def test_pending_background_work_is_flushed_at_exit_and_errors_reported(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, uri, tiny_reference_path], env=env,
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, uri, tiny_reference_path], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.strip().splitlines()[-1]

@@ -105,7 +105,8 @@ def test_rejected_operation_is_not_retried_forever(mlflow_server, genmetrics_hom
     assert any(n.endswith(".error.txt") for n in failed)
 
 
-def test_sqlite_store_uses_the_same_sender(tmp_path, genmetrics_home):
+def test_sqlite_store_uses_the_same_sender(tmp_path, genmetrics_home, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts under ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("x")).info.run_id
