@@ -28,7 +28,6 @@ with a warning and a tag ``<prefix>skipped.<metric>`` giving the reason. A metri
 ``metrics`` is never skipped: the missing input raises a clear error instead.
 """
 import functools
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -36,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from genmetrics.stats.download import cached_file_sha256
 
 from .sample_input import _as_float01, _as_uint8_nhwc, _check_value_range, iter_sample_batches
 
@@ -77,16 +78,6 @@ def _check_metrics(metrics):
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(KNOWN_METRICS)}.")
     return list(dict.fromkeys(names)), True
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_file(path, size, mtime_ns):
-    """sha256 of a file, computed once per (path, size, mtime)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_reference(reference):
@@ -140,8 +131,7 @@ def _reference_sha256(ref, meta, source):
             return candidate
     path = getattr(ref, "path", None) or source
     if path and os.path.isfile(str(path)):
-        stat = os.stat(str(path))
-        return _sha256_file(os.path.abspath(str(path)), stat.st_size, stat.st_mtime_ns)
+        return cached_file_sha256(str(path))
     return None
 
 

@@ -1,3 +1,8 @@
+"""genmetrics.stats: the FID Inception, feature extraction and the metrics, as pure functions.
+
+Never imports MLflow, the registry or the plugin. See the README for the math and the peers each
+function matches.
+"""
 from .moments import GaussianMoments  # noqa: F401
 from .frechet import frechet_distance, sqrtm_psd  # noqa: F401
 from .kid import kernel_inception_distance, polynomial_mmd_unbiased  # noqa: F401

@@ -19,6 +19,7 @@ sha256. It
 
 ``file://`` URLs and plain paths are copied (same checks, same atomic rename).
 """
+import functools
 import hashlib
 import os
 import shutil
@@ -26,7 +27,7 @@ import time
 import urllib.parse
 import urllib.request
 
-__all__ = ["genmetrics_home", "offline", "download", "file_sha256", "DownloadError", "ChecksumMismatchError",
+__all__ = ["genmetrics_home", "offline", "download", "file_sha256", "cached_file_sha256", "DownloadError", "ChecksumMismatchError",
            "OfflineError", "HOME_ENV", "OFFLINE_ENV"]
 
 HOME_ENV = "GENMETRICS_HOME"
@@ -66,6 +67,19 @@ def file_sha256(path):
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _remembered_sha256(path, size, mtime_ns):
+    return file_sha256(path)
+
+
+def cached_file_sha256(path):
+    """``file_sha256`` remembered per (absolute path, size, modification time): large weight and statistics
+    files that are only read are hashed once per process."""
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    return _remembered_sha256(path, stat.st_size, stat.st_mtime_ns)
 
 
 def download(url, dest, sha256=None, progress=True, retries=5, backoff=0.5, timeout=60):

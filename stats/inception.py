@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import file_sha256, missing_inception_head_message, resolve_inception_weights
+from .download import cached_file_sha256
+from .weights import missing_inception_head_message, resolve_inception_weights
 
 __all__ = ["FIDInception", "load_inception", "convert_tf_layout", "exact_float32", "FEATURE_EXTRACTOR",
            "INPUT_SIZE", "POOL3_DIM", "NUM_LOGITS"]
@@ -375,7 +376,7 @@ def load_inception(weights=None, device=None, require_logits=False, progress=Tru
         raise ValueError(f"{resolved.path} does not fit the FID Inception: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     model.weights_path = os.path.abspath(resolved.path)
-    model.weights_sha256 = file_sha256(resolved.path)
+    model.weights_sha256 = cached_file_sha256(resolved.path)
     model.weights_source = resolved.source
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -38,7 +38,8 @@ import torch.nn as nn
 import torchvision
 
 from .inception import exact_float32
-from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, file_sha256, resolve_weights, weights_dir
+from .download import cached_file_sha256
+from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, resolve_weights, weights_dir
 
 __all__ = ["LPIPS", "LPIPS_NETS", "resolve_lpips_backbone", "resolve_lpips_lin"]
 
@@ -81,7 +82,7 @@ def _hash_prefix(filename):
 
 def _check_hash_prefix(path, filename, delete):
     prefix = _hash_prefix(filename)
-    digest = file_sha256(path)
+    digest = cached_file_sha256(path)
     if prefix and not digest.startswith(prefix):
         if delete:
             os.remove(path)
@@ -92,7 +93,7 @@ def _check_hash_prefix(path, filename, delete):
 
 def _torch_hub_file(filename):
     path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    if os.path.isfile(path) and file_sha256(path).startswith(_hash_prefix(filename) or ""):
+    if os.path.isfile(path) and cached_file_sha256(path).startswith(_hash_prefix(filename) or ""):
         return path
     return None
 
@@ -136,7 +137,7 @@ def resolve_lpips_lin(net, path=None, progress=True):
     if path is not None:
         return resolve_weights(name, path=path).path
     installed = _installed_lpips_lin(net)
-    if installed and file_sha256(installed) == KNOWN_WEIGHTS[name].sha256:
+    if installed and cached_file_sha256(installed) == KNOWN_WEIGHTS[name].sha256:
         return installed
     return resolve_weights(name, progress=progress).path
 

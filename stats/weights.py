@@ -13,18 +13,16 @@ URLs and a pinned sha256. Resolution order (first hit wins):
 ``GENMETRICS_WEIGHTS_URL_BASE`` (a URL prefix, e.g. a team mirror) replaces every known file's source URLs
 by ``<base>/<filename>``; the pinned sha256 still applies.
 """
-import functools
-import hashlib
 import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
 
-from .download import OFFLINE_ENV, DownloadError, download, genmetrics_home, offline
+from .download import OFFLINE_ENV, DownloadError, cached_file_sha256, download, genmetrics_home, offline
 
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
            "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
-           "installed_fid_helper_weights", "missing_inception_head_message", "file_sha256", "INCEPTION",
+           "installed_fid_helper_weights", "missing_inception_head_message", "INCEPTION",
            "INCEPTION_WEIGHTS_ENV", "URL_BASE_ENV"]
 
 INCEPTION_WEIGHTS_ENV = "GENMETRICS_INCEPTION_WEIGHTS"
@@ -108,22 +106,6 @@ class ResolvedWeights:
     source: str
 
 
-@functools.lru_cache(maxsize=32)
-def _sha256_of(path, size, mtime_ns):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path):
-    """Hex sha256 of a file (remembered per path, size and modification time)."""
-    path = os.path.abspath(path)
-    stat = os.stat(path)
-    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
-
-
 def weights_dir():
     """The weights cache folder, ``$GENMETRICS_HOME/weights``."""
     return os.path.join(genmetrics_home(), "weights")
@@ -150,9 +132,9 @@ def cached_weights(name):
     path = os.path.join(weights_dir(), entry.filename)
     if not os.path.isfile(path):
         return None
-    if entry.sha256 and file_sha256(path) != entry.sha256:
+    if entry.sha256 and cached_file_sha256(path) != entry.sha256:
         raise ValueError(
-            f"cached weights {path} have sha256 {file_sha256(path)}, expected {entry.sha256} ({entry.name}); "
+            f"cached weights {path} have sha256 {cached_file_sha256(path)}, expected {entry.sha256} ({entry.name}); "
             f"delete the file to download it again"
         )
     return path

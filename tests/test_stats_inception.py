@@ -18,8 +18,9 @@ from genmetrics.stats import extract_features, load_inception
 from genmetrics.stats import weights as weights_module
 from genmetrics.stats.inception import FIDInception, convert_tf_layout, exact_float32
 from genmetrics.stats.preprocess import preprocess
+from genmetrics.stats.download import file_sha256
 from genmetrics.stats.weights import (INCEPTION, INCEPTION_WEIGHTS_ENV, KNOWN_WEIGHTS, URL_BASE_ENV,
-                                      WeightsUnavailableError, file_sha256, resolve_inception_weights)
+                                      WeightsUnavailableError, resolve_inception_weights)
 
 PYTORCH_FID_URL = KNOWN_WEIGHTS[INCEPTION].urls[0]
 

@@ -11,7 +11,8 @@ import torchvision
 
 from genmetrics.stats import LPIPS
 from genmetrics.stats.lpips import LPIPS_NETS
-from genmetrics.stats.weights import KNOWN_WEIGHTS, URL_BASE_ENV, WeightsUnavailableError, file_sha256, weights_dir
+from genmetrics.stats.download import file_sha256
+from genmetrics.stats.weights import KNOWN_WEIGHTS, URL_BASE_ENV, WeightsUnavailableError, weights_dir
 
 TOL = 1e-5
 
