@@ -16,7 +16,8 @@ SCREENSHOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 @pytest.fixture
 def browser(tmp_path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver)")
+        pytest.fail(f"the UI test needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install -y chromium chromium-driver "
+                    f"(.ci/run installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
