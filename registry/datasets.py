@@ -106,7 +106,8 @@ def _missing(name, root, how):
                              f"as root (--root).")
 
 
-def _cifar(cls_name, folder, url):
+def _train_test(cls_name, how_to_get, gray=False):
+    """Maker for a torchvision dataset class with a ``train=`` flag (CIFAR, MNIST families)."""
     def make(root, split):
         import torchvision.datasets as tvd
 
@@ -115,11 +116,16 @@ def _cifar(cls_name, folder, url):
         try:
             dataset = getattr(tvd, cls_name)(root, train=split == "train", download=False)
         except RuntimeError as error:
-            raise _missing(cls_name, root, f"Expected {os.path.join(root, folder)}/ in the python-pickle format. "
-                                           f"Get it with torchvision.datasets.{cls_name}(root, download=True) "
-                                           f"or download {url} and extract it into root.") from error
-        return TorchvisionSource(dataset, f"torchvision.datasets.{cls_name}(root={root!r}, train={split == 'train'})")
+            raise _missing(cls_name, root, how_to_get(root)) from error
+        description = f"torchvision.datasets.{cls_name}(root={root!r}, train={split == 'train'})"
+        return TorchvisionSource(dataset, description + (" as RGB" if gray else ""), gray=gray)
     return make
+
+
+def _cifar(cls_name, folder, url):
+    return _train_test(cls_name, lambda root: (
+        f"Expected {os.path.join(root, folder)}/ in the python-pickle format. Get it with "
+        f"torchvision.datasets.{cls_name}(root, download=True) or download {url} and extract it into root."))
 
 
 def _stl10(root, split):
@@ -137,20 +143,9 @@ def _stl10(root, split):
 
 
 def _mnist(cls_name, url):
-    def make(root, split):
-        import torchvision.datasets as tvd
-
-        if split not in ("train", "test"):
-            raise ValueError(f"{cls_name} splits are 'train' and 'test', got {split!r}")
-        try:
-            dataset = getattr(tvd, cls_name)(root, train=split == "train", download=False)
-        except RuntimeError as error:
-            raise _missing(cls_name, root, f"Get it with torchvision.datasets.{cls_name}(root, download=True) "
-                                           f"or download the four files from {url} into "
-                                           f"{os.path.join(root, cls_name, 'raw')}.") from error
-        return TorchvisionSource(dataset, f"torchvision.datasets.{cls_name}(root={root!r}, "
-                                          f"train={split == 'train'}) as RGB", gray=True)
-    return make
+    return _train_test(cls_name, lambda root: (
+        f"Get it with torchvision.datasets.{cls_name}(root, download=True) or download the four files from "
+        f"{url} into {os.path.join(root, cls_name, 'raw')}."), gray=True)
 
 
 def _celeba(root, split):
