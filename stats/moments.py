@@ -1,18 +1,28 @@
 """Streaming first and second moments of feature vectors, in float64, mergeable across shards.
 
-The state is three sufficient statistics of the samples x_1..x_n in R^D:
+The state is the sample count and two sums of the samples x_1..x_n in R^D taken about a fixed shift c:
 
-    n,   sum = sum_i x_i   (D,),   outer_sum = sum_i x_i x_i^T   (D, D)
+    n,   s = sum_i (x_i - c)   (D,),   S = sum_i (x_i - c)(x_i - c)^T   (D, D)
 
 from which
 
-    mean = sum / n
-    cov  = (outer_sum - n * mean mean^T) / (n - 1)      (unbiased, like numpy.cov(x, rowvar=False))
+    mean = c + s / n
+    cov  = (S - s s^T / n) / (n - 1)      (unbiased, like numpy.cov(x, rowvar=False))
 
-Every batch is accumulated in float64 (whatever its dtype), so merging shards is plain addition and equals
-a single pass up to float64 rounding (~1e-16 relative on the sums). The subtraction in `cov` loses about
-log10(mean^2 / variance) digits; for Inception pool3 features (non-negative, mean and standard deviation
-of the same order) that leaves ~15 significant digits.
+The shift c is the mean of the first batch (any point near the data works), so s and S are sums of small,
+centred quantities and the subtraction in `cov` loses nothing however large the mean is against the
+spread (features N(0, 1) + 1e8 keep ~15 digits, where the plain sum of x x^T keeps none). Every batch is
+accumulated in float64 (whatever its dtype) with one GEMM.
+
+Changing the shift to c' is exact in algebra: with d = c - c',
+
+    s' = s + n d,     S' = S + s d^T + d s^T + n d d^T          (``rebase``)
+
+and stable because both shifts lie near the data, so merging shards is: rebase one onto the other's
+shift, then add n, s and S; it equals a single pass up to float64 rounding. The unshifted sums of the
+statistics file format (sum = s + n c, outer_sum = S' for c' = 0) are available as ``sum`` /
+``outer_sum`` and accepted by ``from_state``; they cancel for large means, so a stable state is
+saved with its shift (``state_dict()``) or rebuilt from mean and covariance (``from_mean_cov``).
 """
 import warnings
 
@@ -25,7 +35,7 @@ __all__ = ["GaussianMoments"]
 
 
 class GaussianMoments:
-    """Accumulates n, sum and outer_sum of feature rows; gives their mean and unbiased covariance.
+    """Accumulates n and the shifted sums of feature rows; gives their mean and unbiased covariance.
 
     >>> m = GaussianMoments()
     >>> for batch in batches:          # torch tensors or numpy arrays (N, D), any float dtype, any device
@@ -34,15 +44,23 @@ class GaussianMoments:
 
     Shards computed separately (other processes, other machines) combine exactly with ``a.merge(b)``
     (in place) or ``a + b`` (new object). ``state_dict()`` / ``from_state()`` save and restore the state.
+
+    Reducing across ``torch.distributed`` ranks: the sums are additive only about a common shift, so the
+    ranks first agree on one (e.g. broadcast rank 0's ``shift``; an empty rank takes it as is), each calls
+    ``rebase(shift)``, then an all-reduce SUM of ``n``, ``shifted_sum`` and ``shifted_outer_sum`` (float64)
+    gives the merged state exactly, rebuilt with ``from_state({"n", "shift", "shifted_sum",
+    "shifted_outer_sum"})``. Summing the unshifted ``sum`` / ``outer_sum`` instead is exact in algebra but
+    cancels catastrophically when the mean is large against the spread.
     """
 
     def __init__(self, dim=None):
         self._n = 0
-        self._sum = self._outer_sum = None
+        self._shift = self._sum = self._outer_sum = None
         if dim is not None:
             self._allocate(dim)
 
     def _allocate(self, dim):
+        """Zero sums of dimension `dim`; the shift stays unset until the first update, rebase or merge."""
         self._sum = np.zeros(dim, dtype=np.float64)
         self._outer_sum = np.zeros((dim, dim), dtype=np.float64)
 
@@ -54,28 +72,48 @@ class GaussianMoments:
         return moments
 
     @classmethod
+    def from_mean_cov(cls, n, mean, cov):
+        """The state of n samples with this mean and unbiased covariance: c = mean, s = 0, S = (n - 1) cov.
+
+        Stable for any mean (an .h5 file's ``n``, ``mu``, ``sigma``); exact up to the rounding of mean and cov.
+        """
+        mean, cov = _as_float64_numpy(mean), _as_float64_numpy(cov)
+        return cls.from_state({"n": n, "shift": mean, "shifted_sum": np.zeros_like(mean),
+                               "shifted_outer_sum": (int(n) - 1) * cov if int(n) > 1 else np.zeros_like(cov)})
+
+    @classmethod
     def from_state(cls, state):
-        """Rebuild from ``state_dict()`` output (or any mapping with n, sum, outer_sum, e.g. an .h5 file's)."""
+        """Rebuild from ``state_dict()`` output or any mapping with n, sum, outer_sum (e.g. an .h5 file's).
+
+        With ``shift``, ``shifted_sum`` and ``shifted_outer_sum`` present those are used (stable); otherwise
+        the unshifted ``sum`` / ``outer_sum`` (shift 0, as stored by format v1).
+        """
         n = state["n"]
-        total = _as_float64_numpy(state["sum"])
-        outer_sum = _as_float64_numpy(state["outer_sum"])
         if float(n) != int(n) or int(n) < 0:
             raise ValueError(f"state n must be a non-negative whole number of samples, got {n!r}")
-        if total.ndim != 1 or outer_sum.shape != (total.shape[0], total.shape[0]):
+        if "shift" in state:
+            shift = _as_float64_numpy(state["shift"])
+            total, outer_sum = (_as_float64_numpy(state[k]) for k in ("shifted_sum", "shifted_outer_sum"))
+        else:
+            total, outer_sum = (_as_float64_numpy(state[k]) for k in ("sum", "outer_sum"))
+            shift = np.zeros(total.shape[:1])
+        dim = total.shape[0] if total.ndim == 1 else -1
+        if total.ndim != 1 or outer_sum.shape != (dim, dim) or shift.shape != (dim,):
             raise ValueError(
-                f"state shapes do not match: sum {total.shape} needs outer_sum ({total.shape[0]}, {total.shape[0]}), "
-                f"got {outer_sum.shape}; the state is corrupt or from different features"
+                f"state shapes do not match: sum {total.shape} needs outer_sum ({dim}, {dim}) and shift ({dim},), "
+                f"got {outer_sum.shape} and {shift.shape}; the state is corrupt or from different features"
             )
-        moments = cls(dim=total.shape[0])
+        moments = cls(dim=dim)
         moments._n = int(n)
-        moments._sum[:] = total
-        moments._outer_sum[:] = outer_sum
+        moments._shift = shift.copy()
+        moments._sum[:], moments._outer_sum[:] = total, outer_sum
         return moments
 
     def state_dict(self):
-        """{"n": int, "sum": float64 (D,), "outer_sum": float64 (D, D)} (copies)."""
+        """Copies of the state: n, the unshifted sum / outer_sum, and shift, shifted_sum, shifted_outer_sum."""
         self._check_not_empty()
-        return {"n": self._n, "sum": self._sum.copy(), "outer_sum": self._outer_sum.copy()}
+        return {"n": self._n, "sum": self.sum, "outer_sum": self.outer_sum, "shift": self._shift.copy(),
+                "shifted_sum": self._sum.copy(), "shifted_outer_sum": self._outer_sum.copy()}
 
     @property
     def n(self):
@@ -88,48 +126,99 @@ class GaussianMoments:
         return None if self._sum is None else self._sum.shape[0]
 
     @property
-    def sum(self):
-        """float64 (D,) sum of the samples."""
-        self._check_not_empty()
+    def shift(self):
+        """float64 (D,) shift c the sums are taken about (the first batch's mean unless rebased)."""
+        if self._shift is None:
+            raise ValueError("no shift yet; call update(features) or rebase(shift) first")
+        return self._shift
+
+    @property
+    def shifted_sum(self):
+        """float64 (D,) s = sum_i (x_i - shift)."""
+        self._check_allocated()
         return self._sum
 
     @property
-    def outer_sum(self):
-        """float64 (D, D) sum of the samples' outer products."""
-        self._check_not_empty()
+    def shifted_outer_sum(self):
+        """float64 (D, D) S = sum_i (x_i - shift)(x_i - shift)^T."""
+        self._check_allocated()
         return self._outer_sum
 
+    @property
+    def sum(self):
+        """float64 (D,) sum of the samples, s + n c (a new array)."""
+        self._check_not_empty()
+        return self._sum + self._n * self._shift
+
+    @property
+    def outer_sum(self):
+        """float64 (D, D) sum of the samples' outer products (a new array; loses digits for large means)."""
+        self._check_not_empty()
+        return self._rebased(np.zeros_like(self._shift))[1]
+
     def update(self, feats):
-        """Add a batch of feature rows (N, D), N >= 1; returns self."""
+        """Add a batch of feature rows (N, D), N >= 1; returns self. One float64 GEMM on the batch's device."""
         _check_features(feats, "features", min_samples=1)
         self._check_dim(feats.shape[1], "features")
         if isinstance(feats, torch.Tensor):
             x = feats.detach().to(torch.float64)
+            if self._shift is None:
+                self._start(x.mean(dim=0).cpu().numpy())
+            x = x - torch.from_numpy(self._shift).to(x.device)
             batch_sum = x.sum(dim=0).cpu().numpy()
             batch_outer = (x.T @ x).cpu().numpy()
         else:
             x = np.asarray(feats, dtype=np.float64)
+            if self._shift is None:
+                self._start(x.mean(axis=0))
+            x = x - self._shift
             batch_sum = x.sum(axis=0)
             batch_outer = x.T @ x
-        if self._sum is None:
-            self._allocate(x.shape[1])
         self._n += int(x.shape[0])
         self._sum += batch_sum
         self._outer_sum += batch_outer
         return self
 
+    def _start(self, shift):
+        """Take `shift` (the first batch's mean, or the first merged state's shift) for an empty state."""
+        if self._sum is None:
+            self._allocate(shift.shape[0])
+        self._shift = np.array(shift, dtype=np.float64)
+
+    def rebase(self, shift):
+        """Take the sums about another shift c' (in place; exact in algebra, see the module docstring).
+
+        On an empty accumulator this just sets the shift (and the dimension). Returns self.
+        """
+        shift = _as_float64_numpy(shift)
+        if shift.ndim != 1:
+            raise ValueError(f"shift must be a vector (D,), got shape {shift.shape}")
+        self._check_dim(shift.shape[0], "the shift")
+        if self._shift is not None:
+            self._sum, self._outer_sum = self._rebased(shift)
+        self._start(shift)
+        return self
+
+    def _rebased(self, shift):
+        """(s', S') about `shift`: s' = s + n d, S' = S + s d^T + d s^T + n d d^T with d = c - c'."""
+        d = self._shift - shift
+        s_d = np.outer(self._sum, d)
+        outer = self._outer_sum + s_d + s_d.T + self._n * np.outer(d, d)
+        return self._sum + self._n * d, outer
+
     def merge(self, other):
-        """Add another accumulator's samples to this one (in place); returns self."""
+        """Add another accumulator's samples to this one (in place, other's sums rebased); returns self."""
         if not isinstance(other, GaussianMoments):
             raise TypeError(f"can only merge another GaussianMoments, got {type(other).__name__}")
-        if other._sum is None:
-            return self
         self._check_dim(other.dim, "the merged moments")
-        if self._sum is None:
-            self._allocate(other.dim)
+        if other._n == 0:
+            return self
+        if self._shift is None:
+            self._start(other._shift)
+        other_sum, other_outer_sum = other._rebased(self._shift)
         self._n += other._n
-        self._sum += other._sum
-        self._outer_sum += other._outer_sum
+        self._sum += other_sum
+        self._outer_sum += other_outer_sum
         return self
 
     def __add__(self, other):
@@ -139,13 +228,13 @@ class GaussianMoments:
 
     @property
     def mean(self):
-        """float64 (D,) sample mean."""
+        """float64 (D,) sample mean, c + s / n."""
         self._check_not_empty()
-        return self._sum / self._n
+        return self._shift + self._sum / self._n
 
     @property
     def cov(self):
-        """float64 (D, D) unbiased sample covariance (divides by n - 1); symmetric by construction.
+        """float64 (D, D) unbiased sample covariance (S - s s^T / n) / (n - 1); symmetric by construction.
 
         Warns (UserWarning) when n <= D: the covariance then has rank at most n - 1 < D and the Fréchet
         distance computed from it is biased upward.
@@ -165,11 +254,15 @@ class GaussianMoments:
         return (cov + cov.T) / 2
 
     def _check_dim(self, dim, what):
-        if self._sum is not None and dim != self.dim:
+        if self._sum is not None and dim is not None and dim != self.dim:
             raise ValueError(
                 f"{what} have feature dimension {dim} but the accumulated moments have {self.dim}; "
                 f"accumulate features of one extractor layer only"
             )
+
+    def _check_allocated(self):
+        if self._sum is None:
+            raise ValueError("no feature dimension yet; call update(features) or rebase(shift) first")
 
     def _check_not_empty(self):
         if self._n == 0:
