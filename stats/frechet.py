@@ -17,12 +17,24 @@ cached root a Cholesky factor is used (about 20x cheaper than an eigendecomposit
 singular (fewer samples than dimensions) does it fall back to the symmetric root. S1^{1/2} depends on the
 reference alone, so it can be cached (the registry stores it as ``sqrt_sigma``) and a FID against a fixed
 reference costs two matrix products and one ``eigvalsh``.
+
+Checks (each a ``ValueError`` naming the input): sigma1 (when factored here) and A S2 A must have no
+eigenvalue below -tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float precision
+(a covariance that is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy
+|A|_F^2 = Tr(S1) (cheap, catches a root of other statistics); the result must be finite and not
+negative beyond its rounding bound. The distance is homogeneous (scaling the features by a scales it by
+a^2), so inputs far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an
+exact power of two first and the result scaled back: large-magnitude features give a finite FID.
 """
 import numpy as np
+import torch
 
 from .checks import _as_float64_numpy, _check_mean_cov, _check_same_dim
 
 __all__ = ["frechet_distance", "sqrtm_psd"]
+
+_MIN_RTOL = 1e-9
+_SAFE_EXPONENT = 300
 
 
 def sqrtm_psd(sigma):
@@ -35,17 +47,64 @@ def sqrtm_psd(sigma):
     if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
         raise ValueError(f"sqrtm_psd needs a square matrix, got shape {sigma.shape}")
     _check_mean_cov(np.zeros(sigma.shape[0]), sigma, "sigma")
+    return _root_and_eigenvalues(sigma)[0]
+
+
+def _root_and_eigenvalues(sigma):
+    """(A, w): the clipped symmetric root of sigma and sigma's eigenvalues w."""
     eigenvalues, eigenvectors = np.linalg.eigh(sigma)
     root = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
-    return (root + root.T) / 2
+    return (root + root.T) / 2, eigenvalues
 
 
-def _psd_factor(sigma):
+def _rounding_rtol(arrays, dim):
+    """max(10 D eps, 1e-9): relative size of eigenvalue rounding, eps of the least precise float input."""
+    eps = max(np.finfo(np.float64).eps, *(_float_eps(a) for a in arrays))
+    return max(10 * dim * eps, _MIN_RTOL)
+
+
+def _float_eps(array):
+    if isinstance(array, torch.Tensor):
+        return torch.finfo(array.dtype).eps if array.dtype.is_floating_point else 0.0
+    dtype = np.asarray(array).dtype
+    return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
+
+
+def _check_psd(eigenvalues, rtol, what):
+    """No eigenvalue below -rtol * max|eigenvalue| (rounding); otherwise the matrix is not a covariance."""
+    largest = float(np.abs(eigenvalues).max()) if eigenvalues.size else 0.0
+    if eigenvalues.size and float(eigenvalues.min()) < -rtol * largest:
+        raise ValueError(f"{what} is not positive semi-definite (eigenvalue {float(eigenvalues.min()):.4g}, largest "
+                         f"magnitude {largest:.4g}): it is not a covariance matrix; recompute it from features "
+                         f"(e.g. GaussianMoments(...).cov) or re-create the statistics file")
+
+
+def _psd_factor(sigma, rtol):
     """F with F F^T = sigma: the Cholesky factor when sigma is positive definite, else sqrtm_psd(sigma)."""
     try:
         return np.linalg.cholesky(sigma)
     except np.linalg.LinAlgError:
-        return sqrtm_psd(sigma)
+        root, eigenvalues = _root_and_eigenvalues(sigma)
+        _check_psd(eigenvalues, rtol, "sigma1")
+        return root
+
+
+def _check_root(root, sigma, rtol):
+    """A cached symmetric root A of sigma has |A|_F^2 = Tr(A A) = Tr(sigma) (O(D^2), catches wrong roots)."""
+    if root.shape != sigma.shape:
+        raise ValueError(f"sqrt_sigma1 has shape {root.shape} but sigma1 has {sigma.shape}; "
+                         f"pass sqrtm_psd(sigma1) of the same statistics")
+    squared, trace = float(np.sum(root * root)), float(np.trace(sigma))
+    if abs(squared - trace) > 1e3 * rtol * max(abs(trace), squared):
+        raise ValueError(f"sqrt_sigma1 is not the square root of sigma1 (|sqrt_sigma1|^2 = {squared:.6g} but "
+                         f"Tr(sigma1) = {trace:.6g}); pass sqrtm_psd(sigma1), or drop the cached root")
+
+
+def _power_of_two_scale(mu1, mu2, sigma1, sigma2):
+    """k with |mu1 - mu2| 2^-k and sigma 4^-k near 1 when outside 2^+-300 (exact rescaling), else 0."""
+    exponent = max(2 * np.frexp(np.abs(mu1 - mu2).max())[1],
+                   np.frexp(max(np.abs(sigma1).max(), np.abs(sigma2).max()))[1])
+    return 0 if abs(exponent) <= _SAFE_EXPONENT else int(exponent) // 2
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
@@ -54,22 +113,43 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
     Inputs are numpy arrays or torch tensors (any float dtype), computed in float64. ``sqrt_sigma1``, if
     given, must be ``sqrtm_psd(sigma1)`` (e.g. cached with the reference statistics); it saves factoring
     sigma1. Mathematically >= 0; values within rounding of 0 may be slightly negative.
+
+    Raises:
+        ValueError: shapes or values that are not Gaussian statistics (non-finite, not symmetric, not
+            positive semi-definite, a cached root of another matrix), or a result that overflows float64.
     """
+    rtol = _rounding_rtol((mu1, sigma1, mu2, sigma2), np.shape(mu1)[-1] if np.ndim(mu1) else 1)
     mu1, sigma1, mu2, sigma2 = (_as_float64_numpy(a) for a in (mu1, sigma1, mu2, sigma2))
     _check_mean_cov(mu1, sigma1, "mu1/sigma1")
     _check_mean_cov(mu2, sigma2, "mu2/sigma2")
     _check_same_dim(mu1, mu2, "mu1", "mu2")
+    k = _power_of_two_scale(mu1, mu2, sigma1, sigma2)
+    mu1, mu2, sigma1, sigma2 = np.ldexp(mu1, -k), np.ldexp(mu2, -k), np.ldexp(sigma1, -2 * k), np.ldexp(sigma2, -2 * k)
     if sqrt_sigma1 is None:
-        factor = _psd_factor(sigma1)
+        factor = _psd_factor(sigma1, rtol)
     else:
-        factor = _as_float64_numpy(sqrt_sigma1)
-        if factor.shape != sigma1.shape:
-            raise ValueError(
-                f"sqrt_sigma1 has shape {factor.shape} but sigma1 has {sigma1.shape}; "
-                f"pass sqrtm_psd(sigma1) of the same statistics"
-            )
+        factor = np.ldexp(_as_float64_numpy(sqrt_sigma1), -k)
+        _check_root(factor, sigma1, rtol)
     inner = factor.T @ sigma2 @ factor
     eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt_product = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    _check_psd(eigenvalues, rtol, "sigma2 (seen through sigma1's square root)")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product)
+    parts = (diff @ diff, np.trace(sigma1), np.trace(sigma2), np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    return _checked_result(parts, eigenvalues, rtol, k)
+
+
+def _checked_result(parts, eigenvalues, rtol, k):
+    """|d|^2 + Tr S1 + Tr S2 - 2 Tr sqrt, scaled back by 4^k; finite and >= -(its rounding bound)."""
+    mean_term, trace1, trace2, trace_sqrt = parts
+    fid = float(mean_term + trace1 + trace2 - 2.0 * trace_sqrt)
+    with np.errstate(over="ignore"):
+        scaled_back = float(np.ldexp(fid, 2 * k))
+    largest = float(np.abs(eigenvalues).max()) if eigenvalues.size else 0.0
+    bound = 2 * eigenvalues.size * np.sqrt(rtol * largest) + rtol * (mean_term + trace1 + trace2)
+    if not np.isfinite(scaled_back):
+        raise ValueError("the Fréchet distance overflows float64 (the features are too large); rescale both "
+                         "feature sets by the same factor a (FID scales by a^2)")
+    if fid < -bound:
+        raise ValueError(f"the Fréchet distance came out negative ({fid:.6g}, rounding bound {bound:.3g}): the "
+                         f"statistics are inconsistent (sigma1, sigma2 or sqrt_sigma1); recompute them from features")
+    return scaled_back

@@ -12,8 +12,18 @@ each side; the reported std is the population standard deviation (ddof=0) over t
 torch-fidelity, torchmetrics and the original code. KID is unbiased (its expectation does not depend
 on the sample size), so it may be slightly negative when the two distributions are equal. Units: kernel
 units (for Inception pool3 with the defaults, values of 1e-3 .. 1e-1; papers often report KID x 1000).
-Everything is computed in float64.
+
+Everything is computed in float64, and about a centre m (the mean of both feature sets): with u = x - m,
+v = y - m, b = gamma m.m + coef0 and t = gamma (u.v + m.u + m.v) (so gamma x.y + coef0 = b + t),
+
+    k(x, y) - b^degree = sum_{j=1..degree} C(degree, j) b^(degree-j) t^j       (Horner in t)
+
+The constant b^degree drops out of MMD^2_u exactly (its three averages have weights 1 + 1 - 2 = 0), so
+the kernel is never formed at full size: features with a large common offset (N(0, 1) + 1e8, where
+k ~ 1e48 and the plain formula returns noise, 0 or NaN) keep their digits. Values that overflow float64
+raise a ``ValueError`` (KID is not scale invariant, so they cannot be rescaled silently).
 """
+import math
 import warnings
 
 import numpy as np
@@ -36,19 +46,50 @@ def polynomial_mmd_unbiased(features1, features2, degree=3, gamma=None, coef0=1.
     _check_features(features1, "features1")
     _check_features(features2, "features2")
     _check_same_dim(features1, features2)
+    _check_positive_int(degree, "degree")
     x = torch.as_tensor(features1).to(torch.float64)
     y = torch.as_tensor(features2).to(device=x.device, dtype=torch.float64)
-    return _mmd_unbiased(x, y, degree, gamma, coef0)
+    return _mmd_unbiased(x, y, degree, gamma, coef0, _center(x, y))
 
 
-def _mmd_unbiased(x, y, degree, gamma, coef0):
+def _mmd_unbiased(x, y, degree, gamma, coef0, center):
+    """MMD^2_u of float64 x (m, D), y (n, D) with the polynomial kernel, evaluated about `center` (D,)."""
     m, n = x.shape[0], y.shape[0]
-    k_xx = polynomial_kernel(x, x, degree, gamma, coef0)
-    k_yy = polynomial_kernel(y, y, degree, gamma, coef0)
-    k_xy = polynomial_kernel(x, y, degree, gamma, coef0)
+    gamma = 1.0 / x.shape[1] if gamma is None else gamma
+    u, v = x - center, y - center
+    base = gamma * float(center @ center) + coef0
+    try:
+        coefficients = [math.comb(degree, j) * base ** (degree - j) for j in range(1, degree + 1)]
+    except OverflowError:
+        raise _overflow_error(x, y, degree) from None
+    a_x, a_y = gamma * (u @ center), gamma * (v @ center)
+
+    def shifted_kernel(p, a_p, q, a_q):
+        t = gamma * (p @ q.T) + a_p[:, None] + a_q[None, :]
+        value = torch.full_like(t, coefficients[-1])
+        for coefficient in reversed(coefficients[:-1]):
+            value = value * t + coefficient
+        return value * t
+
+    k_xx, k_yy, k_xy = shifted_kernel(u, a_x, u, a_x), shifted_kernel(v, a_y, v, a_y), shifted_kernel(u, a_x, v, a_y)
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
-    return float(within_x + within_y - 2.0 * k_xy.sum() / (m * n))
+    value = float(within_x + within_y - 2.0 * k_xy.sum() / (m * n))
+    if not math.isfinite(value):
+        raise _overflow_error(x, y, degree)
+    return value
+
+
+def _overflow_error(x, y, degree):
+    magnitude = max(float(x.abs().max()), float(y.abs().max()))
+    return ValueError(f"KID overflows float64: the degree-{degree} polynomial kernel of features as large as "
+                      f"{magnitude:.3g} exceeds 1.8e308; KID is not scale invariant, so rescale both feature sets "
+                      f"by the same factor and report it (or check that these are Inception activations)")
+
+
+def _center(x, y):
+    """Mean of the rows of x and y together (float64), the expansion point of the kernel."""
+    return (x.sum(dim=0) + y.sum(dim=0)) / (x.shape[0] + y.shape[0])
 
 
 def kernel_inception_distance(
@@ -67,6 +108,7 @@ def kernel_inception_distance(
     _check_same_dim(features1, features2)
     _check_positive_int(subsets, "subsets")
     _check_positive_int(subset_size, "subset_size", minimum=2)
+    _check_positive_int(degree, "degree")
     n1, n2 = features1.shape[0], features2.shape[0]
     if subset_size > min(n1, n2):
         warnings.warn(
@@ -78,6 +120,7 @@ def kernel_inception_distance(
         subset_size = min(n1, n2)
     x_all = torch.as_tensor(features1)
     y_all = torch.as_tensor(features2).to(x_all.device)
+    center = _center(x_all.to(torch.float64), y_all.to(torch.float64))
     rng = np.random.default_rng(seed)
     values = np.empty(subsets, dtype=np.float64)
     for i in range(subsets):
@@ -85,5 +128,11 @@ def kernel_inception_distance(
         y_idx = torch.from_numpy(rng.choice(n2, subset_size, replace=False)).to(x_all.device)
         x = x_all[x_idx].to(torch.float64)
         y = y_all[y_idx].to(torch.float64)
-        values[i] = _mmd_unbiased(x, y, degree, gamma, coef0)
-    return float(values.mean()), float(values.std())
+        values[i] = _mmd_unbiased(x, y, degree, gamma, coef0, center)
+    return _mean_std(values)
+
+
+def _mean_std(values):
+    """Mean and population std (ddof=0), computed on values / max|values| so that neither overflows."""
+    scale = float(np.abs(values).max()) or 1.0
+    return float((values / scale).mean() * scale), float((values / scale).std() * scale)

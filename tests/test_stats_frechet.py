@@ -124,3 +124,41 @@ def test_fid_infinity_removes_the_small_sample_bias():
     assert abs(np.mean(extrapolated)) < 0.25 * np.mean(biased)
     with pytest.raises(ValueError, match="more than min_samples=5000"):
         fid_infinity(np.ones((100, 4)), np.zeros(4), np.eye(4))
+
+
+def test_large_magnitude_covariances_are_rescaled_exactly():
+    """Features with spread ~1e110: F S2 F overflowed (bare LinAlgError); the power-of-two rescaling is exact."""
+    mu1, sigma1 = _gaussian_stats(300, 32, seed=7)
+    mu2, sigma2 = _gaussian_stats(200, 32, seed=8, scale=1.2)
+    base = frechet_distance(mu1, sigma1, mu2, sigma2)
+    a = 2.0 ** 365  # ~7.5e109
+    big = frechet_distance(mu1 * a, sigma1 * a * a, mu2 * a, sigma2 * a * a)
+    assert big == pytest.approx(base * a * a, rel=1e-12)
+    tiny = frechet_distance(mu1 / a, sigma1 / a / a, mu2 / a, sigma2 / a / a)
+    assert tiny == pytest.approx(base / a / a, rel=1e-12)
+    assert frechet_distance(mu1 * a, sigma1 * a * a, mu2 * a, sigma2 * a * a,
+                            sqrt_sigma1=sqrtm_psd(sigma1) * a) == pytest.approx(big, rel=1e-10)
+    with pytest.raises(ValueError, match="overflows float64.*rescale both feature sets"):
+        frechet_distance(mu1 * 1e160, sigma1, mu2, sigma2)
+
+
+def test_statistics_that_are_not_covariances_are_refused():
+    """A non-PSD sigma gave a negative FID (or 0.0 for a negative-definite one); a wrong cached root gave 15.9."""
+    mu1, sigma1 = _gaussian_stats(300, 16, seed=9)
+    mu2, sigma2 = _gaussian_stats(300, 16, seed=10)
+    eigenvalues, vectors = np.linalg.eigh(sigma1)
+    eigenvalues[:3] = -0.5 * eigenvalues.max()
+    not_psd = (vectors * eigenvalues) @ vectors.T
+    not_psd = (not_psd + not_psd.T) / 2
+    with pytest.raises(ValueError, match="sigma1 is not positive semi-definite"):
+        frechet_distance(mu1, not_psd, mu2, sigma2)
+    with pytest.raises(ValueError, match="sigma1 is not positive semi-definite"):
+        frechet_distance(mu1, -sigma1, mu2, sigma2)
+    with pytest.raises(ValueError, match="sigma2 .* is not positive semi-definite"):
+        frechet_distance(mu1, sigma1, mu2, not_psd)
+    with pytest.raises(ValueError, match="sqrt_sigma1 is not the square root of sigma1"):
+        frechet_distance(mu1, sigma1, mu1, sigma1, sqrt_sigma1=sqrtm_psd(sigma2))
+    # PSD up to rounding (rank-deficient, float32-rounded) is still accepted, and self-distance stays ~0.
+    mu3, sigma3 = _gaussian_stats(10, 16, seed=11)
+    rounded = sigma3.astype(np.float32)
+    assert abs(frechet_distance(mu3, rounded, mu3, rounded)) < 1e-3 * np.trace(sigma3)

@@ -124,3 +124,38 @@ def test_cuda_equals_cpu(feature_sets):
     gpu = kernel_inception_distance(torch.from_numpy(real).cuda(), torch.from_numpy(fake).cuda(), subsets=5,
                                     subset_size=100, seed=2)
     assert gpu == pytest.approx(cpu, rel=1e-9)
+
+
+def _exact_mmd(x, y, degree=3):
+    """MMD^2_u in rational arithmetic on the float64 values (the oracle for large magnitudes)."""
+    from fractions import Fraction
+
+    gamma = Fraction(1, x.shape[1])
+    xs = [[Fraction(float(v)) for v in row] for row in x]
+    ys = [[Fraction(float(v)) for v in row] for row in y]
+
+    def mean_kernel(a, b, skip_diagonal):
+        total = sum((gamma * sum(p * q for p, q in zip(a[i], b[j])) + 1) ** degree
+                    for i in range(len(a)) for j in range(len(b)) if not (skip_diagonal and i == j))
+        return total / (len(a) * (len(b) - skip_diagonal))
+
+    return float(mean_kernel(xs, xs, True) + mean_kernel(ys, ys, True) - 2 * mean_kernel(xs, ys, False))
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e8])
+def test_large_magnitude_features_match_exact_arithmetic(offset):
+    """N(0, 1) + c: the kernel ~ c^6 cancels in MMD^2; the plain formula gave 0 (c = 1e8) or NaN (larger)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(12, 4)) + offset, rng.normal(0.3, 1.2, size=(15, 4)) + offset
+    assert polynomial_mmd_unbiased(x, y) == pytest.approx(_exact_mmd(x, y), rel=1e-6)
+    assert polynomial_mmd_unbiased(torch.from_numpy(x), y, degree=2) == pytest.approx(_exact_mmd(x, y, 2), rel=1e-6)
+    mean, std = kernel_inception_distance(x, y, subsets=3, subset_size=10)
+    assert np.isfinite(mean) and np.isfinite(std) and std > 0
+
+
+def test_overflowing_kernel_is_a_clear_error():
+    x = np.random.default_rng(6).normal(size=(30, 8)) * 1e80
+    with pytest.raises(ValueError, match="KID overflows float64.*as large as .*e\\+80.*rescale both feature sets"):
+        kernel_inception_distance(x, x + 1.0, subsets=2, subset_size=20)
+    with pytest.raises(ValueError, match="degree must be an integer >= 1"):
+        polynomial_mmd_unbiased(x, x, degree=1.5)
