@@ -2,15 +2,18 @@
 import logging
 import os
 
+from genmetrics.stats.defaults import DEFAULT_METRICS, DEFAULT_PREFIX, METRICS
+
 
 def _add_common(parser):
     parser.add_argument("--reference", required=True,
                         help="registry ref (e.g. cifar10-train-32), or a path to an .h5 statistics file")
-    parser.add_argument("--metrics", default="fid,kid",
-                        help="comma-separated metrics among fid,kid,is,ssim,ms_ssim,lpips (default: fid,kid)")
+    parser.add_argument("--metrics", default=None,
+                        help=f"comma-separated metrics among {','.join(METRICS)} (default: {','.join(DEFAULT_METRICS)}, "
+                             f"skipping those whose inputs are unavailable)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
-    parser.add_argument("--prefix", default="gen/", help="metric key prefix (default: gen/)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"metric key prefix (default: {DEFAULT_PREFIX})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default: 50)")
 
@@ -44,9 +47,11 @@ def _setup(args):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per sample file is noise in logs
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    if not metrics:
-        raise ValueError("--metrics is empty; name at least one metric, e.g. --metrics fid,kid")
+    metrics = None
+    if args.metrics is not None:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if not metrics:
+            raise ValueError("--metrics is empty; name at least one metric, e.g. --metrics fid,kid")
     return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size)
 
 

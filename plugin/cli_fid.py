@@ -12,35 +12,10 @@ import argparse
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
 
-import numpy as np
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER, MODES
 
-MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")  # genmetrics.stats.MODES, without importing torch
-IMAGE_ARCHIVES = (".zip",)
 STATISTICS_FILES = (".npz", ".h5", ".hdf5")
-CHECKED_PROVENANCE = ("mode", "feature_extractor", "feature_layer")
-
-
-@dataclass
-class _Side:
-    """One side of the comparison: Gaussian statistics, how they were made, and features when available."""
-
-    source: str
-    mu: np.ndarray
-    sigma: np.ndarray
-    n: int = 0  # number of samples, 0 when the file does not say
-    provenance: dict = field(default_factory=dict)  # mode / feature_extractor / feature_layer, where known
-    features: object = None  # (N, D) features, or a function reading them on demand
-    sqrt_sigma: np.ndarray = None
-
-    def load_features(self):
-        return self.features() if callable(self.features) else self.features
-
-    def describe(self):
-        n = self.n or "unknown number of"
-        made = ", ".join(f"{key} {value}" for key, value in self.provenance.items()) or "provenance unknown"
-        return f"{self.source}: {n} samples, D={self.mu.shape[0]}, {made}"
 
 
 def add_parser(subparsers):
@@ -54,7 +29,8 @@ def add_parser(subparsers):
     parser.add_argument("b", metavar="B", help="image folder, .zip, .npz/.h5 statistics file or registry ref")
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="image preprocessing (resize to 299): default the statistics file's mode, else clean")
-    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per Inception batch (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default=None, help="torch device for the Inception (default: cuda if available)")
     parser.add_argument("--weights", default=None,
                         help="Inception weights file (pytorch-fid .pth or TF-named TorchScript such as "
@@ -70,7 +46,9 @@ def add_parser(subparsers):
 
 
 def _is_image_source(source):
-    return os.path.isdir(source) or (os.path.isfile(source) and source.lower().endswith(IMAGE_ARCHIVES))
+    from genmetrics.stats.image_files import is_image_source
+
+    return is_image_source(source)
 
 
 def _load_statistics(source):
@@ -80,48 +58,23 @@ def _load_statistics(source):
     if os.path.isfile(source) and not source.lower().endswith(STATISTICS_FILES):
         raise ValueError(f"{source}: unsupported file type; pass an image folder, a .zip, an .npz or an .h5 file")
     try:
-        ref = load(source)
+        return load(source)
     except KeyError as exc:  # an unknown registry ref: say that it is no folder or file either
         raise ValueError(f"{source} is no existing folder or file, and {exc}") from exc
-    provenance = {}
-    for key in CHECKED_PROVENANCE:
-        value = ref.meta.get(key)
-        if value is not None:
-            provenance[key] = value.decode() if isinstance(value, bytes) else str(value)
-    return _Side(source, ref.mu, ref.sigma, n=ref.n, provenance=provenance,
-                 features=(lambda: ref.features) if ref.has_features else None, sqrt_sigma=ref.sqrt_sigma)
-
-
-def _image_provenance(mode):
-    from genmetrics.stats import FEATURE_EXTRACTOR
-
-    return {"mode": mode, "feature_extractor": FEATURE_EXTRACTOR, "feature_layer": "pool3"}
-
-
-def _check_comparable(sides, image_provenance, allow_mismatch):
-    """Refuse statistics made with another preprocessing mode, extractor or layer than the other side."""
-    for key in CHECKED_PROVENANCE:
-        values = {side.source: side.provenance[key] for side in sides if key in side.provenance}
-        if image_provenance is not None:
-            values["the images"] = image_provenance[key]
-        if len(set(values.values())) > 1 and not allow_mismatch:
-            made = ", ".join(f"{source}: {value!r}" for source, value in values.items())
-            fix = "pass the matching --mode" if key == "mode" else "use statistics made with the same extractor"
-            raise ValueError(
-                f"the two sides differ in {key} ({made}), so their FID would not measure the images alone; "
-                f"{fix} (or --allow-mismatch to compare anyway)"
-            )
 
 
 def _image_side(source, model, mode, args):
-    from genmetrics.stats import GaussianMoments, extract_features
+    """Statistics of an image folder/zip, as an in-memory ReferenceStats (features kept for KID)."""
+    from genmetrics.registry import ReferenceStats
+    from genmetrics.stats import FeatureAccumulator
 
     print(f"extracting Inception features of {source} (mode {mode})", file=sys.stderr)
-    features = extract_features(source, model=model, mode=mode, batch_size=args.batch_size, device=args.device,
-                                progress=True)["pool3"]
-    moments = GaussianMoments.from_features(features)
-    return _Side(source, moments.mean, moments.cov, n=moments.n, provenance=_image_provenance(mode),
-                 features=features)
+    accumulator = FeatureAccumulator(model, mode=mode, keep_features=True, batch_size=args.batch_size)
+    accumulator.update(source)
+    stats = accumulator.compute()
+    side = ReferenceStats.from_moments(stats.moments, features=stats.features.numpy(), meta=stats.provenance)
+    side.path = source
+    return side
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None):
@@ -139,29 +92,31 @@ def _run_fid(args):
 
     sources = [args.a, args.b]
     statistics = {s: _load_statistics(s) for s in sources if not _is_image_source(s)}
-    lacking = [side.source for side in statistics.values() if side.features is None]
+    lacking = [source for source, side in statistics.items() if not side.has_features]
     if args.kid and lacking:
         raise ValueError(
             f"--kid needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass image "
             f"folders, or statistics built with features (genmetrics stats build ... --features)"
         )
-    modes = [side.provenance["mode"] for side in statistics.values() if "mode" in side.provenance]
-    mode = args.mode or next(iter(modes), "clean")
-    has_images = len(statistics) < len(sources)
-    _check_comparable(list(statistics.values()), _image_provenance(mode) if has_images else None,
-                      args.allow_mismatch)
+    modes = [side.provenance["mode"] for side in statistics.values() if side.provenance["mode"]]
+    mode = args.mode or next(iter(modes), DEFAULT_MODE)
+    if len(statistics) == 2:
+        statistics[args.b].check_comparable(statistics[args.a], args.allow_mismatch, names=(args.a, args.b))
     model = None
-    if has_images:
-        from genmetrics.stats import load_inception
+    if len(statistics) < len(sources):
+        from genmetrics.stats import FEATURE_EXTRACTOR, load_inception
 
+        images = {"mode": mode, "feature_extractor": FEATURE_EXTRACTOR, "feature_layer": FEATURE_LAYER}
+        for source, side in statistics.items():
+            side.check_comparable(images, args.allow_mismatch, names=("images", source))
         model = load_inception(args.weights, device=args.device)
     sides = [statistics[s] if s in statistics else _image_side(s, model, mode, args) for s in sources]
     for label, side in zip("AB", sides):
         print(f"{label} = {side.describe()}", file=sys.stderr)
-    if sides[0].mu.shape != sides[1].mu.shape:
+    if sides[0].dim != sides[1].dim:
         raise ValueError(
-            f"A has {sides[0].mu.shape[0]} features per sample but B has {sides[1].mu.shape[0]}; both sides must "
-            f"come from the same extractor layer (Inception pool3: 2048)"
+            f"A has {sides[0].dim} features per sample but B has {sides[1].dim}; both sides must come from the "
+            f"same extractor layer (Inception pool3: 2048)"
         )
 
     # The Fréchet distance is symmetric: put a side with a cached square root first.
@@ -169,8 +124,7 @@ def _run_fid(args):
     fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
     print(f"FID: {fid:.6f}")
     if args.kid:
-        mean, std = kernel_inception_distance(sides[0].load_features(), sides[1].load_features(),
-                                              subsets=args.kid_subsets, subset_size=args.kid_subset_size,
-                                              seed=args.seed)
+        mean, std = kernel_inception_distance(sides[0].features, sides[1].features, subsets=args.kid_subsets,
+                                              subset_size=args.kid_subset_size, seed=args.seed)
         print(f"KID: {mean:.6g} ± {std:.3g}")
     return 0

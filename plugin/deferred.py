@@ -24,10 +24,9 @@ import os
 import tempfile
 import time
 
-from .samples import SCORED_TAG_PREFIX, pending_sample_steps, read_samples_file
+from genmetrics.stats.defaults import DEFAULT_PREFIX
 
-DEFAULT_METRICS = ("fid", "kid")
-DEFAULT_PREFIX = "gen/"
+from .samples import SCORED_TAG_PREFIX, pending_sample_steps, read_samples_file
 
 _logger = logging.getLogger(__name__)
 
@@ -84,16 +83,14 @@ class _Scorer:
 
     def __init__(self, reference, metrics, prefix, scoring_options):
         self.reference = reference
-        self.metrics = list(metrics)
+        self.metrics = metrics
         self.prefix = prefix
         self.options = dict(scoring_options)
 
     def loaded_reference(self):
-        if isinstance(self.reference, (str, os.PathLike)):
-            from genmetrics import registry
+        from genmetrics import registry
 
-            self.reference = registry.load(os.fspath(self.reference))
-        return self.reference
+        return registry.load(self.reference, progress=False)
 
     def log_step(self, client, run_id, step, samples, targets):
         """Compute the metrics of one step's samples and log them at that step; returns the keys.
@@ -160,11 +157,12 @@ def _score_run_with(scorer, client, run_id):
     return done
 
 
-def score_run(run_id, reference, metrics=DEFAULT_METRICS, client=None, prefix=DEFAULT_PREFIX, **scoring_options):
+def score_run(run_id, reference, metrics=None, client=None, prefix=DEFAULT_PREFIX, **scoring_options):
     """Score every logged sample step of ``run_id`` that is not scored yet, in step order.
 
     ``reference``: registry ref, ``.h5`` path or ``ReferenceStats``. ``metrics``: names as for
-    ``log_gen_metrics`` (``targets`` stored with the samples make SSIM/LPIPS paired).
+    ``log_gen_metrics``, None = its default set with unavailable metrics skipped (``targets`` stored
+    with the samples make SSIM/LPIPS paired).
     ``scoring_options`` go to ``log_gen_metrics`` (e.g. ``device``, ``batch_size``).
     Idempotent and safe to kill at any point (see the module docstring).
     Returns the list of steps scored (or only marked, after a crash) by this call.
@@ -197,7 +195,7 @@ def _experiment_run_ids(client, experiment_name):
 def watch(
     experiment_name,
     reference,
-    metrics=DEFAULT_METRICS,
+    metrics=None,
     interval=30.0,
     max_iterations=None,
     client=None,

@@ -19,7 +19,7 @@ Where the images come from:
 Each cell is an image file path, encoded image bytes, or a uint8 / float [0, 1] (H, W, C) array.
 Paired targets (for SSIM / MS-SSIM / LPIPS) come from ``target_column`` or ``targets=``.
 Config keys: ``reference`` (registry ref, ``.h5`` path or ``ReferenceStats``), ``metrics``
-(default fid, kid), ``image_column``, ``target_column``, ``prefix`` (default ``gen/``), ``step``
+(default: ``log_gen_metrics``'s default set, unavailable metrics skipped), ``image_column``, ``target_column``, ``prefix`` (default ``gen/``), ``step``
 (default 0), ``batch_size`` (default 50); any other key goes to ``score_samples``
 (``device``, ``mode``, ``seed``, ``value_range``, ...).
 """
@@ -29,13 +29,15 @@ import os
 import numpy as np
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
+from genmetrics.stats.defaults import DEFAULT_PREFIX
+
 MODEL_TYPE = "image-generation"
-DEFAULT_METRICS = ("fid", "kid")
 _OWN_KEYS = ("reference", "metrics", "image_column", "target_column", "prefix", "step", "batch_size")
 
 
 def _load_image(cell):
-    """One cell -> uint8 (H, W, 3) or float (H, W, C) array."""
+    """One cell -> a PIL image (a file path or encoded bytes, decoded as RGB), or the array itself, which the
+    one image normaliser (:mod:`genmetrics.stats.image_input`) reads as a single image."""
     from PIL import Image
 
     if isinstance(cell, (str, os.PathLike)):
@@ -43,27 +45,14 @@ def _load_image(cell):
             raise FileNotFoundError(f"image file {os.fspath(cell)!r} not found; image paths are read relative to "
                                     f"the current directory {os.getcwd()!r}")
         with Image.open(cell) as img:
-            return np.asarray(img.convert("RGB"))
+            return img.convert("RGB")
     if isinstance(cell, (bytes, bytearray)):
         with Image.open(io.BytesIO(cell)) as img:
-            return np.asarray(img.convert("RGB"))
+            return img.convert("RGB")
     array = np.asarray(cell)
     if array.ndim not in (2, 3):
         raise ValueError(f"an image cell must be a path, encoded bytes or an (H, W, C) array; got shape {array.shape}")
     return array
-
-
-def _same_size_batches(cells, batch_size):
-    """Yield (n, H, W, C) batches of consecutive images with the same shape and dtype (sizes may vary)."""
-    batch = []
-    for cell in cells:
-        image = _load_image(cell)
-        if batch and (image.shape != batch[0].shape or image.dtype != batch[0].dtype or len(batch) == batch_size):
-            yield np.stack(batch)
-            batch = []
-        batch.append(image)
-    if batch:
-        yield np.stack(batch)
 
 
 def _column(frame, name, what):
@@ -129,18 +118,15 @@ class GenMetricsEvaluator(ModelEvaluator):
         if target_cells is not None:
             if len(target_cells) != len(images):
                 raise ValueError(f"{len(images)} images but {len(target_cells)} targets; pass one target per image")
-            target_batches = list(_same_size_batches(target_cells, batch_size))
-            if len({batch.shape[1:] for batch in target_batches}) > 1:
-                raise ValueError("paired target images must all have one size, the size of their samples; resize them")
-            targets = np.concatenate(target_batches)
+            targets = [_load_image(cell) for cell in target_cells]
         metrics = log_gen_metrics(
-            _same_size_batches(images, batch_size),
+            (_load_image(cell) for cell in images),
             reference=config.get("reference"),
             step=int(config.get("step", 0)),
-            metrics=config.get("metrics", DEFAULT_METRICS),
+            metrics=config.get("metrics"),
             targets=targets,
             run_id=run_id,
-            prefix=config.get("prefix", "gen/"),
+            prefix=config.get("prefix", DEFAULT_PREFIX),
             batch_size=batch_size,
             **{k: v for k, v in config.items() if k not in _OWN_KEYS},
         )

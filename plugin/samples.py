@@ -12,7 +12,8 @@ Convention (version 1), all inside the run:
   metrics of that step are logged; a step with a ``samples`` tag and no ``scored`` tag is pending.
 
 Samples are quantised to uint8 before storing (what an image file would hold); grayscale images
-are stored as RGB (the channel repeated), which is what the Inception network sees anyway.
+are stored as RGB (the channel repeated), which is what the Inception network sees anyway. Inputs are
+read by the one normaliser, :mod:`genmetrics.stats.image_input`.
 """
 import os
 import re
@@ -57,91 +58,22 @@ def _check_step(step):
     return int(step)
 
 
-def _check_value_range(value_range):
-    if value_range is None:
-        return None
-    try:
-        low, high = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"value_range must be a pair (low, high) such as (-1, 1), got {value_range!r}") from None
-    if not high > low:
-        raise ValueError(f"value_range must have high > low, got {value_range!r}")
-    return low, high
-
-
-def _as_numpy(images):
-    if hasattr(images, "detach") and hasattr(images, "cpu"):  # torch tensor, without importing torch
-        return images.detach().cpu().numpy(), "torch"
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise ValueError("no images given: pass a non-empty array or list of images")
-        converted = [_as_numpy(img) for img in images]
-        parts = [part for part, _ in converted]
-        origin = converted[0][1]
-        try:
-            if all(part.ndim == 4 for part in parts):  # a list of batches
-                return np.concatenate(parts, axis=0), origin
-            return np.stack(parts, axis=0), origin  # a list of single images
-        except ValueError:
-            raise ValueError(
-                "the images in the list have different shapes; resize them to one size before logging"
-            ) from None
-    return np.asarray(images), "numpy"
-
-
-def _to_nhwc(array, origin):
-    """Return (N, H, W, C) with C in {1, 3}; torch tensors are read as NCHW when ambiguous."""
-    if array.ndim == 3:  # (N, H, W) grayscale
-        return array[..., None]
-    if array.ndim != 4:
-        raise ValueError(
-            f"images must be a 4-D batch (N, H, W, C) or (N, C, H, W) (or (N, H, W) grayscale), "
-            f"got shape {array.shape}"
-        )
-    channels_last = array.shape[-1] in (1, 3)
-    channels_first = array.shape[1] in (1, 3)
-    if channels_first and (not channels_last or origin == "torch"):
-        return np.transpose(array, (0, 2, 3, 1))
-    if channels_last:
-        return array
-    raise ValueError(
-        f"cannot find the colour channel in images of shape {array.shape}: "
-        "pass (N, H, W, 3) or (N, 3, H, W) RGB (or 1-channel grayscale)"
-    )
-
-
 def to_uint8_nhwc(images, value_range=None, name="samples"):
-    """Quantise an image batch to uint8 (N, H, W, 3).
+    """Quantise images to one uint8 (N, H, W, 3) array, read by the one normaliser
+    (:mod:`genmetrics.stats.image_input`: layout, ``value_range``, channels).
 
-    uint8 input is kept as is. Float input is read in ``value_range`` (default (0, 1)) and mapped
-    linearly to 0..255 with rounding: ``round((x - low) / (high - low) * 255)``.
+    uint8 input is kept as is; floats in [0, 1] are mapped to 0..255 with rounding, ``round(255 x)``.
+    All images must have the same size.
     """
-    array, origin = _as_numpy(images)
-    array = _to_nhwc(array, origin)
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} is empty: log at least one image")
-    value_range = _check_value_range(value_range)
-    if array.dtype == np.uint8:
-        if value_range not in (None, (0.0, 255.0)):
-            raise ValueError(f"{name} are uint8, so value_range must be None or (0, 255), got {value_range}")
-        out = array
-    elif np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer):
-        low, high = value_range or (0.0, 1.0)
-        array = array.astype(np.float64)
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name} contain NaN or infinite values")
-        tolerance = 1e-3 * (high - low)
-        if array.min() < low - tolerance or array.max() > high + tolerance:
-            raise ValueError(
-                f"{name} have values in [{array.min():.4g}, {array.max():.4g}], outside value_range "
-                f"({low:g}, {high:g}); pass the range they use, e.g. value_range=(-1, 1)"
-            )
-        out = np.clip(np.rint((array - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
-    else:
-        raise TypeError(f"{name} must be uint8 or floating point images, got dtype {array.dtype}")
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return np.ascontiguousarray(out)
+    from .sample_input import as_uint8_nhwc, iter_sample_batches
+
+    try:
+        batches = [as_uint8_nhwc(b) for b in iter_sample_batches(images, None, 1 << 30, value_range)]
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    if len({b.shape[1:] for b in batches}) > 1:
+        raise ValueError(f"the {name} have different sizes; resize them to one size before logging")
+    return np.ascontiguousarray(np.concatenate(batches))
 
 
 def write_samples_file(path, samples, targets=None):
@@ -183,8 +115,8 @@ def _resolve_run_id(run_id):
 def log_gen_samples(samples, step, run_id=None, value_range=None, targets=None, client=None):
     """Store ``samples`` (and optional paired ``targets``) of training ``step`` in an MLflow run.
 
-    ``samples``: uint8 images, or floats in [0, 1] (or in a declared ``value_range`` such as
-    (-1, 1)), as an (N, H, W, C) / (N, C, H, W) array or tensor, or a list of (H, W, C) images.
+    ``samples``: any image input of :mod:`genmetrics.stats.image_input` (uint8, or floats in [0, 1] or
+    in a declared ``value_range`` such as (-1, 1); NCHW/NHWC batches, lists of images, ...).
     The samples are written to a temporary ``.npz``, uploaded as an artifact, and only then the
     step is announced with the tag ``genmetrics.samples.<step>`` (see the module docstring).
     Logging the same step twice replaces its samples (the tag points at the same path).

@@ -32,19 +32,21 @@ import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 
-from genmetrics.stats.download import cached_file_sha256
+from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
+                                       FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS, METRICS)
+from genmetrics.stats.image_input import check_value_range
 
-from .sample_input import _as_float01, _as_uint8_nhwc, _check_value_range, iter_sample_batches
+from .sample_input import as_float01, as_uint8_nhwc, iter_sample_batches
+
+__all__ = ["score_samples", "ScoreResult", "ScoreOptions"]
 
 logger = logging.getLogger("genmetrics")
 
-DEFAULT_METRICS = ("fid", "kid", "is", "ssim", "lpips")
-KNOWN_METRICS = ("fid", "kid", "is", "ssim", "ms_ssim", "lpips")
-FEATURE_LAYER = "pool3"
 PREVIEW_MAX_IMAGES = 64
 PACKAGES_RECORDED = ("mlflow-genmetrics", "torch", "torchvision", "numpy", "scipy", "mlflow")
 
@@ -64,104 +66,26 @@ class ScoreResult:
     preview: np.ndarray = field(default=None, repr=False)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Reference and extractor provenance
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Every setting of one `score_samples` call (see its docstring for each)."""
 
-
-def _check_metrics(metrics):
-    if metrics is None:
-        return list(DEFAULT_METRICS), False
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    names = [m.lower().replace("-", "_") for m in metrics]
-    unknown = [m for m in names if m not in KNOWN_METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(KNOWN_METRICS)}.")
-    return list(dict.fromkeys(names)), True
-
-
-def _load_reference(reference):
-    """Reference (registry ref string, .h5 path or ReferenceStats) -> (ReferenceStats, source string)."""
-    if reference is None:
-        return None, None
-    if isinstance(reference, (str, os.PathLike)):
-        source = os.fspath(reference)
-        stamp = os.stat(source).st_mtime_ns if os.path.isfile(source) else None
-        return _load_reference_cached(source, stamp), source
-    if hasattr(reference, "mu") and hasattr(reference, "sigma"):
-        return reference, getattr(reference, "path", None) or "ReferenceStats"
-    raise TypeError(
-        f"reference must be a registry ref such as 'cifar10-train-32', a path to an .h5 statistics file or a "
-        f"ReferenceStats, got {type(reference).__name__}."
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _load_reference_cached(source, file_stamp):
-    """registry.load, once per process for a ref string or an unchanged file (`file_stamp` = mtime)."""
-    from genmetrics import registry
-
-    return registry.load(source, progress=False)
-
-
-def _meta_str(meta, key):
-    value = meta.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode()
-    return str(value)
-
-
-def _reference_id(meta, source):
-    """The pinned registry ref (``cifar10-train-32-clean@1``), from the file's provenance when it has it."""
-    if _meta_str(meta, "registry_ref"):
-        return _meta_str(meta, "registry_ref")
-    parts = [_meta_str(meta, k) for k in ("dataset", "split", "resolution", "mode")]
-    if parts[0] is None:
-        return source
-    ref_id = "-".join(p for p in parts if p)
-    version = _meta_str(meta, "version")
-    return f"{ref_id}@{version}" if version else ref_id
-
-
-def _reference_sha256(ref, meta, source):
-    for candidate in (getattr(ref, "sha256", None), _meta_str(meta, "sha256"), _meta_str(meta, "file_sha256")):
-        if candidate:
-            return candidate
-    path = getattr(ref, "path", None) or source
-    if path and os.path.isfile(str(path)):
-        return cached_file_sha256(str(path))
-    return None
-
-
-def _extractor_name(model):
-    """The name statistics files record for the extractor (the FID Inception's is ``inception-v3-compat``)."""
-    return getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}"
-
-
-def _check_compatible(sample_value, reference_value, what, allow_mismatch, mismatches):
-    """Refuse comparing samples and reference processed differently (unless explicitly allowed)."""
-    if reference_value is None or sample_value is None or str(sample_value) == str(reference_value):
-        return
-    description = f"{what}: samples use {sample_value!r}, reference was made with {reference_value!r}"
-    if not allow_mismatch:
-        raise ValueError(
-            f"refusing to compare samples with the reference because the {description}; scores would not be "
-            f"comparable. Use matching settings (e.g. mode={reference_value!r}) or pass allow_mismatch=True "
-            f"to override."
-        )
-    mismatches.append(description)
-
-
-def _package_versions():
-    versions = {}
-    for package in PACKAGES_RECORDED:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
+    metrics: Optional[tuple] = None
+    prefix: str = DEFAULT_PREFIX
+    value_range: Optional[tuple] = None
+    mode: Optional[str] = None
+    model: object = None
+    lpips_net: str = "alex"
+    lpips_backbone_weights: Optional[str] = None
+    num_samples: Optional[int] = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: Optional[str] = None
+    seed: int = 0
+    allow_mismatch: bool = False
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
+    diversity_pairs: int = 100
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,7 +129,7 @@ def _lpips_model(net, device, backbone_weights=None):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Scoring
+# Step 1: the plan (which metrics, with which model and preprocessing; the skip policy)
 
 
 class _Skips:
@@ -223,26 +147,139 @@ class _Skips:
         self.tags[f"{self.prefix}skipped.{name}"] = reason[:5000]
 
 
-def _lpips_available(net, device, backbone_weights, skips):
+@dataclass
+class _Plan:
+    """What one call computes: metric names (as requested), the feature and image metrics that remain after
+    the skip policy, the feature extractor and its provenance, allowed mismatches."""
+
+    names: list
+    skips: _Skips
+    feature_metrics: list
+    image_metrics: list
+    device: str
+    model: object = None
+    mode: str = DEFAULT_MODE
+    mismatches: list = field(default_factory=list)
+
+
+def _check_metrics(metrics):
+    """(names, explicit): the requested metric names, and whether they were named (else the default set)."""
+    if metrics is None:
+        return list(DEFAULT_METRICS), False
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = [m.lower().replace("-", "_") for m in metrics]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    return list(dict.fromkeys(names)), True
+
+
+def _plan(opts, ref):
+    names, explicit = _check_metrics(opts.metrics)
+    plan = _Plan(names, _Skips(explicit, opts.prefix), [m for m in names if m in FEATURE_METRICS],
+                 [m for m in names if m in IMAGE_METRICS], _resolve_device(opts.device))
+    if ref is None:
+        for m in [m for m in plan.feature_metrics if m != "is"]:
+            plan.skips.skip(m, "no reference given; pass reference='<registry ref>' or a path to an .h5 file")
+        plan.feature_metrics = [m for m in plan.feature_metrics if m == "is"]
+    if "kid" in plan.feature_metrics and not ref.has_features:
+        plan.skips.skip("kid", "the reference stores no features (only mu/sigma); rebuild it with --features")
+        plan.feature_metrics.remove("kid")
+    if plan.feature_metrics:
+        _plan_extractor(plan, opts, ref, explicit)
+    if "lpips" in plan.image_metrics and not _lpips_available(opts, plan):
+        plan.image_metrics.remove("lpips")
+    return plan
+
+
+def _plan_extractor(plan, opts, ref, explicit):
+    """The model and mode of the features, checked against the reference's provenance."""
+    from genmetrics.stats.accumulator import extractor_name
+
+    plan.model = opts.model or _default_inception(plan.device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
+                                                  explicit and "is" in plan.feature_metrics)
+    plan.mode = opts.mode or (ref.provenance["mode"] if ref is not None else None) or DEFAULT_MODE
+    if ref is not None:
+        samples = {"mode": plan.mode, "feature_extractor": extractor_name(plan.model), "feature_layer": FEATURE_LAYER,
+                   "weights_sha256": getattr(plan.model, "weights_sha256", None)}
+        plan.mismatches = ref.check_comparable(samples, opts.allow_mismatch)
+
+
+def _lpips_available(opts, plan):
     """Load LPIPS once; its backbone weights may be unavailable offline (skipped, or raised if requested)."""
     try:
-        _lpips_model(net, device, backbone_weights)
+        _lpips_model(opts.lpips_net, plan.device, opts.lpips_backbone_weights)
         return True
     except (RuntimeError, OSError, ValueError) as exc:
-        skips.skip("lpips", f"LPIPS ({net}) could not be loaded: {exc}", error=exc)
+        plan.skips.skip("lpips", f"LPIPS ({opts.lpips_net}) could not be loaded: {exc}", error=exc)
         return False
 
 
-def _paired_targets(targets, value_range, batch_size):
-    if targets is None:
-        return None
-    batches = list(iter_sample_batches(targets, None, batch_size, value_range))
-    if not batches:
-        raise ValueError("targets is empty; pass one target image per sample, or targets=None for diversity.")
-    return torch.cat([_as_float01(b) for b in batches])
+# ---------------------------------------------------------------------------------------------------
+# Step 2: one pass over the samples
 
 
-def _image_similarity(name, x, y, device, lpips_net, lpips_backbone_weights):
+class _PairedSums:
+    """Running sums of per-image similarity between samples and their targets (sample i vs target i)."""
+
+    def __init__(self, targets, opts, plan):
+        batches = [as_float01(b) for b in iter_sample_batches(targets, None, opts.batch_size, opts.value_range)]
+        if len({b.shape[1:] for b in batches}) > 1:
+            raise ValueError("paired target images must all have one size, the size of their samples; resize them")
+        self.targets = torch.cat(batches)
+        self.sums = {m: 0.0 for m in plan.image_metrics}
+        self.count, self.opts, self.plan = 0, opts, plan
+
+    def update(self, batch):
+        x = as_float01(batch)
+        y = self.targets[self.count:self.count + x.shape[0]]
+        if y.shape != x.shape:
+            raise ValueError(
+                f"targets must pair one-to-one with samples of the same size: sample images {self.count}.."
+                f"{self.count + x.shape[0] - 1} have shape {tuple(x.shape[1:])}, targets left: {tuple(y.shape)}")
+        for m in self.sums:
+            self.sums[m] += float(_image_similarity(m, x, y, self.opts, self.plan.device).double().sum())
+        self.count += x.shape[0]
+
+    def means(self):
+        if self.count != self.targets.shape[0]:
+            raise ValueError(f"got {self.count} samples but {self.targets.shape[0]} targets; pass one target per "
+                             f"sample")
+        return {m: total / self.count for m, total in self.sums.items()}
+
+
+def _accumulate(samples, targets, opts, plan):
+    """(accumulator or None, paired sums or None, kept images, count): everything one pass over the samples
+    gives. Kept images: the preview grid's, and the pairs' for diversity."""
+    from genmetrics.stats import FeatureAccumulator
+
+    accumulator = None
+    if plan.feature_metrics:
+        accumulator = FeatureAccumulator(plan.model, mode=plan.mode, keep_features="kid" in plan.feature_metrics,
+                                         keep_logits="is" in plan.feature_metrics, batch_size=opts.batch_size)
+    paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
+    keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
+                                                                           2 * opts.diversity_pairs)
+    kept, count = [], 0
+    for batch in iter_sample_batches(samples, opts.num_samples, opts.batch_size, opts.value_range):
+        if accumulator is not None:
+            accumulator.update(batch)
+        if paired is not None:
+            paired.update(batch)
+        if sum(k.shape[0] for k in kept) < keep:
+            kept.append(batch)
+        count += batch.shape[0]
+    if targets is not None and paired is None:
+        _PairedSums(targets, opts, plan)  # targets are still checked when no image metric uses them
+    return accumulator, paired, torch.cat(kept)[:keep] if kept else None, count
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 3: the metrics
+
+
+def _image_similarity(name, x, y, opts, device):
     """Per-image similarity of float [0, 1] batches x, y (N, 3, H, W) -> tensor (N,)."""
     from genmetrics.stats import ms_ssim, ssim
 
@@ -250,9 +287,125 @@ def _image_similarity(name, x, y, device, lpips_net, lpips_backbone_weights):
         return ssim(x, y, data_range=1.0)
     if name == "ms_ssim":
         return ms_ssim(x, y, data_range=1.0)
-    model = _lpips_model(lpips_net, device, lpips_backbone_weights)
+    model = _lpips_model(opts.lpips_net, device, opts.lpips_backbone_weights)
     with torch.no_grad():
         return model(x.to(device) * 2 - 1, y.to(device) * 2 - 1).reshape(-1).cpu()
+
+
+def _fid(stats, ref):
+    from genmetrics.stats import frechet_distance
+
+    if stats.n < 2:
+        raise ValueError(f"FID needs at least 2 samples, got {stats.n}")
+    return {"fid": float(frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, sqrt_sigma1=ref.sqrt_sigma))}
+
+
+def _kid(stats, ref, opts):
+    from genmetrics.stats import kernel_inception_distance
+
+    subset_size = min(opts.kid_subset_size, stats.n, len(ref.features))
+    if subset_size < 2:
+        raise ValueError(f"KID needs at least 2 samples and 2 reference features, got {stats.n}")
+    ref_features = torch.as_tensor(np.asarray(ref.features), dtype=torch.float32)
+    mean, std = kernel_inception_distance(ref_features, stats.features, subsets=opts.kid_subsets,
+                                          subset_size=subset_size, seed=opts.seed)
+    return {"kid": float(mean), "kid_std": float(std)}
+
+
+def _inception_score(stats, opts, skips):
+    from genmetrics.stats import inception_score_from_logits
+
+    if stats.logits is None:
+        skips.skip("is", "the Inception has no classifier head weights (pool3-only weights); pass weights with "
+                         "the 1008-way fc layer (pytorch-fid's pt_inception-2015-12-05 file)")
+        return {}
+    mean, std = inception_score_from_logits(stats.logits, splits=min(opts.is_splits, stats.n))
+    return {"is": float(mean), "is_std": float(std)}
+
+
+def _diversity(images, opts, plan):
+    """Mean similarity over seeded pairs of distinct samples, per image metric (keys `*_diversity`)."""
+    from genmetrics.stats import pairwise_diversity
+
+    if images is None or images.shape[0] < 2:
+        for m in plan.image_metrics:
+            plan.skips.skip(f"{m}_diversity", "diversity needs at least 2 samples")
+        return {}
+    return {f"{m}_diversity": pairwise_diversity(
+        images, lambda x, y, m=m: _image_similarity(m, as_float01(x), as_float01(y), opts, plan.device),
+        pairs=opts.diversity_pairs, seed=opts.seed).mean for m in plan.image_metrics}
+
+
+def _compute(accumulator, paired, kept, ref, opts, plan):
+    results = {}
+    if accumulator is not None:
+        stats = accumulator.compute()
+        if "fid" in plan.feature_metrics:
+            results.update(_fid(stats, ref))
+        if "kid" in plan.feature_metrics:
+            results.update(_kid(stats, ref, opts))
+        if "is" in plan.feature_metrics:
+            results.update(_inception_score(stats, opts, plan.skips))
+    if paired is not None:
+        results.update(paired.means())
+    elif plan.image_metrics:
+        results.update(_diversity(kept, opts, plan))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 4: provenance
+
+
+def _package_versions():
+    versions = {}
+    for package in PACKAGES_RECORDED:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _params(ref, count, paired, opts, plan):
+    """Provenance that is stable for a run (str -> str, keys prefixed)."""
+    from genmetrics.stats.accumulator import extractor_name
+
+    params = {"metrics": ",".join(plan.names), "num_samples": count, "seed": opts.seed}
+    if ref is not None:
+        params.update({
+            "reference": ref.reference_id,
+            "reference_version": ref.provenance and ref.meta.get("version"),
+            "reference_sha256": ref.file_sha256(),
+            "reference_source_sha256": ref.meta.get("source_sha256"),
+            "reference_num_samples": ref.n or None,
+        })
+    if plan.feature_metrics:
+        params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": FEATURE_LAYER,
+                       "weights_sha256": getattr(plan.model, "weights_sha256", None)})
+    if "kid" in plan.feature_metrics:
+        params.update({"kid_subsets": opts.kid_subsets, "kid_subset_size": min(opts.kid_subset_size, count,
+                                                                               len(ref.features))})
+    if "is" in plan.feature_metrics:
+        params["is_splits"] = opts.is_splits
+    if plan.image_metrics:
+        params["image_metrics"] = "paired" if paired else "diversity"
+        if not paired:
+            params["diversity_pairs"] = opts.diversity_pairs
+        if "lpips" in plan.image_metrics:
+            params["lpips_net"] = opts.lpips_net
+    return {f"{opts.prefix}{k}": str(v) for k, v in params.items() if v is not None}
+
+
+def _tags(opts, plan):
+    tags = dict(plan.skips.tags)
+    tags.update({f"genmetrics.version.{k}": v for k, v in _package_versions().items()})
+    if plan.mismatches:
+        tags[f"{opts.prefix}mismatch_allowed"] = "; ".join(plan.mismatches)
+    return tags
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def score_samples(
@@ -260,14 +413,14 @@ def score_samples(
     reference=None,
     metrics=None,
     targets=None,
-    prefix="gen/",
+    prefix=DEFAULT_PREFIX,
     value_range=None,
     mode=None,
     model=None,
     lpips_net="alex",
     lpips_backbone_weights=None,
     num_samples=None,
-    batch_size=50,
+    batch_size=DEFAULT_BATCH_SIZE,
     device=None,
     seed=0,
     allow_mismatch=False,
@@ -275,12 +428,12 @@ def score_samples(
     kid_subset_size=1000,
     is_splits=10,
     diversity_pairs=100,
-):
+) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
-    samples: uint8 images (0..255), float images in [0, 1] (or in `value_range`, e.g. (-1, 1)), as
-        (N, C, H, W) / (N, H, W, C) tensors or arrays, an iterable of such batches, or a sampler
-        callable called repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
+    samples: any image input of :mod:`genmetrics.stats.image_input` (uint8, float in [0, 1] or in
+        `value_range` such as (-1, 1); NCHW/NHWC batches, iterables, folders), or a sampler callable called
+        repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
     reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
     metrics: names among ``fid, kid, is, ssim, ms_ssim, lpips``; None = ``fid, kid, is, ssim, lpips``
         with unavailable ones skipped (see module docstring).
@@ -290,194 +443,25 @@ def score_samples(
     model: feature extractor (default: the FID Inception from default weight resolution).
     lpips_backbone_weights: path to the torchvision state dict of the LPIPS backbone (e.g.
         ``alexnet-owt-7be5be79.pth``); None = cache, torch.hub's folder, then download.
-    allow_mismatch: compare even when mode / extractor / layer differ from the reference's.
+    allow_mismatch: compare even when mode / extractor / layer / weights differ from the reference's.
     seed: seeds KID subsets and diversity pairs.
+
+    Raises:
+        ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
+            reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`).
     """
-    from genmetrics.stats import GaussianMoments, extract_features
+    from genmetrics.registry import load
 
-    names, explicit = _check_metrics(metrics)
-    skips = _Skips(explicit, prefix)
-    value_range = _check_value_range(value_range)
-    device = _resolve_device(device)
-    ref, ref_source = _load_reference(reference)
-    meta = dict(getattr(ref, "meta", None) or {}) if ref is not None else {}
-
-    needs_features = [m for m in names if m in ("fid", "kid", "is")]
-    if ref is None:
-        for m in [m for m in needs_features if m != "is"]:
-            skips.skip(m, "no reference given; pass reference='<registry ref>' or a path to an .h5 file")
-        needs_features = [m for m in needs_features if m == "is"]
-    if "kid" in needs_features and getattr(ref, "features", None) is None:
-        skips.skip("kid", "the reference stores no features (only mu/sigma); rebuild it with --features")
-        needs_features.remove("kid")
-
-    if needs_features and model is None:
-        model = _default_inception(device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
-                                   explicit and "is" in needs_features)
-    mode = mode or _meta_str(meta, "mode") or "clean"
-    extractor = _extractor_name(model)
-    mismatches = []
-    if ref is not None and needs_features:
-        _check_compatible(mode, _meta_str(meta, "mode"), "preprocessing mode", allow_mismatch, mismatches)
-        _check_compatible(extractor, _meta_str(meta, "feature_extractor"), "feature extractor", allow_mismatch,
-                          mismatches)
-        _check_compatible(FEATURE_LAYER, _meta_str(meta, "feature_layer"), "feature layer", allow_mismatch,
-                          mismatches)
-
-    target_images = _paired_targets(targets, value_range, batch_size)
-    image_metrics = [m for m in names if m in ("ssim", "ms_ssim", "lpips")]
-    if "lpips" in image_metrics and not _lpips_available(lpips_net, device, lpips_backbone_weights, skips):
-        image_metrics.remove("lpips")
-    paired_sums = {m: 0.0 for m in image_metrics} if target_images is not None else {}
-    keep_images = PREVIEW_MAX_IMAGES if target_images is not None or not image_metrics else max(
-        PREVIEW_MAX_IMAGES, 2 * diversity_pairs)
-
-    moments = GaussianMoments() if "fid" in needs_features else None
-    pool3_parts, logit_parts, kept, count = [], [], [], 0
-    for batch in iter_sample_batches(samples, num_samples, batch_size, value_range):
-        if needs_features:
-            features = extract_features(batch, model=model, mode=mode, batch_size=batch_size, progress=False)
-            if moments is not None:
-                moments.update(features[FEATURE_LAYER])
-            if "kid" in needs_features:
-                pool3_parts.append(features[FEATURE_LAYER].float())
-            if "is" in needs_features and "logits" in features:
-                logit_parts.append(features["logits"].double())
-        if paired_sums:
-            x = _as_float01(batch)
-            y = target_images[count:count + x.shape[0]]
-            if y.shape != x.shape:
-                raise ValueError(
-                    f"targets must pair one-to-one with samples of the same size: sample images "
-                    f"{count}..{count + x.shape[0] - 1} have shape {tuple(x.shape[1:])}, targets left: "
-                    f"{tuple(y.shape)}."
-                )
-            for m in image_metrics:
-                similarity = _image_similarity(m, x, y, device, lpips_net, lpips_backbone_weights)
-                paired_sums[m] += float(similarity.double().sum())
-        if sum(k.shape[0] for k in kept) < keep_images:
-            kept.append(batch)
-        count += batch.shape[0]
-    if count == 0:
-        raise ValueError("no samples were given; pass at least 2 images.")
-    if target_images is not None and count != target_images.shape[0]:
-        raise ValueError(f"got {count} samples but {target_images.shape[0]} targets; pass one target per sample.")
-
-    results = {}
-    if moments is not None:
-        results.update(_fid(moments, ref, count))
-    if "kid" in needs_features:
-        kid_subset_size = min(kid_subset_size, count, len(ref.features))
-        results.update(_kid(torch.cat(pool3_parts), ref, kid_subsets, kid_subset_size, seed))
-    if "is" in needs_features:
-        if logit_parts:
-            from genmetrics.stats import inception_score_from_logits
-
-            is_splits = min(is_splits, count)
-            mean, std = inception_score_from_logits(torch.cat(logit_parts), splits=is_splits)
-            results.update({"is": float(mean), "is_std": float(std)})
-        else:
-            skips.skip("is", "the Inception has no classifier head weights (pool3-only weights); pass weights "
-                             "with the 1008-way fc layer (pytorch-fid's pt_inception-2015-12-05 file)")
-    kept_images = torch.cat(kept)[:keep_images] if kept else None
-    if paired_sums:
-        results.update({m: paired_sums[m] / count for m in image_metrics})
-    elif image_metrics:
-        results.update(_diversity(image_metrics, kept_images, diversity_pairs, seed, device, lpips_net,
-                                  lpips_backbone_weights, skips))
-
-    params = _params(prefix, ref, meta, ref_source, mode, extractor, model, count, seed, names, needs_features,
-                     image_metrics, target_images is not None, kid_subsets, kid_subset_size, is_splits,
-                     diversity_pairs, lpips_net)
-    tags = dict(skips.tags)
-    tags.update({f"genmetrics.version.{k}": v for k, v in _package_versions().items()})
-    if mismatches:
-        tags[f"{prefix}mismatch_allowed"] = "; ".join(mismatches)
-    preview = _as_uint8_nhwc(kept_images[:PREVIEW_MAX_IMAGES]) if kept_images is not None else None
+    opts = ScoreOptions(metrics, prefix, check_value_range(value_range), mode, model, lpips_net,
+                        lpips_backbone_weights, num_samples, batch_size, device, seed, allow_mismatch, kid_subsets,
+                        kid_subset_size, is_splits, diversity_pairs)
+    ref = None if reference is None else load(reference, progress=False)
+    plan = _plan(opts, ref)
+    accumulator, paired, kept, count = _accumulate(samples, targets, opts, plan)
+    results = _compute(accumulator, paired, kept, ref, opts, plan)
     return ScoreResult(
         metrics={f"{prefix}{k}": float(v) for k, v in results.items()},
-        params=params,
-        tags=tags,
-        preview=preview,
+        params=_params(ref, count, paired is not None, opts, plan),
+        tags=_tags(opts, plan),
+        preview=as_uint8_nhwc(kept[:PREVIEW_MAX_IMAGES]) if kept is not None else None,
     )
-
-
-def _fid(moments, ref, count):
-    from genmetrics.stats import frechet_distance
-
-    if count < 2:
-        raise ValueError(f"FID needs at least 2 samples, got {count}.")
-    sqrt_sigma = getattr(ref, "sqrt_sigma", None)
-    value = frechet_distance(
-        np.asarray(ref.mu, dtype=np.float64), np.asarray(ref.sigma, dtype=np.float64),
-        _numpy64(moments.mean), _numpy64(moments.cov),
-        sqrt_sigma1=None if sqrt_sigma is None else np.asarray(sqrt_sigma, dtype=np.float64),
-    )
-    return {"fid": float(value)}
-
-
-def _numpy64(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _kid(sample_features, ref, subsets, subset_size, seed):
-    from genmetrics.stats import kernel_inception_distance
-
-    ref_features = torch.as_tensor(np.asarray(ref.features), dtype=torch.float32)
-    if subset_size < 2:
-        raise ValueError(f"KID needs at least 2 samples and 2 reference features, got {sample_features.shape[0]}.")
-    mean, std = kernel_inception_distance(ref_features, sample_features, subsets=subsets, subset_size=subset_size,
-                                          seed=seed)
-    return {"kid": float(mean), "kid_std": float(std)}
-
-
-def _diversity(image_metrics, images, pairs, seed, device, lpips_net, lpips_backbone_weights, skips):
-    """Mean similarity over `pairs` seeded pairs of distinct samples, per metric (keys `*_diversity`)."""
-    from genmetrics.stats import pairwise_diversity
-
-    results = {}
-    if images is None or images.shape[0] < 2:
-        for m in image_metrics:
-            skips.skip(f"{m}_diversity", "diversity needs at least 2 samples")
-        return results
-    for m in image_metrics:
-        score = pairwise_diversity(
-            images, lambda x, y, m=m: _image_similarity(m, _as_float01(x), _as_float01(y), device, lpips_net,
-                                                lpips_backbone_weights),
-            pairs=pairs, seed=seed)
-        results[f"{m}_diversity"] = score.mean
-    return results
-
-
-def _params(prefix, ref, meta, ref_source, mode, extractor, model, count, seed, names, feature_metrics,
-            image_metrics, paired, kid_subsets, kid_subset_size, is_splits, diversity_pairs, lpips_net):
-    """Provenance that is stable for a run (str -> str, keys prefixed)."""
-    params = {"metrics": ",".join(names), "num_samples": count, "seed": seed}
-    if ref is not None:
-        params.update({
-            "reference": _reference_id(meta, ref_source),
-            "reference_version": _meta_str(meta, "version"),
-            "reference_sha256": _reference_sha256(ref, meta, ref_source),
-            "reference_source_sha256": _meta_str(meta, "source_sha256"),
-            "reference_num_samples": int(getattr(ref, "n", 0) or 0) or None,
-        })
-    if feature_metrics:
-        params.update({
-            "mode": mode,
-            "extractor": extractor,
-            "feature_layer": FEATURE_LAYER,
-            "weights_sha256": getattr(model, "weights_sha256", None),
-        })
-    if "kid" in feature_metrics:
-        params.update({"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size})
-    if "is" in feature_metrics:
-        params["is_splits"] = is_splits
-    if image_metrics:
-        params["image_metrics"] = "paired" if paired else "diversity"
-        if not paired:
-            params["diversity_pairs"] = diversity_pairs
-        if "lpips" in image_metrics:
-            params["lpips_net"] = lpips_net
-    return {f"{prefix}{k}": str(v) for k, v in params.items() if v is not None}

@@ -1,8 +1,8 @@
 """Build reference statistics from images: a folder, a zip, an array/tensor, an iterator, or a standard dataset.
 
-The images are read in a fixed order and processed in chunks of ``checkpoint_every`` images: Inception
-pool3 features per chunk (``genmetrics.stats.extract_features``), accumulated in float64
-(``genmetrics.stats.GaussianMoments``: n, sum, outer_sum). After each chunk the moments (and the features
+The images are read in a fixed order and processed in chunks of ``checkpoint_every`` images, through the
+one image normaliser and the streaming accumulator (``genmetrics.stats.FeatureAccumulator``: Inception
+pool3 features, float64 moments n, sum, outer_sum). After each chunk the moments (and the features
 so far, with ``features=True``) are checkpointed atomically to ``<output>.ckpt.npz``; an interrupted
 build called again with the same arguments resumes after the last finished chunk and gives the same arrays
 as an uninterrupted one (same chunks, same order). A finished build removes its checkpoint.
@@ -17,14 +17,13 @@ import os
 import warnings
 
 import numpy as np
-import torch
+
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
 
 from .datasets import image_source
 from .refstats import ReferenceStats, read_refstats, write_refstats
 
 __all__ = ["build", "parse_shard"]
-
-FEATURE_LAYER = "pool3"
 
 
 def parse_shard(shard):
@@ -54,14 +53,15 @@ def _shard_output(output, index, count):
     return f"{stem}.shard{index}of{count}{ext or '.h5'}"
 
 
-def build(source, output, name=None, split=None, resolution=None, mode="clean", features=False, root=None,
-          shard=None, weights=None, batch_size=50, device=None, progress=True, checkpoint_every=1000, model=None,
-          sqrt_sigma=False, version=1, license=None, citation=None, on_checkpoint=None):
+def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_MODE, features=False, root=None,
+          shard=None, weights=None, batch_size=DEFAULT_BATCH_SIZE, device=None, progress=True, checkpoint_every=1000,
+          model=None, sqrt_sigma=False, version=1, license=None, citation=None, on_checkpoint=None, value_range=None):
     """Compute the statistics of `source` and write them to `output` (.h5, format v1); returns ReferenceStats.
 
     source: a folder or zip of images; a dataset name (cifar10, cifar100, stl10, mnist, fashion_mnist,
       celeba, lsun_<category>, imagenet) read from its native files under `root`; a 4-D uint8 / float
-      [0, 1] array or tensor; or an iterable of image batches (not shardable).
+      [0, 1] array or tensor; or an iterable of image batches (not shardable); any layout the image
+      normaliser accepts (``genmetrics.stats.image_input``), floats in ``value_range`` when given.
     name / split / resolution: recorded identity (defaults: the folder or dataset name, the dataset's
       split or "custom", the dataset's resolution or the first image's size).
     mode: preprocessing (clean, legacy_tensorflow, legacy_pytorch). features: also store the (N, 2048)
@@ -70,7 +70,7 @@ def build(source, output, name=None, split=None, resolution=None, mode="clean", 
     checkpoint_every: images per chunk (and checkpoint). on_checkpoint(done, total): called after each
       chunk's checkpoint is written. sqrt_sigma: also store the square root of sigma.
     """
-    from genmetrics.stats import extract_features, load_inception
+    from genmetrics.stats import FeatureAccumulator, load_inception
 
     output = os.path.abspath(os.fspath(output))
     shard = parse_shard(shard)
@@ -98,28 +98,37 @@ def build(source, output, name=None, split=None, resolution=None, mode="clean", 
         "shard": f"{index}/{count}", "chunk_size": checkpoint_every,
     }
     meta.update({k: v for k, v in (("license", license), ("citation", citation)) if v})
-    run = _Run(target, meta, features, checkpoint_every)
+    if src is not None:
+        meta["source_listing_sha256"] = source_digest(src)
 
     def extract(images):
         return extract_features(images, model=model, mode=mode, batch_size=batch_size, progress=False)["pool3"]
 
-    if src is not None:
-        total = len(src)
-        start, stop = index * total // count, (index + 1) * total // count
-        meta.update(total_images=total, shard_range=f"{start}:{stop}")
-        run.resume(stop - start)
-        _build_indexed(src, start, stop, run, extract, progress, on_checkpoint)
-    else:
-        run.resume(None)
-        _build_stream(source, run, extract, progress, on_checkpoint)
-    meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
-    stats = run.finish(sqrt_sigma)
+    with output_lock(target):
+        run = _Run(target, meta, features, checkpoint_every, model_identity(model))
+        _run_chunks(src, source, (index, count), run, extract, progress, on_checkpoint)
+        meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
+        stats = run.finish(sqrt_sigma)
     if auto:
         _merge_when_complete(output, count)
     return stats
 
 
-def _build_indexed(src, start, stop, run, extract, progress, on_checkpoint):
+def _run_chunks(src, source, shard, run, extract, progress, on_checkpoint):
+    """Resume `run` from its checkpoint and process the remaining images of this shard (or stream)."""
+    if src is None:
+        run.resume(None)
+        _build_stream(source, run, extract, progress, on_checkpoint)
+        return
+    index, count = shard
+    total = len(src)
+    start, stop = index * total // count, (index + 1) * total // count
+    run.meta.update(total_images=total, shard_range=f"{start}:{stop}")
+    run.resume(stop - start)
+    _build_indexed(src, start, stop, run, extract, progress, on_checkpoint)
+
+
+def _build_indexed(src, start, stop, run, progress, on_checkpoint):
     from tqdm.auto import tqdm
 
     with tqdm(total=stop - start, initial=run.done, unit="img", desc="reference statistics", disable=not progress) as bar:
@@ -127,13 +136,13 @@ def _build_indexed(src, start, stop, run, extract, progress, on_checkpoint):
             position = start + run.done
             end = min(position + run.chunk, stop)
             images = src.batch(position, end)
-            run.add(extract(images), _size_of(images))
+            run.add(images)
             bar.update(end - position)
             if on_checkpoint:
                 on_checkpoint(run.done, stop - start)
 
 
-def _build_stream(source, run, extract, progress, on_checkpoint):
+def _build_stream(source, run, progress, on_checkpoint):
     """An iterable of batches: skip the images already in the checkpoint, then chunk the rest."""
     from tqdm.auto import tqdm
 
@@ -142,12 +151,12 @@ def _build_stream(source, run, extract, progress, on_checkpoint):
     skip, pending, pending_count = run.done, [], 0
     with tqdm(initial=run.done, unit="img", desc="reference statistics", disable=not progress) as bar:
         def flush():
-            run.add(extract(pending), _size_of(pending))
+            run.add(pending)
             bar.update(pending_count)
             if on_checkpoint:
                 on_checkpoint(run.done, None)
 
-        for batch in iter_image_batches(source):
+        for batch in iter_image_batches(source, run.accumulator.value_range):
             if skip:
                 dropped = min(skip, batch.shape[0])
                 batch, skip = batch[dropped:], skip - dropped
@@ -159,78 +168,78 @@ def _build_stream(source, run, extract, progress, on_checkpoint):
                 if pending_count == run.chunk:
                     flush()
                     pending, pending_count = [], 0
+        if skip:
+            run.check_stream(digest)  # the stream ended within the images already checkpointed
         if pending_count:
             flush()
 
 
 def _size_of(images):
-    """Resolution label of the first image: H when square, else 'HxW'."""
-    first = images[0] if isinstance(images, list) else images[:1]
-    shape = tuple(first.shape)
-    if len(shape) == 4:
-        shape = shape[1:]
-    h, w = (shape[1], shape[2]) if shape[0] in (1, 3, 4) else (shape[0], shape[1])
+    """Resolution label of the first image (as the normaliser reads it): H when square, else 'HxW'."""
+    from genmetrics.stats.image_input import iter_image_batches
+
+    h, w = next(iter_image_batches(images[:1]))[0].shape[1:]
     return int(h) if h == w else f"{h}x{w}"
 
 
 class _Run:
     """Moments (and features) of one build, checkpointed to ``<target>.ckpt.npz`` after every chunk."""
 
-    def __init__(self, target, meta, keep_features, chunk):
+    def __init__(self, target, meta, keep_features, chunk, model_id):
         from genmetrics.stats import GaussianMoments
 
         self.target, self.meta, self.keep_features, self.chunk = target, meta, keep_features, chunk
+        self.model_id = model_id
         self.ckpt = target + ".ckpt.npz"
         self.features_file = target + ".ckpt.features"
         self.moments = GaussianMoments()
         self.done = 0
         self.first_size = None
-
-    def _fingerprint(self, total):
-        keys = ("dataset", "split", "mode", "feature_extractor", "weights_sha256", "source", "shard", "chunk_size")
-        return json.dumps({"total": total, "features": bool(self.keep_features),
-                           **{k: str(self.meta.get(k)) for k in keys}}, sort_keys=True)
+        self.stream_sha256 = ""  # sha256 of the first `done` images of an iterable source
+        self.fingerprint = None
 
     def resume(self, total):
-        """Continue from a checkpoint written by the same build (else start over, with a warning)."""
-        self.fingerprint = self._fingerprint(total)
-        if not os.path.isfile(self.ckpt):
+        """Continue from a checkpoint of the same build (``registry.checkpoint``), else start over."""
+        self.fingerprint = fingerprint(self.meta, total, self.keep_features, self.model_id)
+        state = load_checkpoint(self.ckpt, self.fingerprint)
+        if state is None or not self._features_cover(state):
             self._reset_features()
             return
-        from genmetrics.stats import GaussianMoments
+        self.done, self.first_size, self.stream_sha256 = state["done"], state["first_size"], state["stream_sha256"]
+        if state["moments"] is not None:
+            self.moments = state["moments"]
 
-        with np.load(self.ckpt, allow_pickle=False) as state:
-            same = str(state["fingerprint"]) == self.fingerprint
-            if same:
-                self.done = int(state["done"])
-                self.first_size = str(state["first_size"]) or None
-                if self.first_size and self.first_size.isdigit():
-                    self.first_size = int(self.first_size)
-                if self.done:
-                    self.moments = GaussianMoments.from_state(state)
-        if not same:
-            warnings.warn(f"{self.ckpt} belongs to a build with other arguments; starting over", stacklevel=3)
+    def _features_cover(self, state):
+        """Kept features hold the checkpoint's rows (rows written after it are cut); else drop the checkpoint."""
+        if not self.keep_features:
+            return True
+        needed = state["done"] * (state["moments"].dim if state["moments"] else 0) * 4
+        if not os.path.isfile(self.features_file) or os.path.getsize(self.features_file) < needed:
+            warnings.warn(f"{self.features_file} is missing or short; starting the build over", stacklevel=4)
             os.remove(self.ckpt)
-            self._reset_features()
-        elif self.keep_features:
-            needed = self.done * (self.moments.dim or 0) * 4
-            if not os.path.isfile(self.features_file) or os.path.getsize(self.features_file) < needed:
-                warnings.warn(f"{self.features_file} is missing or short; starting the build over", stacklevel=3)
-                os.remove(self.ckpt)
-                self.__init__(self.target, self.meta, self.keep_features, self.chunk)
-                self.resume(total)
-                return
-            with open(self.features_file, "r+b") as f:  # drop rows written after the last checkpoint
-                f.truncate(needed)
+            return False
+        with open(self.features_file, "r+b") as f:
+            f.truncate(needed)
+        return True
+
+    def check_stream(self, digest):
+        """The images skipped on resume must be those checkpointed; else drop the checkpoint and say so."""
+        if digest.hexdigest() == self.stream_sha256:
+            return
+        for leftover in (self.ckpt, self.features_file):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise ValueError(f"the images given now differ from the first {self.done} images of the interrupted build "
+                         f"of {self.target}; its checkpoint was discarded: call build again with the images from "
+                         f"their start")
 
     def _reset_features(self):
         if self.keep_features:
-            os.makedirs(os.path.dirname(self.features_file), exist_ok=True)
             open(self.features_file, "wb").close()
         elif os.path.exists(self.features_file):
             os.remove(self.features_file)
 
-    def add(self, feats, size):
+    def add(self, feats, size, stream_sha256=""):
         feats = feats.to(torch.float32)
         self.moments.update(feats)
         if self.first_size is None:
@@ -241,24 +250,12 @@ class _Run:
                 f.flush()
                 os.fsync(f.fileno())
         self.done += int(feats.shape[0])
-        self._checkpoint()
-
-    def _checkpoint(self):
-        state = self.moments.state_dict()
-        tmp = f"{self.ckpt}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, n=state["n"], sum=state["sum"], outer_sum=state["outer_sum"], done=self.done,
-                     fingerprint=self.fingerprint, first_size=str(self.first_size or ""))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.ckpt)
+        save_checkpoint(self.ckpt, self.moments, self.done, self.fingerprint, self.first_size, stream_sha256)
 
     def finish(self, sqrt_sigma):
         if self.moments.n < 2:
             raise ValueError(f"statistics need at least 2 images, got {self.moments.n}; add images")
-        features = None
-        if self.keep_features:
-            features = np.fromfile(self.features_file, dtype=np.float32).reshape(self.moments.n, self.moments.dim)
+        features = self._kept_features() if self.keep_features else None
         self.meta["num_samples"] = self.moments.n
         stats = ReferenceStats.from_moments(self.moments, features=features, meta=self.meta)
         if sqrt_sigma:
@@ -270,6 +267,20 @@ class _Run:
             if os.path.exists(leftover):
                 os.remove(leftover)
         return read_refstats(self.target)
+
+    def _kept_features(self):
+        """The features file as (n, D) float32, refused unless it has n rows whose mean is the moments' mean."""
+        n, dim = self.moments.n, self.moments.dim
+        size = os.path.getsize(self.features_file)
+        if size != n * dim * 4:
+            raise RuntimeError(f"{self.features_file} holds {size // (4 * dim)} feature rows but {n} images were "
+                               f"accumulated; the build was disturbed: delete it and {self.ckpt} and build again")
+        features = np.fromfile(self.features_file, dtype=np.float32).reshape(n, dim)
+        mean = self.moments.mean
+        if np.abs(features.mean(axis=0, dtype=np.float64) - mean).max() > 1e-4 * (1.0 + np.abs(mean).max()):
+            raise RuntimeError(f"the features in {self.features_file} do not average to the accumulated mean; the "
+                               f"build was disturbed: delete it and {self.ckpt} and build again")
+        return features
 
 
 def _merge_when_complete(output, count):

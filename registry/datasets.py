@@ -37,9 +37,9 @@ class ArraySource(ImageSource):
     """A 4-D uint8 / float [0, 1] array or tensor (NCHW or NHWC), sliced along the first axis."""
 
     def __init__(self, images, description="in-memory array"):
-        if images.ndim != 4:
-            raise ValueError(f"an image array for build must be 4-D (N, H, W, C) or (N, C, H, W), got shape "
-                             f"{tuple(images.shape)}")
+        from genmetrics.stats.image_input import to_image_batch
+
+        to_image_batch(images[:1])  # the normaliser's layout and channel rules, before any work starts
         self.images = images
         self.description = f"{description} {tuple(images.shape)} {images.dtype}"
 

@@ -1,21 +1,58 @@
 """genmetrics.stats: the FID Inception, feature extraction and the metrics, as pure functions.
 
-Never imports MLflow, the registry or the plugin. See the README for the math and the peers each
-function matches.
+Never imports MLflow, the registry or the plugin. Names are loaded on first use (PEP 562), so
+``import genmetrics.stats.defaults`` (the shared names, used by the command line) does not load torch.
 """
-from .moments import GaussianMoments  # noqa: F401
-from .frechet import frechet_distance, sqrtm_psd  # noqa: F401
-from .kid import kernel_inception_distance, polynomial_mmd_unbiased  # noqa: F401
-from .inception_score import inception_score, inception_score_from_logits  # noqa: F401
-from .prdc import prdc  # noqa: F401
-from .fid_infinity import fid_infinity  # noqa: F401
-from .inception import FEATURE_EXTRACTOR, FIDInception, load_inception  # noqa: F401
-from .features import extract_features  # noqa: F401
-from .preprocess import MODES, preprocess  # noqa: F401
-from .image_input import iter_image_batches  # noqa: F401
-from .image_files import list_image_files  # noqa: F401
-from .weights import KNOWN_WEIGHTS, resolve_inception_weights  # noqa: F401
-from .ssim import MS_SSIM_WEIGHTS, ms_ssim, ssim  # noqa: F401
-from .lpips import LPIPS  # noqa: F401
-from .diversity import DiversityScore, diversity_pairs, pairwise_diversity  # noqa: F401
-from .diversity import lpips_diversity, ms_ssim_diversity  # noqa: F401
+import importlib
+import sys
+import types
+
+_EXPORTS = {
+    "defaults": ("MODES", "DEFAULT_MODE", "FEATURE_LAYER", "FEATURE_EXTRACTOR", "DEFAULT_METRICS", "METRICS",
+                 "DEFAULT_PREFIX"),
+    "moments": ("GaussianMoments",),
+    "accumulator": ("FeatureAccumulator", "FeatureStats"),
+    "frechet": ("frechet_distance", "sqrtm_psd"),
+    "kid": ("kernel_inception_distance", "polynomial_mmd_unbiased"),
+    "inception_score": ("inception_score", "inception_score_from_logits"),
+    "prdc": ("prdc",),
+    "fid_infinity": ("fid_infinity",),
+    "inception": ("FIDInception", "load_inception"),
+    "features": ("extract_features",),
+    "preprocess": ("preprocess",),
+    "image_input": ("to_image_batch", "iter_image_batches", "check_value_range"),
+    "image_files": ("list_image_files",),
+    "weights": ("KNOWN_WEIGHTS", "resolve_inception_weights"),
+    "ssim": ("MS_SSIM_WEIGHTS", "ms_ssim", "ssim"),
+    "lpips": ("LPIPS",),
+    "diversity": ("DiversityScore", "diversity_pairs", "pairwise_diversity", "lpips_diversity", "ms_ssim_diversity"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'genmetrics.stats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _StatsPackage(types.ModuleType):
+    """Importing a submodule named like its function (``ssim``, ``prdc``, ...) binds the package attribute to
+    the function, not to the submodule, as the eager ``from .ssim import ssim`` did."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _StatsPackage

@@ -7,6 +7,7 @@ with the full-float32 network they also do not depend on `batch_size` beyond flo
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
 from .image_input import count_images, iter_image_batches
 from .inception import load_inception
 from .preprocess import _check_mode, preprocess
@@ -42,15 +43,17 @@ def _features(model, x):
     """Run the model on one network batch; dict of float32 CPU tensors (a bare tensor counts as pool3)."""
     out = model(x)
     if torch.is_tensor(out):
-        out = {"pool3": out.flatten(1)}
+        out = {FEATURE_LAYER: out.flatten(1)}
     return {name: value.detach().to("cpu", torch.float32) for name, value in out.items()}
 
 
-def extract_features(images, model=None, mode="clean", batch_size=50, device=None, progress=True):
+def extract_features(images, model=None, mode=DEFAULT_MODE, batch_size=DEFAULT_BATCH_SIZE, device=None,
+                     progress=True, value_range=None):
     """Inception features of `images` -> {"pool3": (N, 2048), "logits": (N, 1008) if the model has the head}.
 
     images: uint8 (0..255) or float [0, 1] arrays/tensors in NCHW or NHWC, iterables of batches or
       single images, PIL images, or a folder / zip path (see ``genmetrics.stats.image_input``).
+    value_range: the range of float images when not [0, 1], e.g. (-1, 1).
     model: a module taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features (or a
       tensor, taken as pool3); default ``load_inception(device=device)`` (default weight resolution).
       It is run in eval mode (its training flag is restored afterwards).
@@ -77,7 +80,7 @@ def extract_features(images, model=None, mode="clean", batch_size=50, device=Non
     try:
         with torch.no_grad(), tqdm(total=count_images(images), disable=not progress, unit="img",
                                    desc=f"Inception features ({mode})", leave=False) as bar:
-            for batch in iter_image_batches(images):
+            for batch in iter_image_batches(images, value_range):
                 for start in range(0, batch.shape[0], batch_size):
                     pending.append(preprocess(batch[start:start + batch_size], mode, device=device))
                     pending_count += pending[-1].shape[0]

@@ -25,9 +25,10 @@ def _is_image_name(name):
 
 
 def is_image_source(path):
-    """True for an existing folder or zip file (the sources this module reads)."""
+    """True for an existing folder or ``.zip`` file (the sources this module reads); other zip-based files
+    such as ``.npz`` statistics are not image sources."""
     path = os.fspath(path)
-    return os.path.isdir(path) or (os.path.isfile(path) and zipfile.is_zipfile(path))
+    return os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith(".zip"))
 
 
 def list_image_files(path):

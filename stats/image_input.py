@@ -1,20 +1,30 @@
-"""Turn any accepted image input into a stream of checked batches (N, 3, H, W).
+"""The one image normaliser: every entry point (feature extraction, scoring, sample logging, builds, the
+evaluator) reads images through it, so the same input is accepted or refused identically everywhere and
+read with the same layout.
 
-Accepted inputs:
+Containers:
 
-- a 4-D uint8 array/tensor (0..255) or float array/tensor with values in [0, 1] (float16/32/64), in
-  NCHW or NHWC layout (rule below);
-- an iterable (list, tuple, generator, DataLoader, ...) whose items are such 4-D batches, single images
-  (3-D, CHW or HWC; 2-D = one grayscale image) or PIL images; items may differ in size;
+- a 4-D array/tensor batch (numpy or torch, any device);
+- an iterable (list, tuple, generator, DataLoader, ...) whose items are 4-D batches, single images
+  (3-D; 2-D = one grayscale image) or PIL images; items may differ in size;
+- a PIL image;
 - a path (str or os.PathLike) to a folder (recursive) or zip file of images (see ``image_files``).
 
-Layout rule (never guessed from the values): a batch is NCHW when ``shape[1]`` is 1, 3 or 4, otherwise
-NHWC when ``shape[-1]`` is 1, 3 or 4, otherwise an error; a single image likewise, CHW when ``shape[0]``
-is 1, 3 or 4, else HWC when ``shape[-1]`` is. When both axes qualify (e.g. a 4x4 NHWC batch of shape
-(N, 4, 4, 3)) NCHW wins: pass such tiny images as NCHW.
+Layout (decided from the shape, never from the values or the array library): a batch is NCHW when
+``shape[1]`` is 1, 3 or 4, otherwise NHWC when ``shape[-1]`` is, otherwise refused; a single image
+likewise CHW when ``shape[0]`` is 1, 3 or 4, else HWC. When both axes qualify (a 4x4 NHWC batch of
+shape (N, 4, 4, 3)) NCHW wins: pass such tiny images as NCHW. A 3-D array on its own is refused as
+ambiguous (one image or a grayscale batch?): pass ``x[None]`` or ``x[:, None]``.
 
-Channels: 1 is replicated to RGB, 4 (RGBA) loses alpha, anything else is an error. Each batch comes out
-as a torch tensor (N, 3, H, W), uint8 or float32 in [0, 1], on the device it came on.
+Values: uint8 is read as 0..255 (``value_range`` may only be None or (0, 255)). Floats (16/32/64 bit)
+are read in ``value_range`` (default (0, 1)) and mapped to [0, 1] with ``(x - low) / (high - low)``;
+values may overshoot the range by 1e-3 of its width (rounding in the caller's arithmetic) and are then
+clamped; anything further out, NaN or Inf is refused. Other dtypes (int64, bool, ...) are refused.
+
+Channels: 1 is replicated to RGB, 4 (RGBA) loses its alpha, anything else is refused.
+
+Output: torch tensors (N, 3, H, W), uint8 or float32 in [0, 1], on the device the input came on.
+Errors are ``ValueError``/``TypeError`` naming the input and saying how to fix it.
 """
 import os
 
@@ -24,10 +34,27 @@ from PIL import Image
 
 from .image_files import iter_image_files, list_image_files
 
-__all__ = ["iter_image_batches", "count_images", "_check_images"]
+__all__ = ["to_image_batch", "iter_image_batches", "count_images", "check_value_range", "CHANNEL_COUNTS",
+           "RANGE_TOLERANCE"]
 
 CHANNEL_COUNTS = (1, 3, 4)
-_FIX_RANGE = ("scale [-1, 1] images with (x + 1) / 2; divide 0..255 floats by 255 or cast them to uint8")
+#: How far float values may overshoot their range, as a fraction of its width, before they are refused.
+RANGE_TOLERANCE = 1e-3
+_FIX_RANGE = ("pass value_range=(-1, 1) for generator outputs in [-1, 1] (or scale them with (x + 1) / 2); "
+              "divide 0..255 floats by 255 or cast them to uint8")
+
+
+def check_value_range(value_range):
+    """None or a pair (low, high) with high > low -> None or (float, float); else ValueError."""
+    if value_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be a pair (low, high) such as (-1, 1), got {value_range!r}") from None
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}; e.g. (-1, 1)")
+    return low, high
 
 
 def _as_tensor(x, what):
@@ -52,37 +79,43 @@ def _channel_axis(shape, first, what):
         return len(shape) - 1
     layout = "NCHW or NHWC" if first == 1 else "CHW or HWC"
     raise ValueError(
-        f"{what} has shape {tuple(shape)}: no channel axis of size 1 (gray), 3 (RGB) or 4 (RGBA) at position "
-        f"{first} or last ({layout}); {shape[first]} or {shape[-1]} channels are not supported - convert to "
-        f"RGB first"
+        f"{what} has shape {tuple(shape)}: no colour channel axis of size 1 (gray), 3 (RGB) or 4 (RGBA) at "
+        f"position {first} or last ({layout}); {shape[first]} or {shape[-1]} channels are not supported - convert "
+        f"to RGB first"
     )
 
 
-def _check_dtype_and_values(t, what):
-    """uint8 as is; floats -> float32 checked finite and within [0, 1]; anything else refused."""
+def _to_unit_range(t, value_range, what):
+    """uint8 as is; floats mapped from `value_range` to float32 [0, 1] (checked, see the module docstring)."""
     if t.dtype == torch.uint8:
+        if value_range not in (None, (0.0, 255.0)):
+            raise ValueError(f"{what} is uint8, which is always read as 0..255; drop value_range={value_range}")
         return t
     if not t.dtype.is_floating_point:
         raise TypeError(f"{what} has dtype {t.dtype}; pass uint8 (0..255) or float in [0, 1] "
                         f"(e.g. x.to(torch.uint8) for integer pixel values 0..255)")
-    t = t.to(torch.float32)
     finite = torch.isfinite(t)
     if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(f"{what} has {bad} NaN/Inf pixel value(s); fix the images (e.g. the generator output) "
-                         f"before computing metrics")
+        raise ValueError(f"{what} has {int((~finite).sum())} NaN/Inf pixel value(s); fix the images (e.g. the "
+                         f"generator output) before computing metrics")
+    low, high = value_range or (0.0, 1.0)
+    t = t.to(torch.float32) if value_range is None else ((t.double() - low) / (high - low)).float()
     if t.numel():
-        low, high = float(t.min()), float(t.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"{what} is float with values in [{low:.4g}, {high:.4g}], outside [0, 1]; {_FIX_RANGE}")
+        lowest, highest = float(t.min()), float(t.max())
+        if lowest < -RANGE_TOLERANCE or highest > 1 + RANGE_TOLERANCE:
+            found = [low + v * (high - low) for v in (lowest, highest)]
+            raise ValueError(f"{what} is float with values in [{found[0]:.4g}, {found[1]:.4g}], outside "
+                             f"[{low:g}, {high:g}]; {_FIX_RANGE}")
+        if lowest < 0 or highest > 1:
+            t = t.clamp(0.0, 1.0)
     return t
 
 
-def _check_images(x, what="images", single=False):
-    """One batch (N, C, H, W)/(N, H, W, C) or, with `single`, one image (C, H, W)/(H, W, C)/(H, W).
+def to_image_batch(x, value_range=None, what="images", single=False):
+    """One batch (N, C, H, W)/(N, H, W, C) or, with `single`, one image (C, H, W)/(H, W, C)/(H, W)/PIL.
 
-    Returns a tensor (N, 3, H, W), uint8 or float32 in [0, 1]; raises ValueError/TypeError naming the
-    problem and the fix (see the module docstring for the rules).
+    Returns a tensor (N, 3, H, W), uint8 or float32 in [0, 1], on the input's device; raises
+    ValueError/TypeError naming the problem and the fix (rules in the module docstring).
     """
     t = _as_tensor(x, what)
     if single:
@@ -101,7 +134,7 @@ def _check_images(x, what="images", single=False):
         t = t.movedim(_channel_axis(t.shape, 1, what), 1)
     if t.shape[2] == 0 or t.shape[3] == 0:
         raise ValueError(f"{what} has empty images (height x width {t.shape[2]} x {t.shape[3]}); pass real images")
-    t = _check_dtype_and_values(t, what)
+    t = _to_unit_range(t, value_range, what)
     channels = t.shape[1]
     if channels == 1:
         t = t.expand(-1, 3, -1, -1)
@@ -118,13 +151,17 @@ def _is_array(x):
     return isinstance(x, np.ndarray) or torch.is_tensor(x)
 
 
-def _iter_items(images):
+def _is_single(item):
+    return isinstance(item, Image.Image) or (_is_array(item) and item.ndim in (2, 3))
+
+
+def _iter_items(images, value_range):
     if _is_path(images):
         yield from iter_image_files(images)
     elif _is_array(images):
-        yield _check_images(images)
+        yield to_image_batch(images, value_range)
     elif isinstance(images, Image.Image):
-        yield _check_images(images, single=True)
+        yield to_image_batch(images, value_range, single=True)
     elif isinstance(images, (dict, bytes)) or not hasattr(images, "__iter__"):
         _as_tensor(images, "images")  # raises the TypeError naming what is accepted
     else:
@@ -133,17 +170,18 @@ def _iter_items(images):
             if isinstance(item, (tuple, list, dict)):
                 raise TypeError(f"{what} is a {type(item).__name__}; yield image batches only, e.g. "
                                 f"(x for x, _ in loader) for a DataLoader of (images, labels)")
-            single = isinstance(item, Image.Image) or (_is_array(item) and item.ndim in (2, 3))
-            yield _check_images(item, what, single=single)
+            yield to_image_batch(item, value_range, what, single=_is_single(item))
 
 
-def iter_image_batches(images):
+def iter_image_batches(images, value_range=None):
     """Yield checked batches (N, 3, H, W) (uint8 or float32 in [0, 1]) from any accepted input.
 
+    `value_range` (see the module docstring) applies to float arrays and tensors; files are uint8.
     Raises ValueError when the input holds no image at all.
     """
+    value_range = check_value_range(value_range)
     total = 0
-    for batch in _iter_items(images):
+    for batch in _iter_items(images, value_range):
         if batch.shape[0]:
             total += batch.shape[0]
             yield batch
@@ -160,7 +198,7 @@ def count_images(images):
     if isinstance(images, Image.Image):
         return 1
     if isinstance(images, (list, tuple)):
-        counts = [1 if isinstance(item, Image.Image) or (_is_array(item) and item.ndim in (2, 3))
-                  else int(item.shape[0]) if _is_array(item) and item.ndim == 4 else None for item in images]
+        counts = [1 if _is_single(item) else int(item.shape[0]) if _is_array(item) and item.ndim == 4 else None
+                  for item in images]
         return None if None in counts else sum(counts)
     return None

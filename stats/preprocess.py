@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .defaults import MODES
 from .threads import thread_map
 
 __all__ = ["MODES", "preprocess", "resize_clean", "resize_legacy_tensorflow", "resize_legacy_pytorch"]
 
-MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 SIZE = 299
 
 

