@@ -17,7 +17,7 @@ import os
 import urllib.parse
 
 from genmetrics.stats.download import (ChecksumMismatchError, DownloadError, OfflineError, download, file_sha256,
-                                       genmetrics_home, offline)
+                                       genmetrics_home, offline, writable_dir)
 
 from .manifest import load_manifests, resolve
 from .npz_import import read_npz
@@ -77,9 +77,14 @@ def list_entries():
 def fetch(ref, progress=True, sqrt_sigma=True):
     """Make sure the entry `ref` is in the cache (download + convert if needed); return its .h5 path.
 
-    Sources are tried in order; each download resumes, retries, shows progress and checks the pinned or
-    recorded sha256. An .npz source is converted to .h5 with provenance (source URL, source sha256, the
-    manifest's metadata) and, with ``sqrt_sigma``, the cached square root of sigma.
+    Sources are tried in order; each download resumes, retries, shows progress, is bounded (deadline,
+    minimum throughput, size cap: the source's ``size`` when the manifest gives one) and checks
+    the pinned or recorded sha256. The file is then validated (it must read as its declared format, with
+    mu (D,) and sigma (D, D)) and converted; only a file that passed is recorded as the hash of an
+    unpinned entry. Any failure of a source (HTTP error, redirect loop, an HTML page instead of the file,
+    a conversion error, a hash mismatch) moves on to the next source. An .npz source is converted to .h5
+    with provenance (source URL, source sha256, the manifest's metadata) and, with ``sqrt_sigma``, the
+    cached square root of sigma.
     """
     import filelock
 
@@ -87,31 +92,23 @@ def fetch(ref, progress=True, sqrt_sigma=True):
     final = cache_path(entry)
     if os.path.isfile(final):
         return final
-    os.makedirs(stats_dir(), exist_ok=True)
+    writable_dir(stats_dir())
     with filelock.FileLock(final + ".lock"):
         if os.path.isfile(final):
             return final
-        expected = _expected_sha256(entry)
         errors, mismatch = [], False
         for source in entry.sources:
-            src = _source_path(entry, source)
-            if offline() and not os.path.isfile(src):
-                continue
             try:
-                got = download(source.url, src, sha256=expected, progress=progress)
+                _fetch_source(entry, source, final, progress, sqrt_sigma)
+                return final
+            except _SourceSkipped:
+                continue
             except ChecksumMismatchError as error:
                 detail = "" if entry.sha256 else " (the hash recorded at the first fetch of this unpinned entry)"
                 errors.append(f"{error}{detail}")
                 mismatch = True
-                continue
-            except DownloadError as error:
+            except (DownloadError, RefStatsFormatError) as error:
                 errors.append(str(error))
-                continue
-            if expected is None:
-                _record_sha256(entry, got, source.url)
-            _convert(entry, source, src, got, final, sqrt_sigma)
-            _write_text(final + ".sha256", file_sha256(final))
-            return final
         if offline():
             first = entry.sources[0]
             raise OfflineError(
@@ -121,6 +118,32 @@ def fetch(ref, progress=True, sqrt_sigma=True):
             )
         error_type = ChecksumMismatchError if mismatch else DownloadError
         raise error_type(f"could not fetch {entry.ref}: " + " | ".join(errors))
+
+
+class _SourceSkipped(Exception):
+    """Offline, and this source is not on disk."""
+
+
+def _fetch_source(entry, source, final, progress, sqrt_sigma):
+    """Download one source, validate and convert it into `final`, then record its hash (unpinned entries).
+
+    A file that fails validation or conversion is deleted (it must not be taken for the entry later)."""
+    src = _source_path(entry, source)
+    if offline() and not os.path.isfile(src):
+        raise _SourceSkipped()
+    expected = _expected_sha256(entry)
+    got = download(source.url, src, sha256=expected, progress=progress, max_bytes=source.size)
+    try:
+        _convert(entry, source, src, got, final, sqrt_sigma)
+    except (RefStatsFormatError, OSError, ValueError) as error:
+        for path in (src, final):
+            if os.path.isfile(path):
+                os.remove(path)
+        raise RefStatsFormatError(f"{source.url} is not valid {source.format} statistics ({error}); "
+                                  f"the file was discarded") from None
+    if expected is None:
+        _record_sha256(entry, got, source.url)
+    _write_text(final + ".sha256", file_sha256(final))
 
 
 def _entry_meta(entry, url, sha256):
@@ -161,23 +184,43 @@ def _looks_like_path(text):
 def load(ref_or_path, progress=True):
     """ReferenceStats from a registry ref (fetched when not cached), an .h5 or .npz path, or a ReferenceStats.
 
-    ``features`` of an .h5 file are read on first access, so loading a cached entry reads only the
-    moments (well under a second).
+    The one loader of statistics: scoring, the CLI, deferred scoring and the evaluator all call it. A file
+    is read once per process while it is unchanged (same size and modification time), so a training loop
+    that scores every few steps does not re-read it. ``features`` of an .h5 file are read on first
+    access, so loading a cached entry reads only the moments (well under a second).
     """
     if isinstance(ref_or_path, ReferenceStats):
         return ref_or_path
     if not isinstance(ref_or_path, (str, os.PathLike)):
-        raise TypeError(f"expected a registry ref, a path or a ReferenceStats, got {type(ref_or_path).__name__}")
+        raise TypeError(f"expected a registry ref such as 'cifar10-train-32', a path to an .h5/.npz statistics "
+                        f"file or a ReferenceStats, got {type(ref_or_path).__name__}")
     text = os.fspath(ref_or_path)
     if os.path.isfile(text):
-        if text.lower().endswith(".npz"):
-            stats = read_npz(text)
-            stats.path = os.path.abspath(text)
-            return stats
-        return read_refstats(text)
+        return _read_once(text)
     if _looks_like_path(text):
         raise FileNotFoundError(f"statistics file {text} does not exist (it is a path, not a registry ref)")
-    return read_refstats(fetch(text, progress=progress))
+    return _read_once(fetch(text, progress=progress))
+
+
+_LOADED = {}
+_LOADED_MAX = 4
+
+
+def _read_once(path):
+    """Read an .h5 (or .npz) file, or return the copy read before while the file is unchanged."""
+    path = os.path.abspath(path)
+    status = os.stat(path)
+    key = (path, status.st_mtime_ns, status.st_size)
+    if key not in _LOADED:
+        if path.lower().endswith(".npz"):
+            stats = read_npz(path)
+            stats.path = path
+        else:
+            stats = read_refstats(path)
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = stats
+    return _LOADED[key]
 
 
 def _resolve_file(ref_or_path):
@@ -195,8 +238,10 @@ def verify(ref_or_path):
     """Recompute hashes and validate a cached entry or an .h5 file; returns a report dict, raises on failure.
 
     For a ref: the cached source's sha256 must equal the pinned (or first-fetch recorded) hash, and the
-    .h5 must read and validate completely (features included). For a path: the file must validate, and
-    its sha256 is reported.
+    .h5 must pass every check of ``read_refstats(path, full=True)`` (layout: no links, external storage or
+    virtual datasets; attribute types; shapes and stored sizes; finite, symmetric, PSD sigma; sqrt_sigma
+    its root; sum/outer_sum and the features consistent with mu/sigma). For a path: the same checks, and
+    its sha256 is reported. Failures raise a one-line error naming the file and the check.
     """
     path, entry = _resolve_file(ref_or_path)
     if not os.path.isfile(path):
@@ -219,7 +264,7 @@ def verify(ref_or_path):
                 raise ChecksumMismatchError(f"{checked} has sha256 {got}, expected {expected} ({entry.ref}); delete "
                                             f"{path} and fetch it again")
             report["source_sha256"] = got
-    stats = read_refstats(path, lazy_features=False)
+    stats = read_refstats(path, full=True)
     report.update(n=stats.n, dim=stats.dim, features=stats.features is not None, ok=True)
     return report
 

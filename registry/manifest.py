@@ -51,8 +51,12 @@ class UnknownRefError(KeyError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
+    """Where to download a file: `url`, its `format`, and optionally its `size` in bytes (a download that
+    announces or sends more is refused)."""
+
     url: str
     format: str
+    size: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,25 +130,26 @@ def _read_text(location):
     return _read_remote(location)
 
 
+MAX_REMOTE_MANIFEST_BYTES = 1 << 20  # a manifest lists URLs and hashes: 1 MiB is thousands of entries
+
+
 def _read_remote(url):
     from genmetrics.stats.download import genmetrics_home, offline
 
     cached = os.path.join(genmetrics_home(), "manifests", hashlib.sha256(url.encode()).hexdigest()[:16] + ".yaml")
     problem = f"GENMETRICS_OFFLINE=1" if offline() else None
     if problem is None:
-        import requests
+        from genmetrics.stats.download import DownloadError, fetch_bytes
 
         try:
-            response = requests.get(url, timeout=30)
-            response.raise_for_status()
-            text = response.text
+            text = fetch_bytes(url, max_bytes=MAX_REMOTE_MANIFEST_BYTES).decode("utf-8")
             os.makedirs(os.path.dirname(cached), exist_ok=True)
             tmp = f"{cached}.{os.getpid()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, cached)
             return text
-        except requests.RequestException as error:
+        except (DownloadError, UnicodeDecodeError, OSError) as error:
             problem = str(error)
     if os.path.isfile(cached):
         if not offline():
@@ -189,7 +194,10 @@ def _parse_entry(raw, index, location):
         fmt = source.get("format") or ("h5" if source["url"].lower().endswith((".h5", ".hdf5")) else "npz")
         if fmt not in SOURCE_FORMATS:
             raise ValueError(f"{where}: source format {fmt!r} is not one of {SOURCE_FORMATS}")
-        parsed.append(Source(_resolve_source_url(source["url"], location), fmt))
+        size = source.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise ValueError(f"{where}: source size must be a positive number of bytes, got {size!r}")
+        parsed.append(Source(_resolve_source_url(source["url"], location), fmt, size))
     sha256 = raw.get("sha256")
     if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
                                or any(c not in "0123456789abcdefABCDEF" for c in sha256)):

@@ -8,14 +8,23 @@ sha256. It
   ``200`` instead of ``206`` restarts the transfer from byte 0);
 - retries 5xx answers, 408/429, connection errors, timeouts and truncated bodies with exponential backoff
   (``backoff * 2**k`` seconds before retry ``k``), at most ``retries`` times;
-- fails at once, naming the URL and the status, on any other 4xx answer (404, 403, ...);
+- fails at once, naming the URL and the status, on any other 4xx answer (404, 403, ...), and on a redirect
+  loop (one line naming the URL);
+- is bounded (:class:`Limits`): an overall deadline for all attempts together, a minimum throughput
+  (a server trickling bytes is dropped after ``rate_window`` seconds below ``min_rate``, then the transfer
+  resumes if retries are left) and a size cap (``max_bytes``: the caller's, e.g. from a manifest, else the
+  default; a ``Content-Length`` above the cap is refused before the body is read, and a body that goes on
+  past its ``Content-Length`` or past the cap is cut and refused);
 - verifies ``sha256`` when given: on a mismatch the partial file is deleted and
   :class:`ChecksumMismatchError` names the expected and the received hash;
 - moves the finished file into place with ``os.replace`` (atomic: ``dest`` never holds a partial file);
 - holds ``filelock.FileLock(dest + ".lock")`` throughout, so when several processes ask for the same file
   one downloads it and the others find it done;
 - honours ``GENMETRICS_OFFLINE=1``: no network; a missing file raises :class:`OfflineError` saying which
-  file is missing and where to put it.
+  file is missing and where to put it;
+- detects a missing network once per process: a host whose name does not resolve or that refuses or
+  times out the connection is not retried, and later downloads from it in the same process fail at once
+  with :class:`NetworkUnavailableError` (`clear_unreachable` forgets, e.g. once the network is back).
 
 ``file://`` URLs and plain paths are copied (same checks, same atomic rename).
 """
@@ -26,9 +35,11 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, replace
 
-__all__ = ["genmetrics_home", "offline", "download", "file_sha256", "cached_file_sha256", "DownloadError", "ChecksumMismatchError",
-           "OfflineError", "HOME_ENV", "OFFLINE_ENV"]
+__all__ = ["genmetrics_home", "offline", "download", "fetch_bytes", "file_sha256", "cached_file_sha256", "Limits",
+           "writable_dir", "clear_unreachable", "DownloadError", "ChecksumMismatchError", "OfflineError",
+           "NetworkUnavailableError", "CacheNotWritableError", "HOME_ENV", "OFFLINE_ENV"]
 
 HOME_ENV = "GENMETRICS_HOME"
 OFFLINE_ENV = "GENMETRICS_OFFLINE"
@@ -47,6 +58,34 @@ class ChecksumMismatchError(DownloadError):
 
 class OfflineError(DownloadError):
     """GENMETRICS_OFFLINE=1 and the file is not on disk."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one download: `deadline` seconds for all attempts together, at least `min_rate` bytes/s
+    over every `rate_window` seconds, at most `max_bytes` bytes.
+
+    `Limits.from_env()` reads GENMETRICS_DOWNLOAD_DEADLINE (3600 s), GENMETRICS_DOWNLOAD_MIN_RATE
+    (1024 bytes/s), GENMETRICS_DOWNLOAD_RATE_WINDOW (30 s) and GENMETRICS_DOWNLOAD_MAX_BYTES (4 GiB).
+    """
+
+    deadline: float = 3600.0
+    min_rate: float = 1024.0
+    rate_window: float = 30.0
+    max_bytes: int = 4 << 30
+
+    @classmethod
+    def from_env(cls):
+        """The defaults, overridden by the GENMETRICS_DOWNLOAD_* variables that are set."""
+        def number(name, default, kind=float):
+            text = os.environ.get(f"GENMETRICS_DOWNLOAD_{name}", "").strip()
+            try:
+                return kind(text) if text else default
+            except ValueError:
+                raise ValueError(f"GENMETRICS_DOWNLOAD_{name}={text!r} is not a number; fix or unset it") from None
+
+        return cls(number("DEADLINE", cls.deadline), number("MIN_RATE", cls.min_rate),
+                   number("RATE_WINDOW", cls.rate_window), number("MAX_BYTES", cls.max_bytes, int))
 
 
 def genmetrics_home():
@@ -82,18 +121,91 @@ def cached_file_sha256(path):
     return _remembered_sha256(path, stat.st_size, stat.st_mtime_ns)
 
 
-def download(url, dest, sha256=None, progress=True, retries=5, backoff=0.5, timeout=60):
+class NetworkUnavailableError(DownloadError):
+    """The host could not be reached (name resolution or connection failed), now or earlier in this process."""
+
+
+_unreachable = {}  # (scheme, host, port) -> the first failure, for the life of the process
+
+
+def _host_key(url):
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def clear_unreachable():
+    """Forget the hosts found unreachable in this process, so that the next download tries them again."""
+    _unreachable.clear()
+
+
+def _nested(error):
+    """The exception `error` wraps: urllib3's ``reason``, the first exception argument (requests), or the cause."""
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, BaseException):
+        return reason
+    wrapped = next((a for a in error.args if isinstance(a, BaseException)), None)
+    return wrapped or error.__cause__ or error.__context__
+
+
+def _connect_failure(error):
+    """The one-line reason when `error` is a failure to resolve or connect to the host, else None."""
+    import urllib3
+
+    for _ in range(10):
+        if error is None:
+            return None
+        if isinstance(error, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
+            kind = "name resolution failed" if isinstance(error, urllib3.exceptions.NameResolutionError) \
+                else "connection failed"
+            return f"{kind}: {str(error).split(': ', 1)[-1][:200]}"
+        error = _nested(error)
+    return None
+
+
+class CacheNotWritableError(DownloadError, PermissionError):
+    """A cache folder cannot be created or written."""
+
+
+def writable_dir(folder):
+    """Create `folder` if needed and check that files can be made in it; else a one-line
+    :class:`CacheNotWritableError` naming the folder and the fix. Returns `folder`."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise CacheNotWritableError(
+            f"cannot write to the genmetrics cache folder {folder} ({error.strerror or error}); make it writable "
+            f"or set {HOME_ENV} to a writable folder (files already there are still used)") from None
+    return folder
+
+
+def download(url, dest, sha256=None, progress=True, retries=5, backoff=0.5, timeout=60, max_bytes=None,
+             limits=None):
     """Fetch ``url`` (http(s), ``file://`` or a local path) into ``dest``; return the file's hex sha256.
 
     An existing ``dest`` whose hash matches ``sha256`` (or any existing ``dest`` when ``sha256`` is None)
-    is kept and not downloaded again. ``timeout`` is the connect and read timeout in seconds.
-    See the module docstring for resume, retry, locking and offline behaviour.
+    is kept and not downloaded again (this needs no write access). ``timeout`` is the connect and read
+    timeout in seconds; ``limits`` (default `Limits.from_env()`) bound the whole transfer, and
+    ``max_bytes`` (e.g. a size from a manifest) replaces its size cap. See the module docstring.
     """
     import filelock
 
     dest = os.path.abspath(os.fspath(dest))
     expected = sha256.lower() if sha256 else None
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    limits = limits or Limits.from_env()
+    if max_bytes:
+        limits = replace(limits, max_bytes=int(max_bytes))
+    if os.path.isfile(dest) and (expected is None or file_sha256(dest) == expected):
+        return file_sha256(dest)
+    if offline() and not os.path.isfile(dest):
+        raise OfflineError(
+            f"{OFFLINE_ENV}=1 and {dest} is not on disk. Download {url} on a machine with network access "
+            f"and put it at {dest} (or unset {OFFLINE_ENV})"
+        )
+    writable_dir(os.path.dirname(dest))
     with filelock.FileLock(dest + ".lock"):
         if os.path.isfile(dest):
             got = file_sha256(dest)
@@ -104,31 +216,52 @@ def download(url, dest, sha256=None, progress=True, retries=5, backoff=0.5, time
                     f"{dest} has sha256 {got}, expected {expected}, and {OFFLINE_ENV}=1 forbids downloading "
                     f"it again from {url}; replace the file with the right one or unset {OFFLINE_ENV}"
                 )
-        if offline():
-            raise OfflineError(
-                f"{OFFLINE_ENV}=1 and {dest} is not on disk. Download {url} on a machine with network access "
-                f"and put it at {dest} (or unset {OFFLINE_ENV})"
-            )
-        part = dest + ".part"
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
-        stale_part = os.path.isfile(part)  # left by an interrupted earlier call: resumed below
-        if scheme in ("http", "https"):
-            _http_to_part(url, part, progress, retries, backoff, timeout)
-        else:
-            _copy_to_part(url, part)
+        return _download_locked(url, dest, expected, progress, _Transfer(retries, backoff, timeout, limits))
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    retries: int
+    backoff: float
+    timeout: float
+    limits: Limits
+
+
+def _download_locked(url, dest, expected, progress, transfer):
+    """The body of `download` under the file lock: fetch into ``dest.part``, check, rename."""
+    part = dest + ".part"
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    stale_part = os.path.isfile(part)  # left by an interrupted earlier call: resumed below
+    if scheme in ("http", "https"):
+        _http_to_part(url, part, progress, transfer)
+    else:
+        _copy_to_part(url, part, transfer.limits.max_bytes)
+    got = file_sha256(part)
+    if expected is not None and got != expected and stale_part and scheme in ("http", "https"):
+        os.remove(part)  # the old .part may belong to another version of the file: once more from byte 0
+        _http_to_part(url, part, progress, transfer)
         got = file_sha256(part)
-        if expected is not None and got != expected and stale_part and scheme in ("http", "https"):
-            os.remove(part)  # the old .part may belong to another version of the file: once more from byte 0
-            _http_to_part(url, part, progress, retries, backoff, timeout)
-            got = file_sha256(part)
-        if expected is not None and got != expected:
-            os.remove(part)
-            raise ChecksumMismatchError(
-                f"sha256 mismatch for {url}: expected {expected}, got {got}; the download was discarded "
-                f"(nothing was written to {dest})"
-            )
-        os.replace(part, dest)
-        return got
+    if expected is not None and got != expected:
+        os.remove(part)
+        raise ChecksumMismatchError(
+            f"sha256 mismatch for {url}: expected {expected}, got {got}; the download was discarded "
+            f"(nothing was written to {dest})"
+        )
+    os.replace(part, dest)
+    return got
+
+
+def fetch_bytes(url, max_bytes=1 << 20, timeout=30, limits=None):
+    """The body of a small http(s) resource (e.g. a remote manifest) in memory, under the same bounds as
+    `download` (deadline, minimum throughput, redirect loops) and at most `max_bytes` bytes; one attempt."""
+    import tempfile
+
+    limits = replace(limits or Limits.from_env(), max_bytes=int(max_bytes))
+    with tempfile.TemporaryDirectory(prefix="genmetrics-fetch-") as tmp:
+        part = os.path.join(tmp, "body.part")
+        _http_to_part(url, part, False, _Transfer(0, 0.0, timeout, limits))
+        with open(part, "rb") as f:
+            return f.read()
 
 
 def _local_source_path(url):
@@ -141,45 +274,93 @@ def _local_source_path(url):
     return os.path.expanduser(url)
 
 
-def _copy_to_part(url, part):
+def _copy_to_part(url, part, max_bytes):
     source = _local_source_path(url)
     if not os.path.isfile(source):
         raise DownloadError(f"{url}: no such file ({source})")
+    if os.path.getsize(source) > max_bytes:
+        raise DownloadError(f"{url} has {os.path.getsize(source)} bytes, more than the cap of {max_bytes}; raise "
+                            f"GENMETRICS_DOWNLOAD_MAX_BYTES if the file is right")
     shutil.copyfile(source, part)
 
 
-def _http_to_part(url, part, progress, retries, backoff, timeout):
-    """Download ``url`` into ``part``, resuming and retrying; returns when ``part`` holds the whole body."""
+def _http_to_part(url, part, progress, transfer):
+    """Download ``url`` into ``part``, resuming and retrying within the deadline; returns when ``part``
+    holds the whole body."""
     import requests
+    import urllib3
 
     failures = []
-    for attempt in range(retries + 1):
+    deadline = time.monotonic() + transfer.limits.deadline
+    host = _host_key(url)
+    if host in _unreachable:
+        raise NetworkUnavailableError(f"downloading {url} skipped: {host[1]} was unreachable earlier in this process "
+                                      f"({_unreachable[host]})")
+    for attempt in range(transfer.retries + 1):
         if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
+            pause = transfer.backoff * 2 ** (attempt - 1)
+            if time.monotonic() + pause >= deadline:
+                break
+            time.sleep(pause)
         try:
-            if _http_attempt(url, part, progress, timeout):
+            if _http_attempt(url, part, progress, transfer, deadline):
                 return
             failures.append("the server ended the body early")
         except _RetryableStatus as error:
             failures.append(str(error))
+        except requests.TooManyRedirects as error:
+            last = getattr(error.response, "url", None) or url
+            raise DownloadError(f"downloading {url} failed: a redirect loop (too many redirects, the last to {last}); "
+                                f"fix the URL or the server") from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                requests.exceptions.ContentDecodingError) as error:
-            failures.append(f"{type(error).__name__}: {error}")
-    raise DownloadError(f"downloading {url} failed after {retries + 1} attempts: " + "; ".join(failures[-3:]))
+                requests.exceptions.ContentDecodingError, urllib3.exceptions.HTTPError) as error:
+            reason = _connect_failure(error)
+            if reason:  # no network or no such host: retrying only costs time (remembered for the process)
+                _unreachable.setdefault(host, reason)
+                raise NetworkUnavailableError(f"downloading {url} failed: {host[1]} is unreachable ({reason})") \
+                    from None
+            failures.append(_first_line(error))
+        except requests.RequestException as error:
+            raise DownloadError(f"downloading {url} failed: {_first_line(error)}") from None
+        if time.monotonic() >= deadline:
+            break
+    else:
+        raise DownloadError(f"downloading {url} failed after {transfer.retries + 1} attempts: "
+                            + "; ".join(failures[-3:]))
+    raise DownloadError(f"downloading {url} did not finish within {transfer.limits.deadline:g} s "
+                        f"(GENMETRICS_DOWNLOAD_DEADLINE): " + "; ".join(failures[-3:]))
+
+
+def _first_line(error):
+    """`Type: first line` of an exception (requests' messages repeat nested reprs)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 class _RetryableStatus(Exception):
     pass
 
 
-def _http_attempt(url, part, progress, timeout):
+def _open_mode(response, have):
+    """("ab", have) when the answer continues our partial file, ("wb", 0) when it is the whole body."""
+    status = response.status_code
+    if status == 206 and have and _content_range_start(response) == have:
+        return "ab", have
+    if status in (200, 206) and (status == 200 or _content_range_start(response) == 0):
+        return "wb", 0  # the server ignored our Range: take the whole body from byte 0
+    raise _RetryableStatus(f"unexpected HTTP {status} (Content-Range {response.headers.get('Content-Range')!r}) "
+                           f"for a resume at byte {have}")
+
+
+def _http_attempt(url, part, progress, transfer, deadline):
     """One GET (ranged when ``part`` has bytes). True when complete, False when the body was cut short."""
     import requests
-    from tqdm.auto import tqdm
 
     have = os.path.getsize(part) if os.path.isfile(part) else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
-    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+    left = max(0.1, deadline - time.monotonic())
+    timeouts = (min(transfer.timeout, left), min(transfer.timeout, transfer.limits.rate_window, left))
+    with requests.get(url, headers=headers, stream=True, timeout=timeouts) as response:
         status = response.status_code
         if status == 416 and have:  # our .part is not a prefix the server recognises: start again
             os.remove(part)
@@ -188,27 +369,66 @@ def _http_attempt(url, part, progress, timeout):
             raise _RetryableStatus(f"HTTP {status}")
         if status >= 400:
             raise DownloadError(f"downloading {url} failed: HTTP {status} {response.reason or ''}".rstrip())
-        if status == 206 and have and _content_range_start(response) == have:
-            mode, start = "ab", have
-        elif status in (200, 206) and (status == 200 or _content_range_start(response) == 0):
-            mode, start = "wb", 0  # the server ignored our Range: take the whole body from byte 0
-        else:
-            raise _RetryableStatus(f"unexpected HTTP {status} (Content-Range "
-                                   f"{response.headers.get('Content-Range')!r}) for a resume at byte {have}")
+        mode, start = _open_mode(response, have)
         length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
-        received = start
-        name = os.path.basename(part)[: -len(".part")]
-        with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=name, disable=not progress,
-                                         leave=False) as bar:
-            for block in response.iter_content(chunk_size=_NET_CHUNK):
-                f.write(block)
-                received += len(block)
-                bar.update(len(block))
+        total = start + int(length) if length is not None and length.isdigit() else None
+        cap = transfer.limits.max_bytes
+        if total is not None and total > cap:
+            _discard(part)
+            raise DownloadError(f"{url} announces {total} bytes, more than the cap of {cap}; raise "
+                                f"GENMETRICS_DOWNLOAD_MAX_BYTES if the file is right")
+        with open(part, mode) as f:
+            received = _stream_body(response, f, start, total, transfer.limits, deadline, url,
+                                    _progress_bar(part, total, start, progress))
             f.flush()
             os.fsync(f.fileno())
         return total is None or received >= total
+
+
+def _progress_bar(part, total, start, progress):
+    from tqdm.auto import tqdm
+
+    name = os.path.basename(part)[: -len(".part")]
+    return tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                disable=not progress, leave=False)
+
+
+def _discard(part):
+    try:
+        os.remove(part)
+    except FileNotFoundError:
+        pass
+
+
+def _stream_body(response, f, received, total, limits, deadline, url, bar):
+    """Copy the body into `f` as it arrives; enforce the size cap, the deadline and the minimum rate.
+    Returns the byte count of the part file."""
+    limit = min(limits.max_bytes, total if total is not None else limits.max_bytes)
+    window_start, window_bytes = time.monotonic(), 0
+    with bar:
+        while True:
+            block = response.raw.read1(_NET_CHUNK, decode_content=True)
+            if not block:
+                return received
+            if received + len(block) > limit:
+                f.close()
+                _discard(f.name)
+                what = "its Content-Length" if total is not None and total <= limits.max_bytes else \
+                    f"the cap of {limits.max_bytes} bytes (GENMETRICS_DOWNLOAD_MAX_BYTES)"
+                raise DownloadError(f"{url} sent more than {what}; the download was discarded")
+            f.write(block)
+            received += len(block)
+            window_bytes += len(block)
+            bar.update(len(block))
+            now = time.monotonic()
+            if now >= deadline:
+                raise DownloadError(f"downloading {url} did not finish within {limits.deadline:g} s "
+                                    f"(GENMETRICS_DOWNLOAD_DEADLINE); {received} bytes arrived")
+            if now - window_start >= limits.rate_window:
+                if window_bytes < limits.min_rate * (now - window_start):
+                    raise _RetryableStatus(f"slower than {limits.min_rate:g} bytes/s over {now - window_start:.1f} "
+                                           f"s (GENMETRICS_DOWNLOAD_MIN_RATE)")
+                window_start, window_bytes = now, 0
 
 
 def _content_range_start(response):

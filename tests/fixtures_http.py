@@ -6,8 +6,14 @@
 
 Faults: ("status", code) answers that status with no body; ("truncate", nbytes) announces the full
 length, sends nbytes of the body and drops the connection; ("bytes", data) serves `data` instead of the
-file once; ("delay", seconds) sleeps, then serves normally. GET honours `Range: bytes=N-` with 206.
+file once; ("delay", seconds) sleeps, then serves normally; ("trickle", seconds) announces the full
+length and sends one byte every `seconds` until the client hangs up; ("endless",) sends zeros without a
+Content-Length until the client hangs up; ("redirect", location) answers 302 to `location`.
+GET honours `Range: bytes=N-` with 206. `srv.stalls[prefix] = threading.Event()` holds every request
+(GET or POST) whose path starts with `prefix` until the event is set (at most 20 s), then answers 503;
+`srv.stalls_answered` counts the held requests answered so far.
 """
+import itertools
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +35,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._serve(head=False)
 
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._serve(head=False)
+
     def _serve(self, head):
         srv = self.server.owner
         path = self.path.split("?", 1)[0]
@@ -37,6 +47,16 @@ class _Handler(BaseHTTPRequestHandler):
             faults = srv.faults.get(path)
             fault = faults.pop(0) if faults else None
             body = srv.files.get(path)
+            stall = next((event for prefix, event in srv.stalls.items() if path.startswith(prefix)), None)
+        if stall is not None:
+            stall.wait(20)
+            with srv.lock:
+                srv.stalls_answered += 1
+            self._send_status(503)
+            return
+        if fault and fault[0] in ("trickle", "endless", "redirect"):
+            self._misbehave(fault, body or b"")
+            return
         if fault and fault[0] == "delay":
             time.sleep(fault[1])
             fault = None
@@ -68,6 +88,33 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body[start:])
 
+    def _misbehave(self, fault, body):
+        """Serve a slow, endless or looping answer (see the module docstring)."""
+        if fault[0] == "redirect":
+            self.send_response(302)
+            self.send_header("Location", fault[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if fault[0] == "trickle":
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            if fault[0] == "trickle":
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(fault[1])
+            else:
+                for _ in itertools.count():
+                    self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client hung up, as it should
+            pass
+
     def _range_start(self, size):
         header = self.headers.get("Range", "")
         if header.startswith("bytes=") and header.endswith("-"):
@@ -89,6 +136,8 @@ class FileServer:
         self.files = {}
         self.faults = {}
         self.requests = []
+        self.stalls = {}
+        self.stalls_answered = 0
         self.lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
