@@ -12,7 +12,6 @@ disjoint and ``merge`` combines them exactly. Under ``torchrun`` (``WORLD_SIZE``
 without ``shard`` shards itself: rank r writes ``<stem>.shard<r>of<k>.h5`` and the last rank to finish
 merges all shards into ``output``.
 """
-import json
 import os
 import warnings
 
@@ -20,6 +19,8 @@ import numpy as np
 
 from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
 
+from .checkpoint import StreamDigest, fingerprint, load_checkpoint, model_identity, output_lock, save_checkpoint, \
+    source_digest
 from .datasets import image_source
 from .refstats import ReferenceStats, read_refstats, write_refstats
 
@@ -101,12 +102,10 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     if src is not None:
         meta["source_listing_sha256"] = source_digest(src)
 
-    def extract(images):
-        return extract_features(images, model=model, mode=mode, batch_size=batch_size, progress=False)["pool3"]
-
+    accumulator = FeatureAccumulator(model=model, mode=mode, batch_size=batch_size, value_range=value_range)
     with output_lock(target):
-        run = _Run(target, meta, features, checkpoint_every, model_identity(model))
-        _run_chunks(src, source, (index, count), run, extract, progress, on_checkpoint)
+        run = _Run(target, meta, accumulator, features, checkpoint_every)
+        _run_chunks(src, source, (index, count), run, progress, on_checkpoint)
         meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
         stats = run.finish(sqrt_sigma)
     if auto:
@@ -114,18 +113,18 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     return stats
 
 
-def _run_chunks(src, source, shard, run, extract, progress, on_checkpoint):
+def _run_chunks(src, source, shard, run, progress, on_checkpoint):
     """Resume `run` from its checkpoint and process the remaining images of this shard (or stream)."""
     if src is None:
         run.resume(None)
-        _build_stream(source, run, extract, progress, on_checkpoint)
+        _build_stream(source, run, progress, on_checkpoint)
         return
     index, count = shard
     total = len(src)
     start, stop = index * total // count, (index + 1) * total // count
     run.meta.update(total_images=total, shard_range=f"{start}:{stop}")
     run.resume(stop - start)
-    _build_indexed(src, start, stop, run, extract, progress, on_checkpoint)
+    _build_indexed(src, start, stop, run, progress, on_checkpoint)
 
 
 def _build_indexed(src, start, stop, run, progress, on_checkpoint):
@@ -148,10 +147,10 @@ def _build_stream(source, run, progress, on_checkpoint):
 
     from genmetrics.stats.image_input import iter_image_batches
 
-    skip, pending, pending_count = run.done, [], 0
+    skip, pending, pending_count, digest = run.done, [], 0, StreamDigest()
     with tqdm(initial=run.done, unit="img", desc="reference statistics", disable=not progress) as bar:
         def flush():
-            run.add(pending)
+            run.add(pending, digest.hexdigest())
             bar.update(pending_count)
             if on_checkpoint:
                 on_checkpoint(run.done, None)
@@ -159,10 +158,14 @@ def _build_stream(source, run, progress, on_checkpoint):
         for batch in iter_image_batches(source, run.accumulator.value_range):
             if skip:
                 dropped = min(skip, batch.shape[0])
+                digest.update(batch[:dropped])
                 batch, skip = batch[dropped:], skip - dropped
+                if not skip:
+                    run.check_stream(digest)
             while batch.shape[0]:
                 take = min(run.chunk - pending_count, batch.shape[0])
                 pending.append(batch[:take])
+                digest.update(batch[:take])
                 pending_count += take
                 batch = batch[take:]
                 if pending_count == run.chunk:
@@ -185,14 +188,11 @@ def _size_of(images):
 class _Run:
     """Moments (and features) of one build, checkpointed to ``<target>.ckpt.npz`` after every chunk."""
 
-    def __init__(self, target, meta, keep_features, chunk, model_id):
-        from genmetrics.stats import GaussianMoments
-
+    def __init__(self, target, meta, accumulator, keep_features, chunk):
         self.target, self.meta, self.keep_features, self.chunk = target, meta, keep_features, chunk
-        self.model_id = model_id
+        self.accumulator = accumulator  # keeps no features itself: they go to the side file
         self.ckpt = target + ".ckpt.npz"
         self.features_file = target + ".ckpt.features"
-        self.moments = GaussianMoments()
         self.done = 0
         self.first_size = None
         self.stream_sha256 = ""  # sha256 of the first `done` images of an iterable source
@@ -200,14 +200,18 @@ class _Run:
 
     def resume(self, total):
         """Continue from a checkpoint of the same build (``registry.checkpoint``), else start over."""
-        self.fingerprint = fingerprint(self.meta, total, self.keep_features, self.model_id)
+        self.fingerprint = fingerprint(self.meta, total, self.keep_features, model_identity(self.accumulator.model))
         state = load_checkpoint(self.ckpt, self.fingerprint)
         if state is None or not self._features_cover(state):
             self._reset_features()
             return
         self.done, self.first_size, self.stream_sha256 = state["done"], state["first_size"], state["stream_sha256"]
         if state["moments"] is not None:
-            self.moments = state["moments"]
+            self.accumulator.moments = state["moments"]
+
+    @property
+    def moments(self):
+        return self.accumulator.moments
 
     def _features_cover(self, state):
         """Kept features hold the checkpoint's rows (rows written after it are cut); else drop the checkpoint."""
@@ -239,11 +243,11 @@ class _Run:
         elif os.path.exists(self.features_file):
             os.remove(self.features_file)
 
-    def add(self, feats, size, stream_sha256=""):
-        feats = feats.to(torch.float32)
-        self.moments.update(feats)
+    def add(self, images, stream_sha256=""):
+        """Extract and accumulate a chunk of images, keep its features, then checkpoint."""
+        feats = self.accumulator.update(images)[self.accumulator.layer]
         if self.first_size is None:
-            self.first_size = size
+            self.first_size = _size_of(images)
         if self.keep_features:
             with open(self.features_file, "ab") as f:
                 f.write(np.ascontiguousarray(feats.numpy()).tobytes())
