@@ -127,13 +127,22 @@ def _fetch(args):
 
 
 def _verify(args):
+    """Every check of every ref or file; one line each (OK, or FAILED with the file and the check); 1 if any failed."""
+    import sys
+
     from genmetrics.registry import verify
 
+    failed = 0
     for ref in args.ref:
-        report = verify(ref)
+        try:
+            report = verify(ref)
+        except (ValueError, OSError) as error:
+            failed += 1
+            print(f"FAILED {ref}: {error}", file=sys.stderr)
+            continue
         print(f"OK {report['path']} sha256 {report['sha256']} n={report['n']} D={report['dim']}"
               + (f" (source sha256 {report['source_sha256']})" if report.get("source_sha256") else ""))
-    return 0
+    return 1 if failed else 0
 
 
 def _import(args):

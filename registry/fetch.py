@@ -218,8 +218,10 @@ def verify(ref_or_path):
     """Recompute hashes and validate a cached entry or an .h5 file; returns a report dict, raises on failure.
 
     For a ref: the cached source's sha256 must equal the pinned (or first-fetch recorded) hash, and the
-    .h5 must read and validate completely (features included). For a path: the file must validate, and
-    its sha256 is reported.
+    .h5 must pass every check of ``read_refstats(path, full=True)`` (layout: no links, external storage or
+    virtual datasets; attribute types; shapes and stored sizes; finite, symmetric, PSD sigma; sqrt_sigma
+    its root; sum/outer_sum and the features consistent with mu/sigma). For a path: the same checks, and
+    its sha256 is reported. Failures raise a one-line error naming the file and the check.
     """
     path, entry = _resolve_file(ref_or_path)
     if not os.path.isfile(path):
@@ -242,7 +244,7 @@ def verify(ref_or_path):
                 raise ChecksumMismatchError(f"{checked} has sha256 {got}, expected {expected} ({entry.ref}); delete "
                                             f"{path} and fetch it again")
             report["source_sha256"] = got
-    stats = read_refstats(path, lazy_features=False)
+    stats = read_refstats(path, full=True)
     report.update(n=stats.n, dim=stats.dim, features=stats.features is not None, ok=True)
     return report
 

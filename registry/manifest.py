@@ -160,8 +160,23 @@ def _read_remote(url):
                        f"check the URL in ${MANIFEST_ENV} or the network")
 
 
-def _resolve_source_url(url, location):
-    """Relative URLs/paths in a manifest are relative to the manifest's own location."""
+def _is_remote(text):
+    return urllib.parse.urlsplit(text).scheme.lower() in ("http", "https")
+
+
+def _resolve_source_url(url, location, where):
+    """Relative URLs/paths in a manifest are relative to the manifest's own location.
+
+    A remote (http/https) manifest may only name http(s) sources: relative references resolve on its
+    server, while ``file://`` URLs, other schemes and absolute or ``~`` paths are refused (a server must not
+    make genmetrics copy local files into the cache).
+    """
+    if _is_remote(location):
+        if url.startswith(("/", "~", "\\")) and not url.startswith("//") or not _is_remote(
+                urllib.parse.urljoin(location, url)):
+            raise ValueError(f"{where}: source {url!r} is not an http(s) URL; a remote manifest may only name "
+                             f"http(s) sources (use a local manifest for local files)")
+        return urllib.parse.urljoin(location, url)
     if _is_url(url) or os.path.isabs(os.path.expanduser(url)):
         return url
     if _is_url(location):
@@ -197,7 +212,7 @@ def _parse_entry(raw, index, location):
         size = source.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
             raise ValueError(f"{where}: source size must be a positive number of bytes, got {size!r}")
-        parsed.append(Source(_resolve_source_url(source["url"], location), fmt, size))
+        parsed.append(Source(_resolve_source_url(source["url"], location, where), fmt, size))
     sha256 = raw.get("sha256")
     if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
                                or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
@@ -213,11 +228,23 @@ def _parse_entry(raw, index, location):
                          num_samples=num_samples, manifest=location, **extra)
 
 
+def _refuse_aliases(text, location, loader):
+    """Refuse YAML anchors and aliases (``&a`` / ``*a``) before anything is built: nested aliases expand a
+    small file exponentially ("billion laughs"). One pass over the parser's events, linear in the text."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ValueError(f"manifest {location} uses YAML anchors or aliases (&name / *name), which manifests "
+                             f"may not (a few lines can expand to gigabytes); write each entry out in full")
+
+
 def _parse_manifest(text, location):
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        _refuse_aliases(text, location, loader)
         data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as error:
         raise ValueError(f"manifest {location} is not valid YAML: {error}") from error

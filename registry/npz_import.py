@@ -3,32 +3,84 @@
 Accepted keys: ``mu`` (D,) and ``sigma`` (D, D) (TTUR, pytorch-fid, clean-fid FID files), and/or a
 feature matrix ``feats`` / ``features`` (N, D) (clean-fid's KID files). With features only, mu and sigma
 are their mean and unbiased covariance (float64) and n/sum/outer_sum are stored too. Files are read with
-``allow_pickle=False``.
+``allow_pickle=False``, and only after every member's ``.npy`` header was checked against the archive
+(:func:`_check_members`: a declared shape must match the stored bytes, compression at most
+``MAX_COMPRESSION_RATIO``, D at most ``MAX_DIM``), so a small "bomb" file is refused before anything is
+allocated. The statistics then pass the reader's value checks and the full ones (sigma PSD, ...; see
+:mod:`genmetrics.registry.refstats_checks`).
 """
 import os
+import zipfile
 
 import numpy as np
 
 from .refstats import RefStatsFormatError, ReferenceStats, write_refstats
+from .refstats_checks import MAX_COMPRESSION_RATIO, MAX_DIM, MAX_FEATURE_BYTES, check_arrays, check_full
 
 __all__ = ["read_npz", "import_npz"]
 
 _FEATURE_KEYS = ("features", "feats")
 
 
+def _npy_header(archive, info, path):
+    """(shape, dtype, header bytes) of one ``.npy`` member, read from its first bytes only."""
+    with archive.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version not in ((1, 0), (2, 0)):
+            raise RefStatsFormatError(f"{path}: member {info.filename} has .npy format version {version}; "
+                                      f"save it again with numpy.savez")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fp)
+        return shape, dtype, fp.tell()
+
+
+def _check_members(path):
+    """Every member's declared array fits its stored bytes, within MAX_COMPRESSION_RATIO and the size limits."""
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if sum(info.compress_size for info in members) > os.path.getsize(path):
+            raise RefStatsFormatError(f"{path}: the archive declares more compressed bytes than the file holds")
+        for info in members:
+            shape, dtype, header = _npy_header(archive, info, path)
+            nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if dtype.hasobject or nbytes != info.file_size - header:
+                raise RefStatsFormatError(f"{path}: {info.filename} declares {dtype} {shape} ({nbytes} bytes) but "
+                                          f"holds {info.file_size - header} bytes; the file is corrupt or crafted")
+            if info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1) or nbytes > MAX_FEATURE_BYTES \
+                    or any(d > MAX_DIM for d in shape[1:]):
+                raise RefStatsFormatError(f"{path}: {info.filename} declares {shape} ({nbytes} bytes from "
+                                          f"{info.compress_size} stored): over the size limits (a decompression bomb?)")
+
+
+def _load_arrays(path):
+    """{name: numeric array} of an .npz, checked before loading (:func:`_check_members`)."""
+    try:
+        _check_members(path)
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except RefStatsFormatError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise RefStatsFormatError(f"cannot read {path} as .npz statistics ({str(error).splitlines()[0]}); the "
+                                  f"file is corrupt, truncated or not an .npz file") from error
+    for name, value in arrays.items():
+        if value.dtype.kind not in "fiu":
+            raise RefStatsFormatError(f"{path}: {name} has dtype {value.dtype}, expected numbers")
+    return arrays
+
+
 def read_npz(path, source=None, **meta):
-    """An upstream .npz -> ReferenceStats (not written anywhere); `meta` becomes its provenance."""
+    """An upstream .npz -> ReferenceStats (not written anywhere); `meta` becomes its provenance.
+
+    Checked in full (the reader's value checks and :func:`~genmetrics.registry.refstats_checks.check_full`,
+    ~1-2 s at D = 2048): imports and fetches are where untrusted statistics enter.
+    """
     from genmetrics.stats.download import file_sha256
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"statistics file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise RefStatsFormatError(f"cannot read {path} as .npz statistics ({error}); the file is corrupt, "
-                                  f"truncated or not an .npz file") from error
+        raise FileNotFoundError(f"statistics file {path} does not exist or is not a regular file")
+    arrays = _load_arrays(path)
     features = next((arrays[k] for k in _FEATURE_KEYS if k in arrays), None)
     if features is not None:
         features = np.asarray(features, dtype=np.float32)
@@ -47,7 +99,7 @@ def read_npz(path, source=None, **meta):
                                   f"clean-fid statistics) or a feature matrix 'feats'")
     if np.ndim(mu) != 1 or np.shape(sigma) != (np.shape(mu)[0],) * 2:
         raise RefStatsFormatError(f"{path}: mu has shape {np.shape(mu)} and sigma {np.shape(sigma)}; expected "
-                                  f"(D,) and (D, D)")
+                                  f"(D,) and (D, D) (save them with numpy.savez(path, mu=mu, sigma=sigma))")
     num_samples = meta.pop("num_samples", None)
     n = int(num_samples) if num_samples is not None else (len(features) if features is not None else 0)
     provenance = {
@@ -62,10 +114,16 @@ def read_npz(path, source=None, **meta):
         from genmetrics.stats import FEATURE_EXTRACTOR
 
         provenance["feature_extractor"] = FEATURE_EXTRACTOR
-    return ReferenceStats(mu, sigma, n, features=features,
-                          sum=None if moments is None else moments.sum,
-                          outer_sum=None if moments is None else moments.outer_sum,
-                          meta=provenance)
+    checked = {"mu": np.asarray(mu, dtype=np.float64), "sigma": np.asarray(sigma, dtype=np.float64)}
+    if features is not None:
+        checked["features"] = features
+    if moments is not None and moments.n == n:
+        checked.update(sum=moments.sum, outer_sum=moments.outer_sum)
+    check_arrays(checked, path, n)
+    stats = ReferenceStats(checked["mu"], checked["sigma"], n, features=features, sum=checked.get("sum"),
+                           outer_sum=checked.get("outer_sum"), meta=provenance)
+    check_full(stats, path)
+    return stats
 
 
 def import_npz(npz_path, output=None, mode=None, name=None, split="unknown", resolution="unknown", version=1,

@@ -28,6 +28,9 @@ import tempfile
 
 import numpy as np
 
+from .refstats_checks import (RefStatsFormatError, check_arrays, check_dataset, check_dim, check_full, check_layout,
+                              read_attributes)
+
 __all__ = ["ReferenceStats", "RefStatsFormatError", "write_refstats", "read_refstats", "created_by",
            "FORMAT", "FORMAT_VERSION", "REQUIRED_ATTRIBUTES"]
 
@@ -36,10 +39,6 @@ FORMAT_VERSION = 1
 REQUIRED_ATTRIBUTES = ("dataset", "split", "resolution", "mode", "version", "feature_extractor", "feature_layer",
                        "weights_sha256", "num_samples", "created_at", "created_by", "source")
 _MATRICES = ("sigma", "outer_sum", "sqrt_sigma")
-
-
-class RefStatsFormatError(ValueError):
-    """A statistics file is missing, corrupt, truncated, of an unknown format or of a newer version."""
 
 
 class ReferenceStats:
@@ -112,23 +111,11 @@ class ReferenceStats:
 
 
 def _check_arrays(arrays, where, n):
-    """Shapes (D,), (D, D), (N, D), float dtypes, finite values; raises RefStatsFormatError naming `where`."""
-    mu = arrays.get("mu")
-    if mu is None or mu.ndim != 1 or mu.shape[0] < 1:
-        raise RefStatsFormatError(f"{where}: mu must be a vector (D,), got shape {getattr(mu, 'shape', None)}")
-    dim = mu.shape[0]
-    for name, value in arrays.items():
-        expected = {"mu": (dim,), "sum": (dim,), "features": (value.shape[0] if value.ndim else -1, dim)}.get(
-            name, (dim, dim))
-        if value.shape != expected:
-            raise RefStatsFormatError(f"{where}: {name} has shape {value.shape}, expected {expected} (D={dim} "
-                                      f"from mu); the file is corrupt or mixes statistics of different features")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise RefStatsFormatError(f"{where}: {name} has dtype {value.dtype}, expected a float dtype")
-        if not np.isfinite(value).all():
-            raise RefStatsFormatError(f"{where}: {name} contains NaN or Inf values; rebuild or re-fetch the file")
-    if n < 0:
-        raise RefStatsFormatError(f"{where}: n must be >= 0 (0 = unknown), got {n}")
+    """Shapes (D,), (D, D), (N, D), float dtypes, finite values, n >= 0: what every ReferenceStats holds.
+
+    Files get the value checks too (:func:`read_refstats`).
+    """
+    check_arrays(arrays, where, n, values=False)
 
 
 def created_by():
@@ -217,60 +204,97 @@ def _decode(value):
     return value
 
 
-def read_refstats(path, lazy_features=True):
+_MOMENT_ARRAYS = ("mu", "sigma", "sum", "outer_sum", "sqrt_sigma")
+_READ_ERRORS = (OSError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def _regular_file(path):
+    """Absolute path of an existing regular file (FIFOs, devices and folders are refused: never read them)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"statistics file {path} does not exist")
+    if not os.path.isfile(path):
+        raise RefStatsFormatError(f"{path} is not a regular file (a folder, FIFO or device); pass an .h5 "
+                                  f"statistics file")
+    return path
+
+
+def _corrupt(path, error):
+    return RefStatsFormatError(f"cannot read statistics file {path}: it is corrupt or truncated "
+                               f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                               f"delete it and fetch or build it again")
+
+
+def _read_moments(f, path):
+    """(meta, arrays, n, has_features) of an open file; everything is validated before it is read."""
+    check_layout(f, path)
+    meta = read_attributes(f, path)
+    _check_header(meta, path)
+    if "mu" not in f or "sigma" not in f or "n" not in f:
+        raise RefStatsFormatError(f"{path} lacks the mu, sigma or n dataset; the file is incomplete, "
+                                  f"fetch or build it again")
+    dim = check_dim(f["mu"], path)
+    for name in ("n",) + _MOMENT_ARRAYS + ("features",):
+        if name in f:
+            check_dataset(f[name], name, dim, path)
+    arrays = {name: f[name][()] for name in _MOMENT_ARRAYS if name in f}
+    return meta, arrays, int(f["n"][()]), "features" in f
+
+
+def read_refstats(path, lazy_features=True, full=False):
     """Read and validate a format-v1 file -> ReferenceStats (``features`` read on first access if lazy).
 
-    Raises RefStatsFormatError (a ValueError) naming the file for anything but a valid v1 file.
+    Before anything is read: a regular file; no links, external storage or virtual datasets; attribute
+    types; every dataset's dtype, shape (against D and bounds) and stored size. Then on every read the
+    O(D^2) value checks (~0.15 s at D = 2048): finite, symmetric, variances >= 0 and |correlations| <= 1,
+    sum/outer_sum consistent with mu/sigma, sqrt_sigma the root of sigma (sampled; it then also proves
+    sigma PSD). ``full=True`` adds the expensive checks (sigma PSD by Cholesky, exact root, features' mean
+    == mu; reads the features): what ``genmetrics stats verify``, fetch and import run (~1-2 s at
+    D = 2048). Details and the reasons in :mod:`genmetrics.registry.refstats_checks`.
+
+    Raises RefStatsFormatError (a ValueError), one line naming the file and the failed check.
     """
     import h5py
 
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"statistics file {path} does not exist")
+    path = _regular_file(path)
     try:
         with h5py.File(path, "r") as f:
-            meta = {k: _decode(v) for k, v in f.attrs.items()}
-            _check_header(meta, path)
-            arrays = {}
-            for name in ("mu", "sigma", "sum", "outer_sum", "sqrt_sigma"):
-                if name in f:
-                    arrays[name] = f[name][()]
-            if "mu" not in arrays or "sigma" not in arrays or "n" not in f:
-                raise RefStatsFormatError(f"{path} lacks the mu, sigma or n dataset; the file is incomplete, "
-                                          f"fetch or build it again")
-            n = int(f["n"][()])
-            has_features = "features" in f
-            if has_features and (f["features"].ndim != 2 or f["features"].shape[1] != arrays["mu"].shape[0]):
-                raise RefStatsFormatError(f"{path}: features have shape {f['features'].shape}, expected "
-                                          f"(N, {arrays['mu'].shape[0]})")
-    except (OSError, KeyError, TypeError) as error:
-        raise RefStatsFormatError(f"cannot read statistics file {path}: it is corrupt or truncated ({error}); "
-                                  f"delete it and fetch or build it again") from error
-    for name in ("mu", "sigma", "sum", "outer_sum", "sqrt_sigma"):
-        if name in arrays and arrays[name].dtype != np.float64:
-            raise RefStatsFormatError(f"{path}: {name} has dtype {arrays[name].dtype}, format v1 requires float64")
-    _check_arrays(arrays, path, n)
-    features = (lambda: _read_features(path)) if has_features and lazy_features else (
-        _read_features(path) if has_features else None)
-    return ReferenceStats(arrays["mu"], arrays["sigma"], n, features=features, sqrt_sigma=arrays.get("sqrt_sigma"),
-                          sum=arrays.get("sum"), outer_sum=arrays.get("outer_sum"), meta=meta, path=path)
+            meta, arrays, n, has_features = _read_moments(f, path)
+    except RefStatsFormatError:
+        raise
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
+    check_arrays(arrays, path, n)
+    lazy = has_features and lazy_features and not full
+    features = (lambda: _read_features(path)) if lazy else (_read_features(path) if has_features else None)
+    stats = ReferenceStats(arrays["mu"], arrays["sigma"], n, features=features,
+                           sqrt_sigma=arrays.get("sqrt_sigma"), sum=arrays.get("sum"),
+                           outer_sum=arrays.get("outer_sum"), meta=meta, path=path)
+    if full:
+        check_full(stats, path)
+    return stats
 
 
 def _read_features(path):
+    """The features dataset as float32, its layout, dtype, shape and stored size checked before reading."""
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(_regular_file(path), "r") as f:
+            check_layout(f, path)
+            check_dataset(f["features"], "features", check_dim(f["mu"], path), path)
             features = f["features"][()]
-    except (OSError, KeyError) as error:
-        raise RefStatsFormatError(f"cannot read the features of {path}: the file is corrupt or truncated "
-                                  f"({error}); delete it and fetch or build it again") from error
+    except RefStatsFormatError:
+        raise
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
     if not np.isfinite(features).all():
-        raise RefStatsFormatError(f"{path}: features contain NaN or Inf values; rebuild the file")
+        raise RefStatsFormatError(f"{path}: features contain NaN or Inf values (check: finite); rebuild the file")
     return features.astype(np.float32, copy=False)
 
 
 def _check_header(meta, path):
+    """format and format_version (an integer, 1 .. FORMAT_VERSION) and the required provenance attributes."""
     if meta.get("format") != FORMAT:
         raise RefStatsFormatError(f"{path} is not a genmetrics statistics file (format attribute "
                                   f"{meta.get('format')!r}, expected {FORMAT!r}); convert .npz files with "

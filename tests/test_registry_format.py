@@ -10,7 +10,7 @@ from genmetrics import registry
 from genmetrics.registry import RefStatsFormatError, ReferenceStats, read_refstats, write_refstats
 from genmetrics.registry.manifest import UnknownRefError, load_manifests, resolve
 from genmetrics.registry.refstats import REQUIRED_ATTRIBUTES
-from genmetrics.stats import GaussianMoments
+from genmetrics.stats import GaussianMoments, sqrtm_psd
 
 META = {"dataset": "toy", "split": "train", "resolution": 32, "mode": "clean", "feature_extractor": "inception-v3-compat",
         "feature_layer": "pool3", "source": "unit test"}
@@ -24,7 +24,7 @@ def features():
 @pytest.fixture
 def written(tmp_path, features):
     stats = ReferenceStats.from_moments(GaussianMoments.from_features(features), features=features, meta=META)
-    stats.sqrt_sigma = np.linalg.cholesky(stats.sigma) * 0 + np.eye(12)  # any finite (D, D) matrix
+    stats.sqrt_sigma = sqrtm_psd(stats.sigma)
     return write_refstats(tmp_path / "toy.h5", stats)
 
 
@@ -173,7 +173,7 @@ def test_load_of_a_cached_entry_is_fast(tmp_path, monkeypatch):
     moments = GaussianMoments.from_features(x)
     entry = resolve("cifar10-train-32")
     stats = ReferenceStats.from_moments(moments, features=x, meta={**META, "dataset": "cifar10", "version": 1})
-    stats.sqrt_sigma = stats.sigma
+    stats.sqrt_sigma = sqrtm_psd(stats.sigma)
     write_refstats(home / "stats" / f"{entry.ref}.h5", stats)
     start = time.perf_counter()
     loaded = registry.load("cifar10-train-32")
