@@ -5,7 +5,9 @@ one image normaliser and the streaming accumulator (``genmetrics.stats.FeatureAc
 pool3 features, float64 moments n, sum, outer_sum). After each chunk the moments (and the features
 so far, with ``features=True``) are checkpointed atomically to ``<output>.ckpt.npz``; an interrupted
 build called again with the same arguments resumes after the last finished chunk and gives the same arrays
-as an uninterrupted one (same chunks, same order). A finished build removes its checkpoint.
+as an uninterrupted one (same chunks, same order). A finished build removes its checkpoint. A checkpoint
+made from other images or arguments is discarded with a warning, and a second build of the same output
+fails at once while the first holds ``<output>.lock`` (see ``registry.checkpoint``).
 
 Sharding: ``shard=(i, k)`` (or ``"i/k"``) processes only images ``i*N//k .. (i+1)*N//k - 1``; shards are
 disjoint and ``merge`` combines them exactly. Under ``torchrun`` (``WORLD_SIZE`` > 1, ``RANK``) a build
@@ -177,11 +179,11 @@ def _build_stream(source, run, progress, on_checkpoint):
             flush()
 
 
-def _size_of(images):
+def _size_of(images, value_range):
     """Resolution label of the first image (as the normaliser reads it): H when square, else 'HxW'."""
     from genmetrics.stats.image_input import iter_image_batches
 
-    h, w = next(iter_image_batches(images[:1]))[0].shape[1:]
+    h, w = next(iter_image_batches(images[:1], value_range))[0].shape[1:]
     return int(h) if h == w else f"{h}x{w}"
 
 
@@ -247,7 +249,7 @@ class _Run:
         """Extract and accumulate a chunk of images, keep its features, then checkpoint."""
         feats = self.accumulator.update(images)[self.accumulator.layer]
         if self.first_size is None:
-            self.first_size = _size_of(images)
+            self.first_size = _size_of(images, self.accumulator.value_range)
         if self.keep_features:
             with open(self.features_file, "ab") as f:
                 f.write(np.ascontiguousarray(feats.numpy()).tobytes())

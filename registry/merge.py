@@ -1,12 +1,18 @@
-"""Merge shard statistics exactly: n, sum and outer_sum add; mean and covariance follow from the totals.
+"""Merge shard statistics exactly: the moments of disjoint shards add.
 
-    n = sum_s n_s,  sum = sum_s sum_s,  outer_sum = sum_s outer_sum_s
-    mu = sum / n,   sigma = (outer_sum - n mu mu^T) / (n - 1)
+Each shard's moments are rebuilt from its (n, mu, sigma) about its own mean (shift c = mu, s = 0,
+S = (n - 1) sigma; ``GaussianMoments.from_mean_cov``), which is stable for any feature mean, and merged
+with ``GaussianMoments.merge`` (rebase, then add n, s, S), equal to one pass over all images up to
+rounding. The files' unshifted sum / outer_sum must be present (they mark files written by a build, with
+a known n).
 
-Shards must agree on dataset, split, resolution, mode, feature extractor, layer, weights and the shard
-count k, and no shard id may appear twice (overlap). Features, when every shard has them, are
-concatenated in shard order. A merge covering all k shards is recorded as ``shard = "0/1"`` (complete);
-a partial one lists its shard ids (e.g. ``"0/4,2/4"``) and can be merged again with the rest.
+Shards must agree on dataset, split, resolution, mode, feature extractor, layer, weights, the shard
+count k, the total number of images and the sha256 of the source listing; no shard id may appear
+twice, and no two files' image ranges (``shard_range``, "start:stop" or a list of them) may overlap:
+either would count images twice. Features, when every shard has them, are concatenated in shard order.
+A merge covering all k shards is recorded as ``shard = "0/1"`` (complete; its ranges must then tile all
+images); a partial one lists its shard ids (e.g. ``"0/4,2/4"``) and ranges, and can be merged again with
+the rest.
 """
 import os
 
@@ -15,7 +21,7 @@ from .refstats import ReferenceStats, read_refstats, write_refstats
 __all__ = ["merge"]
 
 _MUST_AGREE = ("dataset", "split", "resolution", "mode", "feature_extractor", "feature_layer", "weights_sha256",
-               "version")
+               "version", "total_images", "source_listing_sha256")
 
 
 def _shard_ids(stats):
@@ -28,9 +34,47 @@ def _shard_ids(stats):
     return ids
 
 
+def _image_ranges(stats):
+    """[(start, stop), ...] from the file's ``shard_range`` ("a:b" or "a:b,c:d"); [] when it has none."""
+    text = stats.meta.get("shard_range")
+    if text is None:
+        return []
+    ranges = []
+    for part in str(text).split(","):
+        start, _, stop = part.partition(":")
+        if not (start.strip().isdigit() and stop.strip().isdigit()) or int(start) > int(stop):
+            raise ValueError(f"{stats.path}: shard_range {text!r} is not a list of start:stop image ranges; the "
+                             f"file is corrupt or was not written by `genmetrics stats build`")
+        ranges.append((int(start), int(stop)))
+    return ranges
+
+
+def _check_ranges(shards, complete):
+    """No two files' image ranges overlap; a complete merge tiles 0..total_images. Returns the ranges' text."""
+    ranges = sorted((start, stop, stats.path) for stats in shards for start, stop in _image_ranges(stats))
+    for (start, stop, path), (_, previous_stop, previous_path) in zip(ranges[1:], ranges):
+        if start < previous_stop:
+            raise ValueError(f"{path} (images {start}:{stop}) and {previous_path} (images up to {previous_stop}) "
+                             f"overlap: merging them would count those images twice; merge disjoint shards only")
+    total = shards[0].meta.get("total_images")
+    covered = sum(stop - start for start, stop, _ in ranges)
+    if complete and ranges and total is not None and (ranges[0][0], covered) != (0, int(total)):
+        raise ValueError(f"the shards' image ranges cover {covered} of {total} images although every shard id is "
+                         f"present; the shard files do not belong to one build: rebuild the missing shards")
+    joined = []
+    for start, stop, _ in ranges:  # adjacent ranges coalesce: 0:5 and 5:10 -> 0:10
+        if joined and joined[-1][1] == start:
+            joined[-1][1] = stop
+        else:
+            joined.append([start, stop])
+    return ",".join(f"{start}:{stop}" for start, stop in joined) or None
+
+
 def merge(paths, output, sqrt_sigma=False):
     """Merge shard .h5 files (written by `build`) into `output`; returns the merged ReferenceStats."""
     import numpy as np
+
+    from genmetrics.stats import GaussianMoments
 
     if len(paths) < 2:
         raise ValueError(f"merge needs at least 2 shard files, got {len(paths)}")
@@ -59,16 +103,19 @@ def merge(paths, output, sqrt_sigma=False):
     count = counts.pop()
     order = sorted(range(len(shards)), key=lambda i: min(_shard_ids(shards[i])))
     shards = [shards[i] for i in order]
-    moments = shards[0].moments()
+    complete = sorted(seen) == [(i, count) for i in range(count)]
+    ranges = _check_ranges(shards, complete)
+    moments = GaussianMoments.from_mean_cov(shards[0].n, shards[0].mu, shards[0].sigma)
     for stats in shards[1:]:
-        moments.merge(stats.moments())
+        moments.merge(GaussianMoments.from_mean_cov(stats.n, stats.mu, stats.sigma))
     features = None
     if all(s.has_features for s in shards):
         features = np.concatenate([np.asarray(s.features, dtype=np.float32) for s in shards])
-    complete = sorted(seen) == [(i, count) for i in range(count)]
     meta = {k: v for k, v in first.meta.items() if k not in ("format", "format_version", "created_at", "created_by",
                                                               "shard_range", "num_samples")}
     meta["shard"] = "0/1" if complete else ",".join(f"{i}/{k}" for i, k in sorted(seen))
+    if ranges:
+        meta["shard_range"] = ranges
     meta["merged_from"] = ", ".join(os.path.basename(s.path) for s in shards)
     merged = ReferenceStats.from_moments(moments, features=features, meta=meta)
     if sqrt_sigma:
