@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+__all__ = ["build_parser", "main", "COMMAND_MODULES"]
+
 COMMAND_MODULES = ["cli_runs", "cli_deferred", "cli_demo", "cli_fid", "cli_stats"]
 
 

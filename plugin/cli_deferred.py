@@ -5,6 +5,8 @@ import os
 from genmetrics.stats.defaults import DEFAULT_METRICS, DEFAULT_PREFIX, METRICS
 
 
+__all__ = ["add_parser"]
+
 def _add_common(parser):
     parser.add_argument("--reference", required=True,
                         help="registry ref (e.g. cifar10-train-32), or a path to an .h5 statistics file")

@@ -1,6 +1,8 @@
 """``genmetrics demo``: offline demo training logged to MLflow, then the command that opens the UI."""
 
 
+__all__ = ["add_parser"]
+
 def add_parser(subparsers):
     from .demo import FULL
 

@@ -15,6 +15,8 @@ import warnings
 
 from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER, MODES
 
+__all__ = ["add_parser", "run_fid", "STATISTICS_FILES"]
+
 STATISTICS_FILES = (".npz", ".h5", ".hdf5")
 
 

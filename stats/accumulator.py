@@ -72,8 +72,8 @@ class FeatureAccumulator:
         layer: the feature whose moments are accumulated (``pool3``).
         keep_features: keep the (N, D) float32 features (KID, PRDC).
         keep_logits: keep the classifier logits (Inception Score), when the model has them.
-        batch_size: images per network batch. device: where the default model runs (a given model runs
-            where its parameters are).
+        batch_size: images per network batch.
+        device: where the default model runs (a given model runs where its parameters are).
         value_range: range of float images when not [0, 1], e.g. (-1, 1).
 
     Example:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 
+__all__ = []
+
 def _is_array(x):
     return isinstance(x, (np.ndarray, torch.Tensor))
 

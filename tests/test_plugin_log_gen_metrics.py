@@ -8,7 +8,7 @@ import sys
 import mlflow
 import pytest
 import torch
-from fixtures_plugin_scoring import TinyExtractor, tiny_images, tiny_reference_path  # noqa: F401 (fixture)
+from fixtures_plugin_scoring import TinyExtractor, tiny_images
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 

@@ -1,0 +1,53 @@
+"""The dependency direction plugin -> registry -> stats holds at import time, and the shared names load fast."""
+import subprocess
+import sys
+
+import pytest
+
+
+def _modules_after(statement):
+    code = f"import sys; {statement}; print(','.join(sorted(m for m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.strip().split(","))
+
+
+@pytest.mark.parametrize("statement", ["import genmetrics.stats", "from genmetrics.stats import extract_features, "
+                                       "FeatureAccumulator, frechet_distance, ssim, LPIPS"])
+def test_stats_loads_neither_mlflow_nor_the_other_parts(statement):
+    loaded = _modules_after(statement)
+    assert not {m for m in loaded if m == "mlflow" or m.startswith("mlflow.")}
+    assert not {m for m in loaded if m.startswith(("genmetrics.registry", "genmetrics.plugin"))}
+
+
+def test_registry_loads_no_mlflow_and_no_plugin():
+    loaded = _modules_after("import genmetrics.registry; genmetrics.registry.load")
+    assert not {m for m in loaded if m == "mlflow" or m.startswith("mlflow.")}
+    assert not {m for m in loaded if m.startswith("genmetrics.plugin")}
+
+
+def test_shared_names_load_without_torch():
+    loaded = _modules_after("from genmetrics.stats.defaults import MODES, DEFAULT_METRICS")
+    assert "torch" not in loaded and "numpy" not in loaded
+
+
+def test_function_names_win_over_their_submodules():
+    """`genmetrics.stats.ssim` is the function even after its submodule was imported by another one."""
+    import genmetrics.stats.diversity  # noqa: F401  (imports the submodules ssim and lpips)
+    from genmetrics import stats
+
+    for name in ("ssim", "prdc", "fid_infinity", "inception_score"):
+        assert callable(getattr(stats, name)) and not isinstance(getattr(stats, name), type(sys))
+
+
+def test_every_public_module_declares_all():
+    import importlib
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    missing = []
+    for part in ("stats", "registry", "plugin"):
+        for path in sorted((root / part).glob("*.py")):
+            name = f"genmetrics.{part}" + ("" if path.stem == "__init__" else f".{path.stem}")
+            if not hasattr(importlib.import_module(name), "__all__"):
+                missing.append(name)
+    assert not missing, f"modules without __all__: {missing}"
