@@ -33,14 +33,16 @@ def is_image_source(path):
 
 def list_image_files(path):
     """Sorted relative paths of the images in folder or zip `path` (zip: member names; macOS ``__MACOSX``
-    resource-fork entries skipped). Raises when `path` is neither or holds no image."""
+    resource-fork entries skipped; in folders only regular files, so a FIFO or device named ``x.png`` is
+    skipped, never opened). Raises when `path` is neither or holds no image."""
     path = os.fspath(path)
     if os.path.isdir(path):
         names = []
         for root, dirs, files in os.walk(path):
             dirs.sort()
             rel_root = os.path.relpath(root, path)
-            names += [f if rel_root == "." else os.path.join(rel_root, f) for f in files if _is_image_name(f)]
+            names += [f if rel_root == "." else os.path.join(rel_root, f) for f in files
+                      if _is_image_name(f) and os.path.isfile(os.path.join(root, f))]
     elif os.path.isfile(path) and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist()
@@ -56,12 +58,26 @@ def list_image_files(path):
 
 
 def load_image(file, name):
-    """uint8 RGB (H, W, 3) array from an open binary file; `name` is used in errors."""
+    """uint8 RGB (H, W, 3) array from an open binary file; `name` is used in errors.
+
+    Images over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` x 2, ~179 megapixels) and files
+    PIL cannot decode are refused with a ValueError naming the file.
+    """
     try:
         with Image.open(file) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as error:
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {name} is too large to decode safely ({error}); remove it, or downscale it with "
+                         f"a trusted tool") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ValueError(f"cannot decode image {name}: {error}; remove or replace the file") from error
+
+
+def _open_regular(path):
+    """Open `path` for reading only when it is a regular file (a FIFO or device would block or never end)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file (a FIFO, device or folder); remove it from the image folder")
+    return open(path, "rb")
 
 
 def iter_image_files(path, names=None, chunk=64):
@@ -75,7 +91,7 @@ def iter_image_files(path, names=None, chunk=64):
     if os.path.isdir(path):
         def read(name):
             full = os.path.join(path, name)
-            with open(full, "rb") as f:
+            with _open_regular(full) as f:
                 return _as_batch(load_image(f, full))
         for start in range(0, len(names), chunk):
             yield from thread_map(read, names[start:start + chunk])

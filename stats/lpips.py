@@ -200,12 +200,21 @@ class LPIPS(nn.Module):
                                  f"should have shape (1, {channels}, 1, 1); pass lpips/weights/v0.1/{self.net}.pth")
             lin.weight.data.copy_(weight)
 
+    def _as_input(self, image, name):
+        """A float tensor or array (any float dtype) as a tensor in the module's dtype and on its device."""
+        if not isinstance(image, torch.Tensor):
+            try:
+                image = torch.as_tensor(image)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise TypeError(f"{name} must be a float tensor or array (N, 3, H, W), got "
+                                f"{type(image).__name__}") from error
+        if not image.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor or array (N, 3, H, W), got {image.dtype}; convert uint8 "
+                            f"images with x.float() / 127.5 - 1 (or / 255 with normalize=True)")
+        weight = self.lins[0].weight
+        return image.to(device=weight.device, dtype=weight.dtype)
+
     def _check_inputs(self, x, y):
-        for name, image in (("x", x), ("y", y)):
-            if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-                raise TypeError(f"{name} must be a float tensor (N, 3, H, W), got "
-                                f"{getattr(image, 'dtype', type(image).__name__)}; convert uint8 images with "
-                                f"x.float() / 127.5 - 1 (or / 255 with normalize=True)")
         if x.shape != y.shape:
             raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
         if x.ndim != 4 or x.shape[1] != 3:
@@ -226,6 +235,9 @@ class LPIPS(nn.Module):
                 raise ValueError(f"{name} has values in [{lo:g}, {hi:g}], outside [{low:g}, {high:g}]; {hint}")
 
     def forward(self, x, y):
+        """Distances (N,) in the module's dtype (float32); x and y may be tensors or numpy arrays of any float
+        dtype (float64 and float16 are converted) on any device (moved to the module's)."""
+        x, y = self._as_input(x, "x"), self._as_input(y, "y")
         self._check_inputs(x, y)
         if self.normalize:
             x, y = 2 * x - 1, 2 * y - 1

@@ -74,6 +74,9 @@ def _check_shape(x, y):
         raise ValueError(f"x and y must be NCHW batches (or one HxW grayscale image), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError("x and y are empty (N = 0); pass at least one image")
+    if x.numel() == 0:
+        raise ValueError(f"x and y hold no pixels (shape {tuple(x.shape)}: no channels or a 0-pixel side); pass "
+                         f"images of at least 11x11 pixels with one or more channels")
     return x, y
 
 
