@@ -87,9 +87,12 @@ def _overflow_error(x, y, degree):
                       f"by the same factor and report it (or check that these are Inception activations)")
 
 
-def _center(x, y):
-    """Mean of the rows of x and y together (float64), the expansion point of the kernel."""
-    return (x.sum(dim=0) + y.sum(dim=0)) / (x.shape[0] + y.shape[0])
+def _center(x, y, rows=4096):
+    """Mean of the rows of x and y together (float64, summed in blocks of `rows`), the kernel's expansion point."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for block in (*torch.split(x, rows), *torch.split(y.to(x.device), rows)):
+        total += block.to(torch.float64).sum(dim=0)
+    return total / (x.shape[0] + y.shape[0])
 
 
 def kernel_inception_distance(
@@ -120,7 +123,7 @@ def kernel_inception_distance(
         subset_size = min(n1, n2)
     x_all = torch.as_tensor(features1)
     y_all = torch.as_tensor(features2).to(x_all.device)
-    center = _center(x_all.to(torch.float64), y_all.to(torch.float64))
+    center = _center(x_all, y_all)
     rng = np.random.default_rng(seed)
     values = np.empty(subsets, dtype=np.float64)
     for i in range(subsets):
