@@ -3,7 +3,8 @@
 One writer per output: a build holds ``<output>.lock`` (``filelock``, an OS lock that dies with its process,
 so a killed build leaves no stale lock) from reading its checkpoint to renaming the finished file into
 place. A second build of the same output does not wait (it would only redo the same work): it fails at
-once with :class:`BuildLockedError`, naming the output and the lock.
+once with :class:`BuildLockedError`, naming the output and the lock. The (empty) lock file stays after the
+build: deleting a lock file another process may just have opened would let two writers in.
 
 A checkpoint (``<output>.ckpt.npz``, written atomically after every chunk) records
 
