@@ -6,7 +6,9 @@ races the training step that follows), then queues scoring + logging here and re
 the steps in order. An exception raised by queued work is never dropped: it is raised (wrapped in
 `BackgroundScoringError`, the original as ``__cause__``) by the next `log_gen_metrics` call and by
 `flush()`; at interpreter exit pending work is flushed (before thread pools shut down) and errors are
-logged.
+logged. A KeyboardInterrupt (Ctrl-C) during `flush()` or the exit flush does not drop queued steps: each
+step not yet logged is handed to its ``on_interrupt`` callback (log_gen_metrics spools its samples for
+deferred scoring, see `genmetrics.plugin.spool.Sender.spool_samples`), then the interrupt goes on.
 """
 import atexit
 import concurrent.futures
@@ -15,6 +17,8 @@ import queue
 import threading
 
 from . import spool  # noqa: F401 - imported first: its exit hook (final replay) runs after our flush
+
+__all__ = ["BackgroundScoringError", "submit", "raise_pending_error", "flush", "register_exit_hook"]
 
 logger = logging.getLogger("genmetrics")
 
@@ -29,20 +33,25 @@ class _Worker:
         self._errors = []
         self._lock = threading.Lock()
         self._thread = None
+        self._running = None
+        self._saved = set()
 
-    def submit(self, function, description):
+    def submit(self, function, description, on_interrupt=None):
         future = concurrent.futures.Future()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="genmetrics-scoring", daemon=True)
                 self._thread.start()
-        self._queue.put((future, function, description))
+        self._queue.put((future, function, description, on_interrupt))
         return future
 
     def _run(self):
         while True:
-            future, function, description = self._queue.get()
+            job = self._queue.get()
+            future, function, description, _ = job
             try:
+                with self._lock:
+                    self._running = job
                 if future.set_running_or_notify_cancel():
                     try:
                         future.set_result(function())
@@ -51,7 +60,34 @@ class _Worker:
                         with self._lock:
                             self._errors.append((description, exc))
             finally:
+                with self._lock:
+                    self._running = None
                 self._queue.task_done()
+
+    def save_unfinished(self):
+        """After an interrupt: hand every step not yet logged (running or queued) to its ``on_interrupt``
+        callback, cancel the queued ones, and return their descriptions."""
+        with self._lock:
+            jobs = [self._running] if self._running else []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            job[0].cancel()
+            jobs.append(job)
+            self._queue.task_done()
+        saved = []
+        for future, _, description, on_interrupt in jobs:
+            if on_interrupt is None or future in self._saved:
+                continue
+            try:
+                on_interrupt()
+                self._saved.add(future)
+                saved.append(description)
+            except Exception as exc:  # noqa: BLE001 - keep saving the others
+                logger.error("genmetrics: could not save %s after the interrupt: %s", description, exc)
+        return saved
 
     def raise_pending_error(self):
         """Raise (once) the first error of queued work that failed since the last check."""
@@ -69,9 +105,10 @@ class _Worker:
 _worker = _Worker()
 
 
-def submit(function, description="scoring"):
-    """Queue `function()` on the worker thread; returns a Future of its result."""
-    return _worker.submit(function, description)
+def submit(function, description="scoring", on_interrupt=None):
+    """Queue `function()` on the worker thread; returns a Future of its result. `on_interrupt()` saves
+    the work elsewhere when a KeyboardInterrupt stops `flush()` before it is done."""
+    return _worker.submit(function, description, on_interrupt)
 
 
 def raise_pending_error():
@@ -81,9 +118,18 @@ def raise_pending_error():
 def flush():
     """Wait until all work queued with blocking=False is scored and logged (or spooled).
 
-    Raises `BackgroundScoringError` if any of it failed.
+    Raises `BackgroundScoringError` if any of it failed. On KeyboardInterrupt the steps not yet logged
+    are saved by their ``on_interrupt`` callbacks (spooled), then the interrupt is re-raised.
     """
-    _worker.wait()
+    try:
+        _worker.wait()
+    except KeyboardInterrupt:
+        saved = _worker.save_unfinished()
+        if saved:
+            logger.warning("genmetrics: interrupted; spooled the samples of %d unfinished step(s) (%s) for deferred "
+                           "scoring: they reach the run on the next replay (`genmetrics replay`), then score them "
+                           "with `genmetrics score RUN_ID`", len(saved), ", ".join(saved))
+        raise
     _worker.raise_pending_error()
 
 
@@ -92,6 +138,8 @@ def _flush_at_exit():
         flush()
     except BackgroundScoringError as exc:
         logger.error("genmetrics: %s", exc, exc_info=exc.__cause__)
+    except KeyboardInterrupt:  # the unfinished steps are spooled; let the exit hooks after us run
+        pass
 
 
 def register_exit_hook(function):

@@ -99,4 +99,17 @@ def log_gen_metrics(
     if targets is not None:
         drawn_targets = [b.clone() for b in collect_samples(targets, None, batch_size, value_range)]
     # the drawn batches are already uint8 or float in [0, 1]: no value_range in the background
-    return background.submit(lambda: score_and_log(drawn, drawn_targets, None), description=f"scoring of step {step}")
+    return background.submit(lambda: score_and_log(drawn, drawn_targets, None), description=f"scoring of step {step}",
+                             on_interrupt=lambda: _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client,
+                                                                  step))
+
+
+def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step):
+    """Spool the drawn samples of a step that an interrupt left unscored, for deferred scoring."""
+    import torch
+
+    from .samples import to_uint8_nhwc
+
+    samples = to_uint8_nhwc(torch.cat(drawn))
+    targets = to_uint8_nhwc(torch.cat(drawn_targets), name="targets") if drawn_targets else None
+    get_sender(tracking_uri, client).spool_samples(run_id, step, samples, targets)

@@ -29,6 +29,7 @@ rejects for good (an unknown run, an invalid value) are not retried forever: the
 ``failed/`` beside the spool with the error, and a warning is logged.
 """
 import atexit
+import contextlib
 import concurrent.futures.thread  # noqa: F401 - see the exit hook at the end
 import hashlib
 import itertools
@@ -43,27 +44,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "server_down", "mlflow_http_limits",
+           "Sender", "get_sender", "replay"]
+
 logger = logging.getLogger("genmetrics")
-
-PERMANENT_ERROR_CODES = frozenset(
-    {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE",
-     "RESOURCE_ALREADY_EXISTS"}
-)
-
 
 @dataclass
 class RetryPolicy:
     """`tries` attempts, sleeping `backoff * 2**i` seconds after failed attempt i; a probe of an http(s)
     server's /health answers within `probe_timeout` s; the daemon replays every `replay_interval` s.
 
-    Defaults come from GENMETRICS_LOG_TRIES (3), GENMETRICS_LOG_BACKOFF (0.5) and
-    GENMETRICS_REPLAY_INTERVAL (5) when set.
+    `timeout` bounds one write on a server that does not answer: its tries stop, and the write is
+    spooled, once `timeout` seconds have passed (worst case about `timeout` + 1 s, whatever MLflow's
+    MLFLOW_HTTP_REQUEST_* settings say; see `mlflow_http_limits`).
+
+    Defaults come from GENMETRICS_LOG_TRIES (3), GENMETRICS_LOG_BACKOFF (0.5), GENMETRICS_LOG_TIMEOUT (30)
+    and GENMETRICS_REPLAY_INTERVAL (5) when set.
     """
 
     tries: int = 3
     backoff: float = 0.5
     probe_timeout: float = 2.0
     replay_interval: float = 5.0
+    timeout: float = 30.0
 
     @classmethod
     def from_env(cls):
@@ -71,6 +74,7 @@ class RetryPolicy:
             tries=max(1, int(os.environ.get("GENMETRICS_LOG_TRIES", cls.tries))),
             backoff=float(os.environ.get("GENMETRICS_LOG_BACKOFF", cls.backoff)),
             replay_interval=float(os.environ.get("GENMETRICS_REPLAY_INTERVAL", cls.replay_interval)),
+            timeout=max(1.0, float(os.environ.get("GENMETRICS_LOG_TIMEOUT", cls.timeout))),
         )
 
 
@@ -88,8 +92,66 @@ def spool_dir(tracking_uri):
     return os.path.join(spool_root(), hashlib.sha256(tracking_uri.encode()).hexdigest()[:16])
 
 
-def _is_permanent(exc):
-    return getattr(exc, "error_code", None) in PERMANENT_ERROR_CODES
+def _causes(exc):
+    """`exc` and the exceptions it was raised from or while handling (MLflow wraps network errors)."""
+    seen = []
+    while exc is not None and len(seen) < 20 and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def server_down(exc):
+    """True when `exc` means the tracking server did not answer: a connection error, a timeout, or an
+    HTTP 5xx/429 answer. Everything else (an invalid key or value rejected by MLflow's client, a 4xx
+    such as INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST, a deleted run) is permanent."""
+    import requests
+
+    network = (TrackingUnavailable, requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+               ConnectionError, TimeoutError)
+    for cause in _causes(exc):
+        if isinstance(cause, network):
+            return True
+        status = getattr(cause, "get_http_status_code", None)
+        answered = type(cause).__name__ == "RestException" or "failed with error code" in str(cause)
+        if status is not None and answered and status() >= 500:
+            return True
+    return False
+
+
+_http_limits_lock = threading.Lock()
+_http_limits_depth = 0
+_http_saved_env = {}
+_HTTP_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@contextlib.contextmanager
+def mlflow_http_limits():
+    """While inside, MLflow makes no retries of its own (we retry, within our deadline); on leaving the
+    outermost block the user's MLFLOW_HTTP_REQUEST_* values are restored (the variables are process-wide,
+    so MLflow calls of other threads made meanwhile see them too)."""
+    global _http_limits_depth
+    with _http_limits_lock:
+        if _http_limits_depth == 0:
+            _http_saved_env.update({name: os.environ.get(name) for name in _HTTP_ENV})
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        _http_limits_depth += 1
+    try:
+        yield
+    finally:
+        with _http_limits_lock:
+            _http_limits_depth -= 1
+            if _http_limits_depth == 0:
+                for name, value in _http_saved_env.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+
+
+def _set_request_timeout(seconds):
+    """MLflow's per-request timeout (whole seconds, at least 1) for the calls made inside `mlflow_http_limits`."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(seconds)))
 
 
 def _fsync_dir(path):
@@ -122,6 +184,17 @@ def _image_artifact_prefixes(key, step, timestamp):
     return [f"{sanitized}{sep}step{sep}{step}{sep}timestamp{sep}{timestamp}{sep}" for sep in ("+", "%")]
 
 
+def _one_line(exc):
+    """`Type: first line of the message` (MLflow's messages can span many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _attachments(op):
+    """Files spooled beside an operation (its image, its samples)."""
+    return [op[key] for key in ("png", "npz") if isinstance(op.get(key), str)]
+
+
 class Sender:
     """Sends operations to one tracking URI with retries; spools and replays them (thread-safe)."""
 
@@ -140,31 +213,37 @@ class Sender:
         self._failed_at = 0.0
         self._wakeup = threading.Event()
         self._daemon = None
+        self._deadline = 0.0
+        self.last_error = None
 
     # ---- public -------------------------------------------------------------------------------
     def submit(self, op, image=None):
-        """Send `op` now (retrying), or spool it. Returns True when sent, False when spooled/dropped.
+        """Send `op` now (retrying), or spool it. Returns True when sent, False when spooled or failed.
 
-        `image` (uint8 HWC array) goes with ``log_image`` operations. Never raises for server errors.
+        `image` (uint8 HWC array) goes with ``log_image`` operations. Never raises for server errors:
+        when the server is down the operation is spooled; when it is rejected for good (see
+        `server_down`) it goes to ``failed/`` with the reason, and later writes are not held up by it.
         """
         op = dict(op, id=op.get("id") or uuid.uuid4().hex)
         with self._lock:
             if self.pending() and (self._recently_failed() or not self.replay()):
                 self._spool(op, image)
                 return False
+            deadline = time.monotonic() + self.policy.timeout
             for attempt in range(self.policy.tries):
                 try:
-                    self._execute(op, image, verify=attempt > 0)
+                    self._execute(op, image, verify=attempt > 0, deadline=deadline)
                     self._mark_up()
                     return True
                 except Exception as exc:  # noqa: BLE001 - classify every failure, never raise into training
-                    if _is_permanent(exc):
-                        logger.warning("genmetrics: the tracking server rejected %s for run %s: %s",
-                                       op["op"], op.get("run_id"), exc)
+                    if not server_down(exc):
+                        self._fail(op, image, exc)
                         return False
                     last_error = exc
-                if attempt + 1 < self.policy.tries:
-                    time.sleep(self.policy.backoff * 2 ** attempt)
+                pause = self.policy.backoff * 2 ** attempt
+                if attempt + 1 == self.policy.tries or time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
             self._mark_down(last_error)
             self._spool(op, image)
             return False
@@ -201,30 +280,42 @@ class Sender:
                 lock.release()
 
     # ---- execution -----------------------------------------------------------------------------
-    def _probe(self):
+    def _probe(self, deadline):
         """Fail fast when an http(s) tracking server does not answer (MLflow's own retries take minutes)."""
         if not self.tracking_uri.startswith(("http://", "https://")):
             return
         import requests
 
+        timeout = max(0.1, min(self.policy.probe_timeout, deadline - time.monotonic()))
         try:
-            response = requests.get(self.tracking_uri.rstrip("/") + "/health", timeout=self.policy.probe_timeout)
+            response = requests.get(self.tracking_uri.rstrip("/") + "/health", timeout=timeout)
         except requests.RequestException as exc:
             raise TrackingUnavailable(f"{self.tracking_uri} is unreachable: {exc}") from exc
         if response.status_code >= 500:
             raise TrackingUnavailable(f"{self.tracking_uri}/health answered {response.status_code}")
 
-    def _execute(self, op, image, verify):
-        self._probe()
+    def _call(self, name, *args, **kwargs):
+        """``self.client.<name>(...)`` with MLflow's own retries off and a request timeout that ends by the
+        deadline of the current operation (TrackingUnavailable once it has passed)."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TrackingUnavailable(f"{self.tracking_uri} did not answer within {self.policy.timeout:g} s "
+                                      f"(GENMETRICS_LOG_TIMEOUT)")
+        _set_request_timeout(left)
+        return getattr(self.client, name)(*args, **kwargs)
+
+    def _execute(self, op, image, verify, deadline=None):
+        """Perform one operation; every MLflow request ends by `deadline` (default: `policy.timeout` from now)."""
+        self._deadline = time.monotonic() + self.policy.timeout if deadline is None else deadline
+        self._probe(self._deadline)
         kind = op["op"]
-        if kind == "log_batch":
-            self._log_batch(op, verify)
-        elif kind == "log_params":
-            self._log_params(op)
-        elif kind == "log_image":
-            self._log_image(op, image, verify)
-        else:
+        handlers = {"log_batch": lambda: self._log_batch(op, verify), "log_params": lambda: self._log_params(op),
+                    "log_image": lambda: self._log_image(op, image, verify),
+                    "log_samples": lambda: self._log_samples(op)}
+        if kind not in handlers:
             raise ValueError(f"unknown spooled operation {kind!r}")
+        with mlflow_http_limits():
+            handlers[kind]()
 
     def _log_batch(self, op, verify):
         from mlflow.entities import Metric, RunTag
@@ -234,8 +325,8 @@ class Sender:
             metrics = [m for m in metrics if not self._metric_logged(op["run_id"], *m)]
         if not metrics and not op.get("tags"):
             return
-        self.client.log_batch(
-            op["run_id"],
+        self._call(
+            "log_batch", op["run_id"],
             metrics=[Metric(key, float(value), int(timestamp), int(step)) for key, value, timestamp, step in metrics],
             tags=[RunTag(k, str(v)) for k, v in op.get("tags", {}).items()],
             synchronous=True,
@@ -244,7 +335,7 @@ class Sender:
     def _metric_logged(self, run_id, key, value, timestamp, step):
         return any(
             m.step == step and m.timestamp == timestamp and _same_value(float(m.value), float(value))
-            for m in self.client.get_metric_history(run_id, key)
+            for m in self._call("get_metric_history", run_id, key)
         )
 
     def _log_params(self, op):
@@ -252,12 +343,12 @@ class Sender:
         from mlflow.entities import Param, RunTag
 
         run_id, params = op["run_id"], op["params"]
-        existing = self.client.get_run(run_id).data.params
+        existing = self._call("get_run", run_id).data.params
         new = {k: v for k, v in params.items() if k not in existing}
         changed = {k: v for k, v in params.items() if k in existing and existing[k] != v}
         if new or changed:
-            self.client.log_batch(
-                run_id,
+            self._call(
+                "log_batch", run_id,
                 params=[Param(k, v) for k, v in new.items()],
                 tags=[RunTag(k, v) for k, v in changed.items()],
                 synchronous=True,
@@ -277,42 +368,111 @@ class Sender:
 
             with Image.open(os.path.join(self.directory, op["png"])) as png:
                 image = np.asarray(png.convert("RGB"))
-        self.client.log_image(op["run_id"], image, key=op["key"], step=int(op["step"]),
+        self._call("log_image", op["run_id"], image, key=op["key"], step=int(op["step"]),
                               timestamp=int(op["timestamp"]), synchronous=True)
 
     def _image_logged(self, op):
         prefixes = _image_artifact_prefixes(op["key"], op["step"], op["timestamp"])
-        for info in self.client.list_artifacts(op["run_id"], "images"):
+        for info in self._call("list_artifacts", op["run_id"], "images"):
             name = info.path.rsplit("/", 1)[-1]
             if name.endswith(".png") and any(name.startswith(p) for p in prefixes):
                 return True
         return False
 
+    def _log_samples(self, op):
+        """Upload spooled samples for deferred scoring (`genmetrics.plugin.samples` convention), unless the
+        run already announces them."""
+        import shutil
+        import tempfile
+
+        from .samples import SAMPLES_TAG_PREFIX, samples_artifact_path
+
+        path = samples_artifact_path(int(op["step"]))
+        tag = SAMPLES_TAG_PREFIX + str(int(op["step"]))
+        if self._call("get_run", op["run_id"]).data.tags.get(tag) == path:
+            return
+        with tempfile.TemporaryDirectory(prefix="genmetrics-spooled-samples-") as tmp:
+            local = os.path.join(tmp, os.path.basename(path))
+            shutil.copyfile(os.path.join(self.directory, op["npz"]), local)
+            self._call("log_artifact", op["run_id"], local, os.path.dirname(path))
+        self._call("set_tag", op["run_id"], tag, path)
+
     # ---- spool ---------------------------------------------------------------------------------
     def _spool(self, op, image):
         """Write `op` (and its image as PNG) to the spool; on a disk failure, log and drop it."""
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            uri_file = os.path.join(self.directory, "uri.txt")
-            if not os.path.exists(uri_file):
-                _write_atomic(uri_file, self.tracking_uri.encode())
-            if image is not None:
-                from PIL import Image
-
-                op = dict(op, png=f"{op['id']}.png")
-                png_path = os.path.join(self.directory, op["png"])
-                tmp = f"{png_path}.tmp.png"
-                Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, png_path)
-            name = f"{time.time_ns():020d}-{next(self._sequence):06d}-{op['id']}.json"
-            _write_atomic(os.path.join(self.directory, name), json.dumps(op).encode())
+            self._write_op(self.directory, op, image)
         except OSError as exc:
             logger.error("genmetrics: could not spool %s for run %s to %s: %s; it is lost",
                          op["op"], op.get("run_id"), self.directory, exc)
             return
         self._start_daemon()
+
+    def spool_samples(self, run_id, step, samples, targets=None):
+        """Spool uint8 NHWC `samples` (and `targets`) of `step` for deferred scoring, without contacting the
+        server: replay uploads them as `log_gen_samples` would (``genmetrics score RUN_ID`` scores them)."""
+        from .samples import write_samples_file
+
+        op = {"op": "log_samples", "run_id": run_id, "step": int(step), "id": uuid.uuid4().hex}
+        op["npz"] = f"{op['id']}.npz"
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = os.path.join(self.directory, op["npz"] + ".tmp")
+        write_samples_file(tmp, samples, targets)
+        os.replace(tmp, os.path.join(self.directory, op["npz"]))
+        self._spool(op, None)
+        return op
+
+    def _write_op(self, folder, op, image):
+        """Write `op` as ``<time>-<seq>-<id>.json`` (and `image` as ``<id>.png``) into `folder`; returns its path."""
+        os.makedirs(folder, exist_ok=True)
+        uri_file = os.path.join(self.directory, "uri.txt")
+        if not os.path.exists(uri_file):
+            _write_atomic(uri_file, self.tracking_uri.encode())
+        if image is not None:
+            from PIL import Image
+
+            op = dict(op, png=f"{op['id']}.png")
+            png_path = os.path.join(folder, op["png"])
+            tmp = f"{png_path}.tmp.png"
+            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, png_path)
+        path = os.path.join(folder, f"{time.time_ns():020d}-{next(self._sequence):06d}-{op['id']}.json")
+        _write_atomic(path, json.dumps(op).encode())
+        return path
+
+    def _fail(self, op, image, exc):
+        """Keep a rejected operation in ``failed/`` with the reason, warn, and go on with later writes."""
+        reason = _one_line(exc)
+        logger.warning("genmetrics: the tracking server rejected %s for run %s (%s); kept in %s, not retried",
+                       op["op"], op.get("run_id"), reason, self.failed_dir)
+        try:
+            path = self._write_op(self.failed_dir, op, image)
+            _write_atomic(path + ".error.txt", reason.encode())
+        except (OSError, TypeError, ValueError) as error:
+            logger.error("genmetrics: could not keep the rejected %s in %s: %s", op["op"], self.failed_dir, error)
+
+    @property
+    def failed_dir(self):
+        """``failed/`` beside the spool: operations the server rejected for good, each with ``.error.txt``."""
+        return os.path.join(self.directory, "failed")
+
+    def failed(self):
+        """(operation file, reason) of every operation in ``failed/``, oldest first."""
+        try:
+            names = sorted(os.listdir(self.failed_dir))
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in (n for n in names if n.endswith(".json")):
+            try:
+                with open(os.path.join(self.failed_dir, name + ".error.txt"), encoding="utf-8") as f:
+                    reason = f.read().strip()
+            except OSError:
+                reason = "(no reason recorded)"
+            entries.append((os.path.join(self.failed_dir, name), reason))
+        return entries
 
     def _replay_locked(self):
         sent = 0
@@ -328,16 +488,17 @@ class Sender:
             try:
                 self._execute(op, None, verify=True)
             except Exception as exc:  # noqa: BLE001
-                if _is_permanent(exc):
-                    logger.warning("genmetrics: the tracking server rejected spooled %s: %s", op["op"], exc)
-                    self._move_failed(path, op, str(exc))
+                if not server_down(exc):
+                    logger.warning("genmetrics: the tracking server rejected spooled %s for run %s (%s); moved to %s",
+                                   op.get("op"), op.get("run_id"), _one_line(exc), self.failed_dir)
+                    self._move_failed(path, op, _one_line(exc))
                     continue
                 self._mark_down(exc)
                 return False
             os.remove(path)
-            if op.get("png"):
+            for name in _attachments(op):
                 try:
-                    os.remove(os.path.join(self.directory, op["png"]))
+                    os.remove(os.path.join(self.directory, name))
                 except FileNotFoundError:
                     pass
             sent += 1
@@ -347,13 +508,13 @@ class Sender:
         return True
 
     def _move_failed(self, path, op, error):
-        failed = os.path.join(self.directory, "failed")
-        os.makedirs(failed, exist_ok=True)
-        os.replace(path, os.path.join(failed, os.path.basename(path)))
-        if op and op.get("png") and os.path.exists(os.path.join(self.directory, op["png"])):
-            os.replace(os.path.join(self.directory, op["png"]), os.path.join(failed, op["png"]))
-        with open(os.path.join(failed, os.path.basename(path) + ".error.txt"), "w") as f:
-            f.write(error)
+        os.makedirs(self.failed_dir, exist_ok=True)
+        target = os.path.join(self.failed_dir, os.path.basename(path))
+        _write_atomic(target + ".error.txt", error.encode())
+        os.replace(path, target)
+        for name in _attachments(op or {}):
+            if os.path.exists(os.path.join(self.directory, name)):
+                os.replace(os.path.join(self.directory, name), os.path.join(self.failed_dir, name))
 
     def _recently_failed(self):
         """Within `replay_interval` s of a failure, queue behind the spool without probing again (a
@@ -361,6 +522,7 @@ class Sender:
         return self._down and time.monotonic() - self._failed_at < self.policy.replay_interval
 
     def _mark_down(self, error):
+        self.last_error = _one_line(error)
         self._failed_at = time.monotonic()
         if not self._down:
             logger.warning(

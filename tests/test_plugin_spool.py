@@ -13,6 +13,7 @@ from genmetrics.plugin.cli import main as cli_main
 @pytest.fixture
 def genmetrics_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(spool, "_senders", {})  # the process-wide senders hold the spool folder they began with
     return tmp_path / "home"
 
 
@@ -113,3 +114,188 @@ def test_sqlite_store_uses_the_same_sender(tmp_path, genmetrics_home, monkeypatc
     sender = _fast_sender(uri)
     assert sender.submit(_batch(run_id, 1, 3.0, 10))
     assert [m.value for m in client.get_metric_history(run_id, "gen/fid")] == [3.0]
+
+
+# ---------------------------------------------------------------- permanent errors never block (issue 11, item 8)
+
+
+def _failed_reasons(sender):
+    return [reason for _, reason in sender.failed()]
+
+
+def test_client_side_rejections_go_to_failed_and_later_writes_go_through(mlflow_server, run_id, genmetrics_home):
+    sender = _fast_sender(mlflow_server.uri)
+    bad_key = {"op": "log_batch", "run_id": run_id, "metrics": [["gen<x>/fid", 1.0, 5, 1]], "tags": {}}
+    huge_step = _batch(run_id, 2 ** 70, 1.0, 6)
+    bad_image = {"op": "log_image", "run_id": run_id, "key": "gen<x>/samples", "step": 1, "timestamp": 7}
+    assert not sender.submit(bad_key)
+    assert not sender.submit(huge_step)
+    assert not sender.submit(bad_image, image=np.zeros((4, 4, 3), np.uint8))
+    assert sender.pending() == []  # nothing queued: the server is up, these writes are wrong
+    reasons = _failed_reasons(sender)
+    assert len(reasons) == 3 and "gen<x>/fid" in reasons[0] and "out of range" in reasons[1], reasons
+    assert all("\n" not in r for r in reasons)
+    assert sender.submit(_batch(run_id, 3, 2.0, 8))  # the next write is not held up
+    assert [m.step for m in MlflowClient(mlflow_server.uri).get_metric_history(run_id, "gen/fid")] == [3]
+
+
+def test_a_spooled_rejection_does_not_block_the_queue_of_other_processes(mlflow_server, run_id, genmetrics_home,
+                                                                         capsys):
+    import subprocess
+    import sys
+
+    sender = _fast_sender(mlflow_server.uri)
+    sender._spool(dict(_batch(run_id, 2 ** 70, 1.0, 10), id="d" * 32), None)  # spooled while the server was down
+    sender._spool(dict(_batch(run_id, 1, 1.0, 11), id="e" * 32), None)
+    script = ("import sys; from genmetrics.plugin import spool; s = spool.Sender(sys.argv[1]); "
+              "print(s.submit({'op': 'log_batch', 'run_id': sys.argv[2], "
+              "'metrics': [['gen/fid', 2.0, 12, 2]], 'tags': {}}))")
+    env = dict(os.environ, GENMETRICS_LOG_TRIES="2", GENMETRICS_LOG_BACKOFF="0.05")
+    done = subprocess.run([sys.executable, "-c", script, mlflow_server.uri, run_id], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    assert sender.pending() == []
+    history = MlflowClient(mlflow_server.uri).get_metric_history(run_id, "gen/fid")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert cli_main(["replay", "--tracking-uri", mlflow_server.uri]) == 2
+    out = capsys.readouterr().out
+    assert "1 operation(s) rejected by the server for good" in out and "out of range" in out
+    assert sender.failed_dir in out
+
+
+def test_writes_to_a_deleted_run_or_experiment_go_to_failed(mlflow_server, genmetrics_home):
+    client = MlflowClient(mlflow_server.uri)
+    experiment_id = client.create_experiment(f"deleted-{time.time_ns()}")
+    deleted_run = client.create_run(experiment_id).info.run_id
+    other_run = client.create_run(experiment_id).info.run_id
+    client.delete_run(deleted_run)
+    sender = _fast_sender(mlflow_server.uri)
+    assert not sender.submit(_batch(deleted_run, 0, 1.0, 1))
+    client.delete_experiment(experiment_id)
+    assert not sender.submit({"op": "log_params", "run_id": other_run, "params": {"gen/mode": "clean"}})
+    reasons = _failed_reasons(sender)
+    assert len(reasons) == 2 and all("deleted" in r or "active" in r for r in reasons), reasons
+    assert sender.pending() == []
+
+
+def test_server_down_is_only_network_errors_timeouts_and_5xx():
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    assert spool.server_down(spool.TrackingUnavailable("x"))
+    try:
+        try:
+            raise requests.ConnectionError("refused")
+        except requests.ConnectionError as error:
+            raise MlflowException(f"API request failed with exception {error}")  # how MLflow wraps it
+    except MlflowException as wrapped:
+        assert spool.server_down(wrapped)
+    assert spool.server_down(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
+    assert not spool.server_down(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad key"}))
+    assert not spool.server_down(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}))
+    assert not spool.server_down(ValueError("Value out of range: 1180591620717411303424"))
+
+
+# ---------------------------------------------------------------- bounded on a dead server (issue 11, item 9)
+
+
+def test_a_server_that_stops_answering_after_the_probe_costs_one_bounded_wait(http_server, genmetrics_home,
+                                                                              monkeypatch):
+    """/health answers, every API request hangs: the write is spooled while the server still holds it."""
+    import threading
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    http_server.files["/health"] = b"OK"
+    release = threading.Event()
+    http_server.stalls["/api/"] = release
+    sender = spool.Sender(http_server.url, policy=spool.RetryPolicy(tries=3, backoff=0.05, probe_timeout=1,
+                                                                    replay_interval=60, timeout=2))
+    try:
+        assert not sender.submit(_batch("0" * 32, 1, 1.0, 1))
+        assert http_server.stalls_answered == 0  # we gave up before the server answered anything
+        assert len(sender.pending()) == 1
+        assert "did not answer" in sender.last_error or "timed out" in sender.last_error, sender.last_error
+    finally:
+        release.set()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"  # the user's MLflow settings are restored
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_the_write_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GENMETRICS_LOG_TIMEOUT", "7.5")
+    assert spool.RetryPolicy.from_env().timeout == 7.5
+
+
+def test_log_gen_metrics_with_an_invalid_prefix_keeps_the_write_in_failed(mlflow_server, run_id, genmetrics_home,
+                                                                         tiny_reference_path):
+    from fixtures_plugin_scoring import TinyExtractor, tiny_images
+
+    from genmetrics.plugin import log_gen_metrics
+
+    client = MlflowClient(mlflow_server.uri)
+    options = dict(reference=tiny_reference_path, metrics=("fid",), model=TinyExtractor(), client=client,
+                   run_id=run_id, log_grid=False)
+    result = log_gen_metrics(tiny_images(8, seed=3), step=1, prefix="gen<x>/", **options)
+    assert list(result) == ["gen<x>/fid"]
+    sender = spool.get_sender(mlflow_server.uri)
+    assert sender.pending() == [] and any("gen<x>/fid" in r for r in _failed_reasons(sender))
+    log_gen_metrics(tiny_images(8, seed=4), step=2, **options)
+    assert [m.step for m in client.get_metric_history(run_id, "gen/fid")] == [2]
+
+
+# ---------------------------------------------------------------- Ctrl-C during flush (issue 11, item 9)
+
+INTERRUPTED_SCRIPT = """
+import sys, time
+import mlflow
+from fixtures_plugin_scoring import TinyExtractor, tiny_images
+from genmetrics.plugin import flush, log_gen_metrics
+
+
+class Slow(TinyExtractor):
+    def forward(self, x):
+        time.sleep(4)
+        return super().forward(x)
+
+
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run() as run:
+    print(run.info.run_id, flush=True)
+    for step in range(3):
+        log_gen_metrics(tiny_images(8, seed=step), reference=sys.argv[2], step=step, metrics=("fid",), model=Slow(),
+                        blocking=False, log_grid=False)
+    print("flushing", flush=True)
+    flush()
+"""
+
+
+def test_two_ctrl_c_during_flush_spool_the_unfinished_steps(tmp_path, genmetrics_home, tiny_reference_path):
+    import signal
+    import subprocess
+    import sys
+
+    from genmetrics.plugin.samples import SAMPLES_TAG_PREFIX, read_samples_file
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]),
+               GENMETRICS_OFFLINE="1")
+    child = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SCRIPT, uri, tiny_reference_path], env=env,
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = child.stdout.readline().strip()
+    assert child.stdout.readline().strip() == "flushing"
+    time.sleep(1)  # inside flush(), step 0 is being scored, steps 1 and 2 wait in the queue
+    child.send_signal(signal.SIGINT)
+    time.sleep(1)  # the exit flush waits for step 0
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=300)
+    assert "spooled the samples of 3 unfinished step(s)" in stderr, stderr[-3000:]
+    client = MlflowClient(uri)
+    if spool.Sender(uri).pending():  # the exit replay did not get through: deliver by hand
+        assert cli_main(["replay", "--tracking-uri", uri]) == 0
+    tags = client.get_run(run_id).data.tags
+    for step in range(3):
+        path = tags[SAMPLES_TAG_PREFIX + str(step)]
+        local = client.download_artifacts(run_id, path, str(tmp_path))
+        samples, _ = read_samples_file(local)
+        assert samples.shape == (8, 32, 32, 3)
