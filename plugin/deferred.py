@@ -22,6 +22,7 @@ experiment (several experiments may have one worker each).
 import logging
 import tempfile
 import time
+from typing import List, Optional, Sequence, Tuple
 
 from genmetrics.stats.defaults import DEFAULT_PREFIX
 
@@ -156,7 +157,8 @@ def _score_run_with(scorer, client, run_id):
     return done
 
 
-def score_run(run_id, reference, metrics=None, client=None, prefix=DEFAULT_PREFIX, **scoring_options):
+def score_run(run_id: str, reference, metrics: Optional[Sequence[str]] = None, client=None, prefix: str = DEFAULT_PREFIX,
+              **scoring_options) -> List[int]:
     """Score every logged sample step of ``run_id`` that is not scored yet, in step order.
 
     ``reference``: registry ref, ``.h5`` path or ``ReferenceStats``. ``metrics``: names as for
@@ -192,15 +194,15 @@ def _experiment_run_ids(client, experiment_name):
 
 
 def watch(
-    experiment_name,
+    experiment_name: str,
     reference,
-    metrics=None,
-    interval=30.0,
-    max_iterations=None,
+    metrics: Optional[Sequence[str]] = None,
+    interval: float = 30.0,
+    max_iterations: Optional[int] = None,
     client=None,
-    prefix=DEFAULT_PREFIX,
+    prefix: str = DEFAULT_PREFIX,
     **scoring_options,
-):
+) -> List[Tuple[str, int]]:
     """Poll ``experiment_name`` every ``interval`` seconds and score new samples as they arrive.
 
     For a separate evaluation worker: each iteration lists the experiment's active runs, scores

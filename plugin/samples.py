@@ -18,6 +18,7 @@ read by the one normaliser, :mod:`genmetrics.stats.image_input`.
 import os
 import re
 import tempfile
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -116,7 +117,8 @@ def _resolve_run_id(run_id):
     return run.info.run_id
 
 
-def log_gen_samples(samples, step, run_id=None, value_range=None, targets=None, client=None):
+def log_gen_samples(samples, step: int, run_id: Optional[str] = None, value_range: Optional[Tuple[float, float]] = None,
+                    targets=None, client=None) -> str:
     """Store ``samples`` (and optional paired ``targets``) of training ``step`` in an MLflow run.
 
     ``samples``: any image input of :mod:`genmetrics.stats.image_input` (uint8, or floats in [0, 1] or

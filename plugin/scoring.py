@@ -32,7 +32,7 @@ import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -411,23 +411,23 @@ def _tags(opts, plan):
 def score_samples(
     samples,
     reference=None,
-    metrics=None,
+    metrics: Optional[Sequence[str]] = None,
     targets=None,
-    prefix=DEFAULT_PREFIX,
-    value_range=None,
-    mode=None,
-    model=None,
-    lpips_net="alex",
-    lpips_backbone_weights=None,
-    num_samples=None,
-    batch_size=DEFAULT_BATCH_SIZE,
-    device=None,
-    seed=0,
-    allow_mismatch=False,
-    kid_subsets=100,
-    kid_subset_size=1000,
-    is_splits=10,
-    diversity_pairs=100,
+    prefix: str = DEFAULT_PREFIX,
+    value_range: Optional[Tuple[float, float]] = None,
+    mode: Optional[str] = None,
+    model: Optional[torch.nn.Module] = None,
+    lpips_net: str = "alex",
+    lpips_backbone_weights: Optional[str] = None,
+    num_samples: Optional[int] = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: Optional[str] = None,
+    seed: int = 0,
+    allow_mismatch: bool = False,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    is_splits: int = 10,
+    diversity_pairs: int = 100,
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 

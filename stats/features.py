@@ -4,6 +4,8 @@ Images are preprocessed one input batch at a time and regrouped into network bat
 `batch_size` images (the last one smaller), so the features do not depend on how the input was batched;
 with the full-float32 network they also do not depend on `batch_size` beyond float rounding (~1e-6).
 """
+from typing import Dict, Optional, Tuple
+
 import torch
 from tqdm.auto import tqdm
 
@@ -47,8 +49,9 @@ def _features(model, x):
     return {name: value.detach().to("cpu", torch.float32) for name, value in out.items()}
 
 
-def extract_features(images, model=None, mode=DEFAULT_MODE, batch_size=DEFAULT_BATCH_SIZE, device=None,
-                     progress=True, value_range=None):
+def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str = DEFAULT_MODE,
+                     batch_size: int = DEFAULT_BATCH_SIZE, device=None, progress: bool = True,
+                     value_range: Optional[Tuple[float, float]] = None) -> Dict[str, torch.Tensor]:
     """Inception features of `images` -> {"pool3": (N, 2048), "logits": (N, 1008) if the model has the head}.
 
     images: uint8 (0..255) or float [0, 1] arrays/tensors in NCHW or NHWC, iterables of batches or

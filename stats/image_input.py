@@ -27,6 +27,7 @@ Output: torch tensors (N, 3, H, W), uint8 or float32 in [0, 1], on the device th
 Errors are ``ValueError``/``TypeError`` naming the input and saying how to fix it.
 """
 import os
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ _FIX_RANGE = ("pass value_range=(-1, 1) for generator outputs in [-1, 1] (or sca
               "divide 0..255 floats by 255 or cast them to uint8")
 
 
-def check_value_range(value_range):
+def check_value_range(value_range) -> Optional[Tuple[float, float]]:
     """None or a pair (low, high) with high > low -> None or (float, float); else ValueError."""
     if value_range is None:
         return None
@@ -111,7 +112,8 @@ def _to_unit_range(t, value_range, what):
     return t
 
 
-def to_image_batch(x, value_range=None, what="images", single=False):
+def to_image_batch(x, value_range: Optional[Tuple[float, float]] = None, what: str = "images",
+                   single: bool = False) -> torch.Tensor:
     """One batch (N, C, H, W)/(N, H, W, C) or, with `single`, one image (C, H, W)/(H, W, C)/(H, W)/PIL.
 
     Returns a tensor (N, 3, H, W), uint8 or float32 in [0, 1], on the input's device; raises
@@ -173,7 +175,7 @@ def _iter_items(images, value_range):
             yield to_image_batch(item, value_range, what, single=_is_single(item))
 
 
-def iter_image_batches(images, value_range=None):
+def iter_image_batches(images, value_range: Optional[Tuple[float, float]] = None) -> Iterator[torch.Tensor]:
     """Yield checked batches (N, 3, H, W) (uint8 or float32 in [0, 1]) from any accepted input.
 
     `value_range` (see the module docstring) applies to float arrays and tensors; files are uint8.
@@ -189,7 +191,7 @@ def iter_image_batches(images, value_range=None):
         raise ValueError("no images were given (empty input); pass at least one image")
 
 
-def count_images(images):
+def count_images(images) -> Optional[int]:
     """Number of images when known without reading them (arrays, folders, lists of arrays), else None."""
     if _is_path(images):
         return len(list_image_files(images))
