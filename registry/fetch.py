@@ -16,8 +16,8 @@ import json
 import os
 import urllib.parse
 
-from genmetrics.stats.download import (ChecksumMismatchError, DownloadError, OfflineError, download, file_sha256,
-                                       genmetrics_home, offline, writable_dir)
+from genmetrics.stats.download import (ChecksumMismatchError, DownloadError, NetworkUnavailableError, OfflineError,
+                                       download, file_sha256, genmetrics_home, offline, writable_dir)
 
 from .manifest import load_manifests, resolve
 from .npz_import import read_npz
@@ -96,7 +96,7 @@ def fetch(ref, progress=True, sqrt_sigma=True):
     with filelock.FileLock(final + ".lock"):
         if os.path.isfile(final):
             return final
-        errors, mismatch = [], False
+        errors, mismatch, no_network = [], False, False
         for source in entry.sources:
             try:
                 _fetch_source(entry, source, final, progress, sqrt_sigma)
@@ -109,6 +109,7 @@ def fetch(ref, progress=True, sqrt_sigma=True):
                 mismatch = True
             except (DownloadError, RefStatsFormatError) as error:
                 errors.append(str(error))
+                no_network = no_network or isinstance(error, NetworkUnavailableError)
         if offline():
             first = entry.sources[0]
             raise OfflineError(
@@ -117,7 +118,11 @@ def fetch(ref, progress=True, sqrt_sigma=True):
                 f"at {_source_path(entry, first)}"
             )
         error_type = ChecksumMismatchError if mismatch else DownloadError
-        raise error_type(f"could not fetch {entry.ref}: " + " | ".join(errors))
+        hint = ""
+        if no_network:
+            hint = (f". Without network: download {entry.sources[0].url} elsewhere and put it at "
+                    f"{_source_path(entry, entry.sources[0])}; GENMETRICS_OFFLINE=1 skips the download attempts")
+        raise error_type(f"could not fetch {entry.ref}: " + " | ".join(errors) + hint)
 
 
 class _SourceSkipped(Exception):

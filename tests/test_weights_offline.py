@@ -150,3 +150,22 @@ def test_load_inception_in_a_read_only_cache_uses_the_offline_fallback(no_networ
     warned = [line for line in lines if line.startswith("warning:") and HEAD in line]
     assert len(warned) == 1 and f"cannot write to the genmetrics cache folder {home}/weights" in warned[0]
     assert "default_1.pt" in warned[0]
+
+
+def test_fetch_without_network_is_one_line_with_the_way_out(no_network, tmp_path, monkeypatch):
+    import json
+
+    from genmetrics import registry
+    from genmetrics.stats.download import DownloadError
+
+    base = os.environ["GENMETRICS_WEIGHTS_URL_BASE"]
+    entry = {"name": "toy", "split": "train", "resolution": 32, "mode": "clean", "version": 1,
+             "sources": [{"url": f"{base}/a/toy.npz"}, {"url": f"{base}/b/toy.npz"}], "sha256": None}
+    (tmp_path / "m.yaml").write_text(json.dumps({"format_version": 1, "entries": [entry]}))
+    monkeypatch.setenv("GENMETRICS_MANIFEST", str(tmp_path / "m.yaml"))
+    with pytest.raises(DownloadError) as error:
+        registry.fetch("toy-train-32", progress=False)
+    text = str(error.value)
+    assert "\n" not in text and text.count("Connection refused") == 2 and "was unreachable earlier" in text
+    assert text.endswith(f"put it at {os.environ['GENMETRICS_HOME']}/stats/sources/toy-train-32-clean@1/toy.npz; "
+                         f"GENMETRICS_OFFLINE=1 skips the download attempts")
