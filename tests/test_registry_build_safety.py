@@ -75,38 +75,48 @@ def _assert_is_build_of(stats, features):
 
 
 _BUILD_SCRIPT = textwrap.dedent("""
-    import sys, time, torch
+    import os, sys, time, torch
     from genmetrics import registry
     from genmetrics.registry.checkpoint import BuildLockedError
+
+    folder, out, ready, wait_for, delay = sys.argv[1:]
 
     class Pool(torch.nn.Module):
         feature_extractor = "test-avgpool4"
         def forward(self, x):
             return {"pool3": torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)}
 
+    def on_checkpoint(done, total):  # hold the build (and its lock) until `wait_for` exists, then go slowly
+        deadline = time.monotonic() + 120
+        while wait_for != "-" and not os.path.exists(wait_for) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(delay))
+
+    if ready != "-":
+        open(ready, "w").close()
     try:
-        registry.build(sys.argv[1], sys.argv[2], model=Pool(), checkpoint_every=2, features=True, progress=False,
-                       on_checkpoint=lambda done, total: time.sleep(float(sys.argv[3])))
+        registry.build(folder, out, model=Pool(), checkpoint_every=2, features=True, progress=False,
+                       on_checkpoint=on_checkpoint)
     except BuildLockedError as error:
         print(error, file=sys.stderr)
         sys.exit(3)
 """)
 
 
-def _start_build(folder, out, delay):
-    return subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, folder, str(out), str(delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start_build(folder, out, ready="-", wait_for="-", delay=0.0):
+    return subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, folder, str(out), str(ready), str(wait_for),
+                             str(delay)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_a_second_process_building_the_same_output_fails_clearly(folder, tmp_path):
     """Before: both processes shared the checkpoint and its features file (rows duplicated and missing)."""
-    out = tmp_path / "shared.h5"
-    first = _start_build(folder, out, delay=0.5)
+    out, ready = tmp_path / "shared.h5", tmp_path / "second-started"
+    first = _start_build(folder, out, wait_for=ready, delay=0.5)  # stops at its first checkpoint until then
     deadline = time.monotonic() + 120
     while not os.path.exists(f"{out}.ckpt.npz"):  # the first build is under way (it holds the lock)
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
-    second = _start_build(folder, out, delay=0.0)
+    second = _start_build(folder, out, ready=ready)
     _, second_err = second.communicate(timeout=120)
     _, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err
