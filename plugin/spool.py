@@ -1,9 +1,13 @@
 """Lossless logging to MLflow: retry with backoff, spool to disk when the tracking server is down, replay.
 
-Every write of the plugin (metrics + tags batch, params, sample grid) is an *operation*: a JSON-able
-dict (``op`` is ``log_batch``, ``log_params`` or ``log_image``). `Sender.submit` tries it a few times
-with exponential backoff (default 3 tries, 0.5 s then 1 s apart, i.e. ~2 s in the worst case; see
-`RetryPolicy`), and when all tries fail it writes the operation to the spool directory
+Every write of the plugin (metrics + tags batch, params, sample grid; the samples of a step that a
+Ctrl-C left unscored) is an *operation*: a JSON-able dict (``op`` is ``log_batch``, ``log_params``,
+``log_image`` or ``log_samples``). `Sender.submit` tries it a few times with exponential backoff (default
+3 tries, 0.5 s then 1 s apart), all within ``GENMETRICS_LOG_TIMEOUT`` seconds (30) even on a server that
+accepts connections and never answers: MLflow's own retries are switched off during our requests and
+its request timeout is set to what is left (`mlflow_http_limits`; the user's MLFLOW_HTTP_REQUEST_*
+values are restored afterwards). When the server is down (`server_down`: a connection error, a timeout,
+an HTTP 5xx) it writes the operation to the spool directory
 
     $GENMETRICS_HOME/spool/<sha256(tracking uri)[:16]>/<sequence>-<id>.json   (+ <id>.png for images)
 
@@ -24,9 +28,14 @@ first reads what the run already holds and sends only what is missing:
   the grid arrived;
 - params and tags are idempotent in MLflow (same value twice is accepted); a param that already has
   a *different* value (params are immutable) is logged as a tag of the same key instead.
-A file lock on the spool directory makes one process at a time replay it. Operations the server
-rejects for good (an unknown run, an invalid value) are not retried forever: they move to
-``failed/`` beside the spool with the error, and a warning is logged.
+A file lock on the spool directory makes one process at a time replay it.
+
+Permanent errors never block the queue. An operation refused for any other reason (MLflow's client
+rejects an invalid key such as ``gen<x>/fid`` or a step of 2**70; the server answers 4xx such as
+INVALID_PARAMETER_VALUE for a deleted run or RESOURCE_DOES_NOT_EXIST) is not retried: it is written to
+``failed/`` beside the spool with a one-line ``.error.txt`` and a warning, and the writes after it go on,
+in this process and in every other process sharing the spool. ``genmetrics replay`` lists those files
+(exit status 2) until they are deleted.
 """
 import atexit
 import contextlib
@@ -406,7 +415,10 @@ class Sender:
             logger.error("genmetrics: could not spool %s for run %s to %s: %s; it is lost",
                          op["op"], op.get("run_id"), self.directory, exc)
             return
-        self._start_daemon()
+        try:
+            self._start_daemon()
+        except RuntimeError:  # at interpreter shutdown no thread starts; the exit hook's replay tries once more
+            pass
 
     def spool_samples(self, run_id, step, samples, targets=None):
         """Spool uint8 NHWC `samples` (and `targets`) of `step` for deferred scoring, without contacting the
