@@ -362,7 +362,9 @@ def _http_attempt(url, part, progress, transfer, deadline):
     import requests
 
     have = os.path.getsize(part) if os.path.isfile(part) else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    headers = {"Accept-Encoding": "identity"}  # byte counts, ranges and the cap are about the file itself
+    if have:
+        headers["Range"] = f"bytes={have}-"
     left = max(0.1, deadline - time.monotonic())
     timeouts = (min(transfer.timeout, left), min(transfer.timeout, transfer.limits.rate_window, left))
     with requests.get(url, headers=headers, stream=True, timeout=timeouts) as response:
