@@ -205,8 +205,10 @@ def download(url, dest, sha256=None, progress=True, retries=5, backoff=0.5, time
     limits = limits or Limits.from_env()
     if max_bytes:
         limits = replace(limits, max_bytes=int(max_bytes))
-    if os.path.isfile(dest) and (expected is None or file_sha256(dest) == expected):
-        return file_sha256(dest)
+    if os.path.isfile(dest):  # complete files appear by rename: reading one needs neither the lock nor write access
+        got = file_sha256(dest)
+        if expected is None or got == expected:
+            return got
     if offline() and not os.path.isfile(dest):
         raise OfflineError(
             f"{OFFLINE_ENV}=1 and {dest} is not on disk. Download {url} on a machine with network access "
