@@ -104,10 +104,12 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     if src is not None:
         meta["source_listing_sha256"] = source_digest(src)
 
-    accumulator = FeatureAccumulator(model=model, mode=mode, batch_size=batch_size, value_range=value_range)
+    # An iterable is normalised once, by the chunking loop (value_range there); the accumulator then sees [0, 1].
+    accumulator = FeatureAccumulator(model=model, mode=mode, batch_size=batch_size,
+                                     value_range=value_range if src is not None else None)
     with output_lock(target):
         run = _Run(target, meta, accumulator, features, checkpoint_every)
-        _run_chunks(src, source, (index, count), run, progress, on_checkpoint)
+        _run_chunks(src, source, (index, count), run, progress, on_checkpoint, value_range)
         meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
         stats = run.finish(sqrt_sigma)
     if auto:
@@ -115,11 +117,11 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     return stats
 
 
-def _run_chunks(src, source, shard, run, progress, on_checkpoint):
+def _run_chunks(src, source, shard, run, progress, on_checkpoint, value_range):
     """Resume `run` from its checkpoint and process the remaining images of this shard (or stream)."""
     if src is None:
         run.resume(None)
-        _build_stream(source, run, progress, on_checkpoint)
+        _build_stream(source, run, progress, on_checkpoint, value_range)
         return
     index, count = shard
     total = len(src)
@@ -143,7 +145,7 @@ def _build_indexed(src, start, stop, run, progress, on_checkpoint):
                 on_checkpoint(run.done, stop - start)
 
 
-def _build_stream(source, run, progress, on_checkpoint):
+def _build_stream(source, run, progress, on_checkpoint, value_range):
     """An iterable of batches: skip the images already in the checkpoint, then chunk the rest."""
     from tqdm.auto import tqdm
 
@@ -157,7 +159,7 @@ def _build_stream(source, run, progress, on_checkpoint):
             if on_checkpoint:
                 on_checkpoint(run.done, None)
 
-        for batch in iter_image_batches(source, run.accumulator.value_range):
+        for batch in iter_image_batches(source, value_range):
             if skip:
                 dropped = min(skip, batch.shape[0])
                 digest.update(batch[:dropped])

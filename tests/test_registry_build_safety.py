@@ -233,3 +233,13 @@ def test_merge_is_exact_for_features_with_a_large_mean(tmp_path):
     merged = read_refstats(registry.merge([first, second], str(tmp_path / "m.h5")).path)
     expected = np.cov(x, rowvar=False)
     assert np.abs(merged.sigma - expected).max() < 1e-8 * np.abs(expected).max()
+
+
+def test_an_iterable_in_another_value_range_is_normalised_once(tmp_path):
+    """Before: the chunking loop mapped [-1, 1] to [0, 1] and the accumulator mapped it again (mu off by 0.5)."""
+    x = torch.from_numpy(np.random.default_rng(4).uniform(-1, 1, size=(8, 3, 24, 24)).astype(np.float32))
+    from_array = registry.build(x, str(tmp_path / "a.h5"), model=_PoolFeatures(), value_range=(-1, 1),
+                                progress=False, checkpoint_every=4)
+    from_batches = registry.build((x[i:i + 3] for i in range(0, 8, 3)), str(tmp_path / "b.h5"), model=_PoolFeatures(),
+                                  value_range=(-1, 1), progress=False, checkpoint_every=4)
+    np.testing.assert_array_equal(from_batches.mu, from_array.mu)
