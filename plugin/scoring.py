@@ -39,6 +39,8 @@ import torch
 
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
                                        FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS, METRICS)
+from genmetrics.stats.distributed import (all_gather_rows, all_reduce_sum, check_all_ranks, rank_and_world,
+                                          shard_size)
 from genmetrics.stats.image_input import check_value_range
 
 from .sample_input import as_float01, as_uint8_nhwc, iter_sample_batches
@@ -86,6 +88,7 @@ class ScoreOptions:
     kid_subset_size: int = 1000
     is_splits: int = 10
     diversity_pairs: int = 100
+    distributed: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -133,7 +136,10 @@ def _lpips_model(net, device, backbone_weights=None):
 
 
 class _Skips:
-    """Metrics requested by default whose inputs are missing: skipped with a warning and a tag."""
+    """Metrics requested by default whose inputs are missing: skipped with a tag at every call and a warning
+    once per process for each (metric, reason), so a training loop that scores every few steps warns once."""
+
+    warned = set()  #: (metric, reason) pairs already warned about in this process
 
     def __init__(self, explicit, prefix):
         self.explicit, self.prefix, self.tags = explicit, prefix, {}
@@ -143,7 +149,9 @@ class _Skips:
             if error is not None:
                 raise error
             raise ValueError(f"cannot compute {name!r}: {reason}")
-        logger.warning("genmetrics: skipping %s: %s", name, reason)
+        if (name, reason) not in _Skips.warned:
+            _Skips.warned.add((name, reason))
+            logger.warning("genmetrics: skipping %s: %s", name, reason)
         self.tags[f"{self.prefix}skipped.{name}"] = reason[:5000]
 
 
@@ -242,27 +250,53 @@ class _PairedSums:
             self.sums[m] += float(_image_similarity(m, x, y, self.opts, self.plan.device).double().sum())
         self.count += x.shape[0]
 
-    def means(self):
+    def check_count(self):
         if self.count != self.targets.shape[0]:
             raise ValueError(f"got {self.count} samples but {self.targets.shape[0]} targets; pass one target per "
                              f"sample")
-        return {m: total / self.count for m, total in self.sums.items()}
+
+    def means(self, distributed):
+        """Mean similarity per metric, over all ranks' pairs when `distributed`."""
+        totals = np.array([self.count, *self.sums.values()], dtype=np.float64)
+        if distributed:
+            totals = all_reduce_sum(totals)
+        return {m: total / totals[0] for m, total in zip(self.sums, totals[1:])}
 
 
-def _accumulate(samples, targets, opts, plan):
-    """(accumulator or None, paired sums or None, kept images, count): everything one pass over the samples
-    gives. Kept images: the preview grid's, and the pairs' for diversity."""
+@dataclass
+class _Pass:
+    """What one pass over this rank's samples gave: the feature accumulator, paired sums, the kept images
+    (the preview grid's, and the pairs' for diversity) and the number of samples, per rank."""
+
+    accumulator: object
+    paired: Optional[_PairedSums]
+    kept: Optional[torch.Tensor]
+    counts: list
+
+
+def _local_share(opts, rank, world):
+    """How many samples this rank draws: its share of `num_samples` under a process group."""
+    if opts.num_samples is None or world == 1:
+        return opts.num_samples
+    return shard_size(opts.num_samples, rank, world)
+
+
+def _accumulate(samples, targets, opts, plan, rank, world):
+    """One pass over this rank's samples (none when its share of `num_samples` is 0)."""
     from genmetrics.stats import FeatureAccumulator
 
     accumulator = None
     if plan.feature_metrics:
         accumulator = FeatureAccumulator(plan.model, mode=plan.mode, keep_features="kid" in plan.feature_metrics,
-                                         keep_logits="is" in plan.feature_metrics, batch_size=opts.batch_size)
+                                         keep_logits="is" in plan.feature_metrics, batch_size=opts.batch_size,
+                                         distributed=opts.distributed)
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
     keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
                                                                            2 * opts.diversity_pairs)
+    share = _local_share(opts, rank, world)
     kept, count = [], 0
-    for batch in iter_sample_batches(samples, opts.num_samples, opts.batch_size, opts.value_range):
+    batches = iter_sample_batches(samples, share, opts.batch_size, opts.value_range) if share != 0 else ()
+    for batch in batches:
         if accumulator is not None:
             accumulator.update(batch)
         if paired is not None:
@@ -270,9 +304,16 @@ def _accumulate(samples, targets, opts, plan):
         if sum(k.shape[0] for k in kept) < keep:
             kept.append(batch)
         count += batch.shape[0]
-    if targets is not None and paired is None:
-        _PairedSums(targets, opts, plan)  # targets are still checked when no image metric uses them
-    return accumulator, paired, torch.cat(kept)[:keep] if kept else None, count
+    if paired is not None:
+        paired.check_count()
+    elif targets is not None:
+        _PairedSums(targets, opts, plan).check_count()  # targets are checked even when no image metric uses them
+    kept = torch.cat(kept)[:keep] if kept else None
+    if world > 1:
+        kept = all_gather_rows(kept)
+        kept = None if kept is None else kept[:keep]
+    counts = [count] if world == 1 else [int(c) for c in all_reduce_sum(np.eye(world)[rank] * count)]
+    return _Pass(accumulator, paired, kept, counts)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -336,20 +377,20 @@ def _diversity(images, opts, plan):
         pairs=opts.diversity_pairs, seed=opts.seed).mean for m in plan.image_metrics}
 
 
-def _compute(accumulator, paired, kept, ref, opts, plan):
+def _compute(done, ref, opts, plan):
     results = {}
-    if accumulator is not None:
-        stats = accumulator.compute()
+    if done.accumulator is not None:
+        stats = done.accumulator.compute()
         if "fid" in plan.feature_metrics:
             results.update(_fid(stats, ref))
         if "kid" in plan.feature_metrics:
             results.update(_kid(stats, ref, opts))
         if "is" in plan.feature_metrics:
             results.update(_inception_score(stats, opts, plan.skips))
-    if paired is not None:
-        results.update(paired.means())
+    if done.paired is not None:
+        results.update(done.paired.means(len(done.counts) > 1))
     elif plan.image_metrics:
-        results.update(_diversity(kept, opts, plan))
+        results.update(_diversity(done.kept, opts, plan))
     return results
 
 
@@ -367,11 +408,14 @@ def _package_versions():
     return versions
 
 
-def _params(ref, count, paired, opts, plan):
+def _params(ref, done, opts, plan):
     """Provenance that is stable for a run (str -> str, keys prefixed)."""
     from genmetrics.stats.accumulator import extractor_name
 
+    count, paired = sum(done.counts), done.paired is not None
     params = {"metrics": ",".join(plan.names), "num_samples": count, "seed": opts.seed}
+    if len(done.counts) > 1:
+        params.update({"world_size": len(done.counts), "rank_num_samples": ",".join(map(str, done.counts))})
     if ref is not None:
         params.update({
             "reference": ref.reference_id,
@@ -428,6 +472,7 @@ def score_samples(
     kid_subset_size: int = 1000,
     is_splits: int = 10,
     diversity_pairs: int = 100,
+    distributed: bool = True,
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
@@ -445,6 +490,10 @@ def score_samples(
         ``alexnet-owt-7be5be79.pth``); None = cache, torch.hub's folder, then download.
     allow_mismatch: compare even when mode / extractor / layer / weights differ from the reference's.
     seed: seeds KID subsets and diversity pairs.
+    distributed: inside an initialised ``torch.distributed`` process group every rank calls this with its
+        own samples (or sampler: each rank draws its share of `num_samples`), the statistics of all ranks are
+        combined (:mod:`genmetrics.stats.distributed`) and every rank returns the same result; a failure on
+        one rank raises on every rank. False = this rank's samples only. No effect outside a process group.
 
     Raises:
         ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
@@ -454,14 +503,24 @@ def score_samples(
 
     opts = ScoreOptions(metrics, prefix, check_value_range(value_range), mode, model, lpips_net,
                         lpips_backbone_weights, num_samples, batch_size, device, seed, allow_mismatch, kid_subsets,
-                        kid_subset_size, is_splits, diversity_pairs)
-    ref = None if reference is None else load(reference, progress=False)
-    plan = _plan(opts, ref)
-    accumulator, paired, kept, count = _accumulate(samples, targets, opts, plan)
-    results = _compute(accumulator, paired, kept, ref, opts, plan)
+                        kid_subset_size, is_splits, diversity_pairs, distributed)
+    rank, world = rank_and_world() if distributed else (0, 1)
+    error = done = None
+    try:
+        ref = None if reference is None else load(reference, progress=False)
+        plan = _plan(opts, ref)
+        done = _accumulate(samples, targets, opts, plan, rank, world)
+    except Exception as exc:  # noqa: BLE001 - under a process group every rank must learn of it (below)
+        error = exc
+    check_all_ranks(error if world > 1 else None)
+    if error is not None:
+        raise error
+    if sum(done.counts) == 0:
+        raise ValueError("no samples were given; pass at least 2 images")
+    results = _compute(done, ref, opts, plan)
     return ScoreResult(
         metrics={f"{prefix}{k}": float(v) for k, v in results.items()},
-        params=_params(ref, count, paired is not None, opts, plan),
+        params=_params(ref, done, opts, plan),
         tags=_tags(opts, plan),
-        preview=as_uint8_nhwc(kept[:PREVIEW_MAX_IMAGES]) if kept is not None else None,
+        preview=as_uint8_nhwc(done.kept[:PREVIEW_MAX_IMAGES]) if done.kept is not None else None,
     )

@@ -11,6 +11,7 @@ import warnings
 import pytest
 from fixtures_readonly import run_without_write_override
 
+from genmetrics.plugin.scoring import _Skips
 from genmetrics.stats import download as download_module
 from genmetrics.stats import lpips as lpips_module
 from genmetrics.stats import weights as weights_module
@@ -38,6 +39,7 @@ def no_network(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     download_module.clear_unreachable()
     weights_module._warned.clear()
+    _Skips.warned.clear()  # scoring's skip warnings are once per process too
     yield
     download_module.clear_unreachable()
 
@@ -72,9 +74,6 @@ def test_offline_mode_messages_name_the_file_without_suggesting_offline_mode(no_
     assert download_module._unreachable == {}
 
 
-@pytest.mark.xfail(strict=True, reason="plugin/scoring.py's _Skips.skip warns at every call (owned by the lead "
-                                      "developer): it must warn once per (metric, reason) per process; remove this "
-                                      "marker with that change")
 def test_log_gen_metrics_five_times_without_network_warns_once_per_missing_file(no_network, tmp_path, caplog,
                                                                                 monkeypatch):
     """The issue's must-show: the IS head and the LPIPS backbone are missing offline; five calls print each
