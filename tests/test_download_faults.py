@@ -196,6 +196,8 @@ try:
 except CacheNotWritableError as error:
     print("download:", error)
 print("cached mu[0]:", registry.load("toy-train-32-clean@2").mu[0])
+from genmetrics.plugin.cli import main
+print("cli exit status:", main(["stats", "fetch", "toy-train-32-clean@1"]))
 """
 
 
@@ -231,3 +233,7 @@ def test_a_read_only_cache_is_a_one_line_error_and_its_files_are_still_used(http
                         f"used)")
     assert lines[1].startswith(f"download: cannot write to the genmetrics cache folder {home}/w ")
     assert lines[2] == f"cached mu[0]: {x.mean(axis=0)[0]}"
+    assert lines[3] == "cli exit status: 2"
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"genmetrics stats fetch: error: cannot write to the genmetrics cache folder {home}/stats (Permission "
+        f"denied); make it writable or set GENMETRICS_HOME to a writable folder (files already there are still used)")
