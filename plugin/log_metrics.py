@@ -2,11 +2,16 @@
 import inspect
 import time
 
+from genmetrics.stats.defaults import DEFAULT_PREFIX
+from genmetrics.stats.distributed import rank_and_world
+
 from . import background
 from .grid import make_grid
 from .sample_input import collect_samples
 from .scoring import score_samples
 from .spool import get_sender
+
+__all__ = ["log_gen_metrics"]
 
 _SCORE_OPTIONS = frozenset(inspect.signature(score_samples).parameters) - {
     "samples", "reference", "metrics", "targets", "prefix", "value_range", "num_samples"}
@@ -53,7 +58,7 @@ def log_gen_metrics(
     metrics=None,
     targets=None,
     run_id=None,
-    prefix="gen/",
+    prefix=DEFAULT_PREFIX,
     log_grid=True,
     blocking=True,
     client=None,
@@ -75,20 +80,31 @@ def log_gen_metrics(
     background work are raised by the next call and by `flush()`.
 
     `score_options` go to `score_samples` (mode, model, lpips_net, lpips_backbone_weights, batch_size,
-    device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs). `client` is an
-    `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
+    device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs, distributed). `client`
+    is an `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
+
+    Inside an initialised ``torch.distributed`` process group (multi-GPU training) every rank calls it with its
+    own sampler: each rank draws its share of `num_samples`, the statistics are combined, rank 0 logs once (only
+    rank 0 needs an MLflow run) and every rank returns the same dict; ``distributed=False`` opts out.
     """
     background.raise_pending_error()
     unknown = set(score_options) - _SCORE_OPTIONS
     if unknown:
         raise TypeError(f"log_gen_metrics got unknown option(s) {sorted(unknown)}; valid: {sorted(_SCORE_OPTIONS)}")
-    run_id, tracking_uri = _resolve_run(run_id, client)
+    rank, world = rank_and_world() if score_options.get("distributed", True) else (0, 1)
+    if world > 1 and not blocking:
+        raise ValueError("blocking=False cannot be used inside a torch.distributed process group: the ranks combine "
+                         "their statistics with collectives, which must not run on a background thread; call "
+                         "log_gen_metrics with blocking=True on every rank (or distributed=False)")
+    run_id, tracking_uri = _resolve_run(run_id, client) if rank == 0 else (None, None)
     step = 0 if step is None else int(step)
     timestamp = int(time.time() * 1000)
 
     def score_and_log(samples, targets, value_range):
         result = score_samples(samples, reference=reference, metrics=metrics, targets=targets, prefix=prefix,
                                value_range=value_range, num_samples=num_samples, **score_options)
+        if rank != 0:  # under a process group rank 0 logs, every rank returns the same numbers
+            return dict(result.metrics)
         return _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix)
 
     if blocking:

@@ -10,8 +10,10 @@ import types
 _EXPORTS = {
     "defaults": ("MODES", "DEFAULT_MODE", "FEATURE_LAYER", "FEATURE_EXTRACTOR", "DEFAULT_METRICS", "METRICS",
                  "DEFAULT_PREFIX"),
+    "messages": ("GenMetricsWarning",),
     "moments": ("GaussianMoments",),
     "accumulator": ("FeatureAccumulator", "FeatureStats"),
+    "distributed": ("DistributedError", "is_distributed", "all_reduce_moments", "all_gather_rows"),
     "frechet": ("frechet_distance", "sqrtm_psd"),
     "kid": ("kernel_inception_distance", "polynomial_mmd_unbiased"),
     "inception_score": ("inception_score", "inception_score_from_logits"),

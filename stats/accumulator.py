@@ -14,6 +14,11 @@ the float32 features themselves (``keep_features``, for KID / PRDC) and the floa
 (``keep_logits``, for the Inception Score). Memory does not grow with the number of images unless features
 or logits are kept. ``merge(other)`` adds another accumulator's state (shards computed elsewhere);
 ``reset()`` empties it.
+
+Inside an initialised ``torch.distributed`` process group every rank accumulates its own images and
+``compute()`` combines all ranks (:mod:`~genmetrics.stats.distributed`: an all-reduce of the float64
+moments, a gather of kept features and logits; ranks without images take part too), so every rank gets
+the statistics of all images. ``distributed=False`` keeps a rank's own statistics.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -21,6 +26,7 @@ from typing import Optional
 import torch
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER
+from .distributed import all_gather_rows, all_reduce_moments, is_distributed
 from .moments import GaussianMoments
 from .preprocess import _check_mode
 
@@ -75,6 +81,8 @@ class FeatureAccumulator:
         batch_size: images per network batch.
         device: where the default model runs (a given model runs where its parameters are).
         value_range: range of float images when not [0, 1], e.g. (-1, 1).
+        distributed: combine all ranks of an initialised process group in ``compute()`` (every rank must
+            call it); False = this rank's images only. Outside a process group it changes nothing.
 
     Example:
         >>> acc = FeatureAccumulator(model=my_extractor)
@@ -83,11 +91,13 @@ class FeatureAccumulator:
     """
 
     def __init__(self, model=None, mode: str = DEFAULT_MODE, layer: str = FEATURE_LAYER, keep_features: bool = False,
-                 keep_logits: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, device=None, value_range=None):
+                 keep_logits: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, device=None, value_range=None,
+                 distributed: bool = True):
         _check_mode(mode)
         self.model, self.mode, self.layer = model, mode, layer
         self.keep_features, self.keep_logits = keep_features, keep_logits
         self.batch_size, self.device, self.value_range = batch_size, device, value_range
+        self.distributed = distributed
         self.reset()
 
     def reset(self) -> "FeatureAccumulator":
@@ -152,9 +162,13 @@ class FeatureAccumulator:
                 "weights_sha256": getattr(model, "weights_sha256", None)}
 
     def compute(self) -> FeatureStats:
-        """The accumulated statistics (raises when nothing was accumulated)."""
-        if self.moments.n == 0:
-            raise ValueError("no images accumulated yet; call update(images) first")
+        """The accumulated statistics, of all ranks when distributed (raises when there are no images)."""
+        moments = self.moments
         features = torch.cat(self._features) if self._features else None
         logits = torch.cat(self._logits) if self._logits else None
-        return FeatureStats(self.moments, features, logits, self.provenance)
+        if self.distributed and is_distributed():
+            moments = all_reduce_moments(moments)
+            features, logits = all_gather_rows(features), all_gather_rows(logits)
+        if moments.n == 0:
+            raise ValueError("no images accumulated yet; call update(images) first")
+        return FeatureStats(moments, features, logits, self.provenance)

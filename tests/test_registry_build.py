@@ -201,31 +201,6 @@ def test_cli_build_test_split_and_merge(cifar_root, no_md5, fid_weights_path, ci
     assert "overlap" in capsys.readouterr().err
 
 
-class _PoolFeatures(torch.nn.Module):
-    """A small real extractor (4x4 average pooling of the preprocessed image -> 48 features), for sharding tests."""
-
-    feature_extractor = "test-avgpool4"
-
-    def forward(self, x):
-        return {"pool3": torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)}
-
-
-def test_torchrun_ranks_shard_automatically_and_the_last_one_merges(cifar_images, tmp_path, monkeypatch):
-    model = _PoolFeatures()
-    images = torch.from_numpy(cifar_images)
-    out = str(tmp_path / "dist.h5")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    for rank in (2, 0, 1):  # ranks finish in any order; the last one merges
-        monkeypatch.setenv("RANK", str(rank))
-        registry.build(images, out, model=model, checkpoint_every=3, progress=False, name="toy")
-        assert os.path.exists(out) == (rank == 1)
-    merged = registry.load(out)
-    assert merged.meta["shard"] == "0/1" and merged.n == len(cifar_images)
-    _assert_matches(merged, extract_features(images, model=model, progress=False)["pool3"].numpy(), atol=1e-10)
-    assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".h5")) == [
-        "dist.h5", "dist.shard0of3.h5", "dist.shard1of3.h5", "dist.shard2of3.h5"]
-
-
 def _write_idx(path, array):
     """MNIST's idx format: magic (0x08 = uint8, ndim), big-endian int32 dims, raw bytes."""
     import struct

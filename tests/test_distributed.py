@@ -1,0 +1,115 @@
+"""torch.distributed (gloo, CPU, 2 ranks under torchrun): statistics, scoring inside training and builds combine
+the ranks exactly, and a failing rank stops every rank with a clear error."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fixtures_plugin_scoring import TinyExtractor, tiny_reference_path  # noqa: F401 (fixture)
+
+from genmetrics.plugin import score_samples
+from genmetrics.stats import GaussianMoments
+
+JOBS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_jobs.py")
+sys.path.insert(0, os.path.dirname(JOBS))
+from distributed_jobs import COUNTS, rank_features, score_samples_of  # noqa: E402
+
+
+def torchrun(*args, timeout=600, env=None):
+    """Run `args` under torchrun with 2 local ranks; returns the completed process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _job(name, out, *args, **kwargs):
+    return torchrun(JOBS, name, str(out), *map(str, args), **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["ragged", "empty"])
+def test_all_reduced_moments_equal_the_offline_merge(layout, tmp_path):
+    done = _job("moments", tmp_path, layout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = COUNTS[layout]
+    parts = [rank_features(r, counts) for r in range(2)]
+    offline = GaussianMoments.from_features(parts[0])
+    if counts[1]:
+        offline.merge(GaussianMoments.from_features(parts[1]))
+    for rank in range(2):
+        got = np.load(tmp_path / f"moments-{layout}.rank{rank}.npz")
+        assert int(got["local_n"]) == counts[rank] and int(got["n"]) == sum(counts)
+        assert np.allclose(got["mean"], offline.mean, rtol=1e-12, atol=0)
+        assert np.abs(got["cov"] - offline.cov).max() <= 1e-12 * np.abs(offline.cov).max()
+        assert np.array_equal(got["rows"], np.concatenate(parts))  # gathered in rank order, ragged/empty shards
+
+
+def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
+    done = _job("fail", tmp_path, 30)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"fail.rank{r}.json").read_text()) for r in range(2)]
+    assert seen[1]["message"] == "ValueError: rank 1 could not read its images"
+    assert seen[0]["message"].startswith("DistributedError: rank(s) [1] of 2 failed")
+    assert seen[0]["seconds"] < 30  # told at once, not after the process group's timeout
+
+
+def test_log_gen_metrics_on_every_rank_logs_once(tmp_path, mlflow_server, tiny_reference_path):  # noqa: F811
+    from mlflow.tracking import MlflowClient
+
+    done = _job("score", tmp_path, mlflow_server.uri, tiny_reference_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"score.rank{r}.json").read_text()) for r in range(2)]
+    assert seen[0]["results"] == seen[1]["results"]  # every rank returns the same dict
+    client = MlflowClient(mlflow_server.uri)
+    run_id = seen[0]["run_id"]
+    for step, result in enumerate(seen[0]["results"]):
+        alone = score_samples(score_samples_of(step), reference=tiny_reference_path, metrics=["fid", "kid", "ssim"],
+                              model=TinyExtractor(), kid_subsets=5, diversity_pairs=6).metrics
+        assert result.keys() == alone.keys()
+        assert result["gen/fid"] == pytest.approx(alone["gen/fid"], rel=1e-6)
+        assert result["gen/kid"] == pytest.approx(alone["gen/kid"], rel=1e-6)
+        assert result["gen/ssim_diversity"] == pytest.approx(alone["gen/ssim_diversity"], rel=1e-6)
+    for key in seen[0]["results"][0]:
+        history = client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == [0, 1], key  # one entry per step: rank 0 logged once
+    params = client.get_run(run_id).data.params
+    assert params["gen/num_samples"] == "7" and params["gen/rank_num_samples"] == "3,4"
+
+
+def test_a_failing_rank_leaves_no_partial_file(tmp_path):
+    from fixtures_plugin_scoring import tiny_images
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(tiny_images(6, seed=5)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    done = _job("build_fail", tmp_path, folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"build_fail.rank{r}.json").read_text())["message"] for r in range(2)]
+    assert seen[1].startswith("OSError: rank 1: cannot read images")
+    assert seen[0].startswith("DistributedError: rank(s) [1] of 2 failed")
+    assert not (tmp_path / "failed.h5").exists()
+
+
+def test_torchrun_build_equals_the_single_process_build(tmp_path, fid_weights_path, photos):
+    from fixtures_data import make_photo_folder
+
+    from genmetrics.registry import build, load
+
+    folder = make_photo_folder(tmp_path / "photos", list(photos))
+    genmetrics = os.path.join(os.path.dirname(sys.executable), "genmetrics")
+    out = tmp_path / "ddp.h5"
+    done = torchrun(genmetrics, "stats", "build", str(folder), "-o", str(out), "--weights", fid_weights_path,
+                    "--features", "--device", "cpu", "--checkpoint-every", "2", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = load(str(out))
+    alone = build(str(folder), str(tmp_path / "alone.h5"), weights=fid_weights_path, features=True, device="cpu",
+                  progress=False)
+    assert ddp.n == alone.n == len(photos) and ddp.meta["shard"] == "0/1"
+    assert np.allclose(ddp.mu, alone.mu, rtol=1e-6, atol=1e-7)
+    assert np.abs(ddp.sigma - alone.sigma).max() <= 1e-6 * np.abs(alone.sigma).max()
+    assert np.allclose(ddp.features, alone.features, rtol=1e-5, atol=1e-6)  # rank order = file order
+    assert sorted(p.name for p in tmp_path.iterdir() if ".h5" in p.name and not p.name.endswith(".lock")) == [
+        "alone.h5", "ddp.h5"]  # no shard files, no checkpoints left
