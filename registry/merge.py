@@ -15,6 +15,7 @@ images); a partial one lists its shard ids (e.g. ``"0/4,2/4"``) and ranges, and 
 the rest.
 """
 import os
+from typing import Sequence
 
 from .refstats import ReferenceStats, read_refstats, write_refstats
 
@@ -70,7 +71,7 @@ def _check_ranges(shards, complete):
     return ",".join(f"{start}:{stop}" for start, stop in joined) or None
 
 
-def merge(paths, output, sqrt_sigma=False):
+def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> ReferenceStats:
     """Merge shard .h5 files (written by `build`) into `output`; returns the merged ReferenceStats."""
     import numpy as np
 

@@ -6,12 +6,16 @@ with a message that names the problem and how to fix it. They accept numpy array
 device.
 """
 import numbers
+from typing import Union
 
 import numpy as np
 import torch
 
 
-__all__ = []
+__all__ = ["ArrayLike"]
+
+#: What the metric functions take: a numpy array or a torch tensor (any device).
+ArrayLike = Union[np.ndarray, torch.Tensor]
 
 def _is_array(x):
     return isinstance(x, (np.ndarray, torch.Tensor))

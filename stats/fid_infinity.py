@@ -11,17 +11,21 @@ least squares in 1/N, and returns its intercept. Same units as FID. As in the au
 reference (typically 50,000 images) is taken as exact; use >= 50,000 generated samples and the
 defaults (N from 5,000, 15 points) to compare with their numbers.
 """
+from typing import Optional
+
 import numpy as np
 import torch
 
-from .checks import _as_float64_numpy, _check_features, _check_positive_int
+from .checks import ArrayLike, _as_float64_numpy, _check_features, _check_positive_int
 from .frechet import frechet_distance, sqrtm_psd
 from .moments import GaussianMoments
 
 __all__ = ["fid_infinity"]
 
 
-def fid_infinity(fake_features, mu_ref, sigma_ref, sqrt_sigma_ref=None, min_samples=5000, num_points=15, seed=0):
+def fid_infinity(fake_features: ArrayLike, mu_ref: ArrayLike, sigma_ref: ArrayLike,
+                 sqrt_sigma_ref: Optional[ArrayLike] = None, min_samples: int = 5000, num_points: int = 15,
+                 seed: int = 0) -> float:
     """Extrapolated FID at infinitely many generated samples (float), see the module docstring.
 
     fake_features: (N, D) generated-sample features, N > min_samples (numpy or torch, any device).

@@ -26,10 +26,12 @@ negative beyond its rounding bound. The distance is homogeneous (scaling the fea
 a^2), so inputs far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an
 exact power of two first and the result scaled back: large-magnitude features give a finite FID.
 """
+from typing import Optional
+
 import numpy as np
 import torch
 
-from .checks import _as_float64_numpy, _check_mean_cov, _check_same_dim
+from .checks import ArrayLike, _as_float64_numpy, _check_mean_cov, _check_same_dim
 
 __all__ = ["frechet_distance", "sqrtm_psd"]
 
@@ -37,7 +39,7 @@ _MIN_RTOL = 1e-9
 _SAFE_EXPONENT = 300
 
 
-def sqrtm_psd(sigma):
+def sqrtm_psd(sigma: ArrayLike) -> np.ndarray:
     """Symmetric square root of a symmetric positive semi-definite matrix (float64).
 
     A = V diag(sqrt(max(w, 0))) V^T for the eigendecomposition sigma = V diag(w) V^T; A is symmetric,
@@ -107,7 +109,8 @@ def _power_of_two_scale(mu1, mu2, sigma1, sigma2):
     return 0 if abs(exponent) <= _SAFE_EXPONENT else int(exponent) // 2
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike,
+                     sqrt_sigma1: Optional[ArrayLike] = None) -> float:
     """Squared Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2), as a float.
 
     Inputs are numpy arrays or torch tensors (any float dtype), computed in float64. ``sqrt_sigma1``, if

@@ -17,22 +17,25 @@ reproduced here by ``shuffle_seed=2020``); torchmetrics shuffles with ``torch.ra
 splits with ``torch.chunk`` (ceil(N/splits) rows per group, which can give fewer groups) and reports
 the std with ddof=1. Everything here is float64.
 """
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 
-from .checks import _check_features, _check_positive_int, _check_probabilities
+from .checks import ArrayLike, _check_features, _check_positive_int, _check_probabilities
 
 __all__ = ["inception_score", "inception_score_from_logits"]
 
 
-def inception_score(probs, splits=10, shuffle_seed=None):
+def inception_score(probs: ArrayLike, splits: int = 10, shuffle_seed: Optional[int] = None) -> Tuple[float, float]:
     """IS (mean, std) from softmax rows `probs` (N, C) (numpy or torch; rows >= 0 summing to 1)."""
     _check_probabilities(probs, "probs")
     p = torch.as_tensor(probs).detach().to(torch.float64)
     return _split_scores(p, torch.log(p), splits, shuffle_seed)
 
 
-def inception_score_from_logits(logits, splits=10, shuffle_seed=None):
+def inception_score_from_logits(logits: ArrayLike, splits: int = 10,
+                                shuffle_seed: Optional[int] = None) -> Tuple[float, float]:
     """IS (mean, std) from classifier logits (N, C): softmax and log-softmax in float64, then as above."""
     _check_features(logits, "logits", min_samples=1)
     z = torch.as_tensor(logits).detach().to(torch.float64)

@@ -14,9 +14,11 @@ unless distances tie exactly). precision, recall and coverage lie in [0, 1]; den
 (about 1 when Y and X come from the same distribution). Distances are computed in float64, in row blocks
 so memory stays O(block * max(N, M)).
 """
+from typing import Dict
+
 import torch
 
-from .checks import _check_features, _check_positive_int, _check_same_dim
+from .checks import ArrayLike, _check_features, _check_positive_int, _check_same_dim
 
 __all__ = ["prdc"]
 
@@ -39,7 +41,7 @@ def _kth_neighbour_sq_radius(x, k, block):
     return torch.cat(radii)
 
 
-def prdc(real_features, fake_features, k=5, block=1024):
+def prdc(real_features: ArrayLike, fake_features: ArrayLike, k: int = 5, block: int = 1024) -> Dict[str, float]:
     """{"precision", "recall", "density", "coverage"} (floats) of fake vs real feature sets (N, D), (M, D).
 
     Needs more than `k` samples on each side. numpy arrays or torch tensors; computed in float64 on the
