@@ -189,23 +189,43 @@ def _looks_like_path(text):
 def load(ref_or_path, progress=True):
     """ReferenceStats from a registry ref (fetched when not cached), an .h5 or .npz path, or a ReferenceStats.
 
-    ``features`` of an .h5 file are read on first access, so loading a cached entry reads only the
-    moments (well under a second).
+    The one loader of statistics: scoring, the CLI, deferred scoring and the evaluator all call it. A file
+    is read once per process while it is unchanged (same size and modification time), so a training loop
+    that scores every few steps does not re-read it. ``features`` of an .h5 file are read on first
+    access, so loading a cached entry reads only the moments (well under a second).
     """
     if isinstance(ref_or_path, ReferenceStats):
         return ref_or_path
     if not isinstance(ref_or_path, (str, os.PathLike)):
-        raise TypeError(f"expected a registry ref, a path or a ReferenceStats, got {type(ref_or_path).__name__}")
+        raise TypeError(f"expected a registry ref such as 'cifar10-train-32', a path to an .h5/.npz statistics "
+                        f"file or a ReferenceStats, got {type(ref_or_path).__name__}")
     text = os.fspath(ref_or_path)
     if os.path.isfile(text):
-        if text.lower().endswith(".npz"):
-            stats = read_npz(text)
-            stats.path = os.path.abspath(text)
-            return stats
-        return read_refstats(text)
+        return _read_once(text)
     if _looks_like_path(text):
         raise FileNotFoundError(f"statistics file {text} does not exist (it is a path, not a registry ref)")
-    return read_refstats(fetch(text, progress=progress))
+    return _read_once(fetch(text, progress=progress))
+
+
+_LOADED = {}
+_LOADED_MAX = 4
+
+
+def _read_once(path):
+    """Read an .h5 (or .npz) file, or return the copy read before while the file is unchanged."""
+    path = os.path.abspath(path)
+    status = os.stat(path)
+    key = (path, status.st_mtime_ns, status.st_size)
+    if key not in _LOADED:
+        if path.lower().endswith(".npz"):
+            stats = read_npz(path)
+            stats.path = path
+        else:
+            stats = read_refstats(path)
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = stats
+    return _LOADED[key]
 
 
 def _resolve_file(ref_or_path):

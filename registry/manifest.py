@@ -29,7 +29,9 @@ import urllib.parse
 import urllib.request
 import warnings
 
-from .refs import DEFAULT_MODE, check_name, parse_ref
+from genmetrics.stats.defaults import DEFAULT_MODE, MODES
+
+from .refs import check_name, parse_ref
 
 __all__ = ["ManifestEntry", "Source", "load_manifests", "resolve", "UnknownRefError", "MANIFEST_ENV",
            "PACKAGED_MANIFEST", "MODES"]
@@ -37,7 +39,6 @@ __all__ = ["ManifestEntry", "Source", "load_manifests", "resolve", "UnknownRefEr
 MANIFEST_ENV = "GENMETRICS_MANIFEST"
 PACKAGED_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.yaml")
 MANIFEST_FORMAT_VERSION = 1
-MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 SOURCE_FORMATS = ("npz", "h5")
 _OPTIONAL_TEXT = ("provider", "citation", "license", "description")
 

@@ -17,6 +17,8 @@ import numpy as np
 from .refstats import RefStatsFormatError, ReferenceStats, write_refstats
 from .refstats_checks import MAX_COMPRESSION_RATIO, MAX_DIM, MAX_FEATURE_BYTES, check_arrays, check_full
 
+from genmetrics.stats.defaults import FEATURE_LAYER
+
 __all__ = ["read_npz", "import_npz"]
 
 _FEATURE_KEYS = ("features", "feats")
@@ -107,7 +109,7 @@ def read_npz(path, source=None, **meta):
         "source_sha256": file_sha256(path),
         "source_format": "npz",
         "num_samples": n,
-        "feature_layer": "pool3",
+        "feature_layer": FEATURE_LAYER,
     }
     provenance.update({k: v for k, v in meta.items() if v is not None})
     if "feature_extractor" not in provenance:
@@ -139,7 +141,7 @@ def import_npz(npz_path, output=None, mode=None, name=None, split="unknown", res
     the statistics, when known (TTUR files do not say; 0 is stored for unknown).
     sqrt_sigma: also store the symmetric square root of sigma (speeds up later FIDs).
     """
-    from .manifest import MODES
+    from genmetrics.stats.defaults import MODES
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES} (the preprocessing the .npz was made with: TTUR -> "

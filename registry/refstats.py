@@ -31,6 +31,8 @@ import numpy as np
 from .refstats_checks import (RefStatsFormatError, check_arrays, check_dataset, check_dim, check_full, check_layout,
                               read_attributes)
 
+from genmetrics.stats.defaults import PROVENANCE_KEYS, weights_identity
+
 __all__ = ["ReferenceStats", "RefStatsFormatError", "write_refstats", "read_refstats", "created_by",
            "FORMAT", "FORMAT_VERSION", "REQUIRED_ATTRIBUTES"]
 
@@ -41,13 +43,31 @@ REQUIRED_ATTRIBUTES = ("dataset", "split", "resolution", "mode", "version", "fea
 _MATRICES = ("sigma", "outer_sum", "sqrt_sigma")
 
 
+_PROVENANCE_LABELS = {"mode": "mode", "feature_extractor": "feature extractor", "feature_layer": "feature layer",
+                      "weights_sha256": "Inception weights"}
+
+
+def _text(value):
+    return None if value is None else str(value)
+
+
+def _comparable_value(key, value):
+    """What must be equal for two sides to be comparable (weights: the identity of known files)."""
+    return weights_identity(value) if key == "weights_sha256" else _text(value)
+
+
 class ReferenceStats:
     """Gaussian statistics of a reference image set, with provenance.
 
     mu (D,), sigma (D, D) float64; n (int, 0 = unknown); optional ``features`` (N, D) float32 (read from
     the file on first access when loaded from disk), ``sqrt_sigma`` (D, D), ``sum``/``outer_sum``
     (the exact moments: mu = sum / n, sigma = (outer_sum - n mu mu^T) / (n - 1)); ``meta`` holds every
-    root attribute of the file; ``path`` the file it came from (or None).
+    root attribute of the file (bytes decoded to str, numpy scalars to Python ones); ``path`` the file it
+    came from (or None).
+
+    Every comparison (scoring, the CLI, deferred scoring, the evaluator) goes through this class:
+    :attr:`provenance` says how the features were made and :meth:`check_comparable` refuses to compare
+    statistics made differently.
     """
 
     def __init__(self, mu, sigma, n, features=None, sqrt_sigma=None, sum=None, outer_sum=None, meta=None,
@@ -59,7 +79,7 @@ class ReferenceStats:
         self.sqrt_sigma = None if sqrt_sigma is None else np.asarray(sqrt_sigma, dtype=np.float64)
         self.sum = None if sum is None else np.asarray(sum, dtype=np.float64)
         self.outer_sum = None if outer_sum is None else np.asarray(outer_sum, dtype=np.float64)
-        self.meta = dict(meta or {})
+        self.meta = {key: _decode(value) for key, value in (meta or {}).items()}
         self.path = path
         _check_arrays(self._arrays(), "the statistics", self.n)
 
@@ -68,6 +88,65 @@ class ReferenceStats:
         """From a :class:`genmetrics.stats.GaussianMoments` (keeps n, sum and outer_sum)."""
         return cls(moments.mean, moments.cov, moments.n, features=features, sum=moments.sum,
                    outer_sum=moments.outer_sum, meta=meta)
+
+    @property
+    def provenance(self) -> dict:
+        """How the features were made: ``{key: str or None}`` for mode, feature_extractor, feature_layer and
+        weights_sha256 (None where the file does not say)."""
+        return {key: _text(self.meta.get(key)) for key in PROVENANCE_KEYS}
+
+    @property
+    def reference_id(self) -> str:
+        """The pinned registry ref (``cifar10-train-32-clean@1``) when known, else ``dataset-split-...``
+        from the provenance, else the file path."""
+        if self.meta.get("registry_ref"):
+            return str(self.meta["registry_ref"])
+        parts = [_text(self.meta.get(k)) for k in ("dataset", "split", "resolution", "mode")]
+        if parts[0] is None:
+            return self.path or "in-memory statistics"
+        version = _text(self.meta.get("version"))
+        ident = "-".join(p for p in parts if p)
+        return f"{ident}@{version}" if version else ident
+
+    def file_sha256(self):
+        """sha256 of the statistics: as recorded in the metadata, else of the file; None in memory."""
+        for key in ("sha256", "file_sha256"):
+            if self.meta.get(key):
+                return str(self.meta[key])
+        if self.path and os.path.isfile(self.path):
+            from genmetrics.stats.download import cached_file_sha256
+
+            return cached_file_sha256(self.path)
+        return None
+
+    def check_comparable(self, other, allow_mismatch=False, names=("samples", "reference")) -> list:
+        """Refuse to compare with `other` (a ReferenceStats or a provenance dict) when the preprocessing mode,
+        feature extractor, feature layer or Inception weights differ; values a side does not record are not
+        checked, and the known files of the FID Inception weights count as the same weights.
+
+        Returns the descriptions of the differences (empty when none); with ``allow_mismatch`` they are
+        returned instead of raised. ``names`` name `other` and this side in the message.
+        """
+        theirs = other.provenance if isinstance(other, ReferenceStats) else other
+        mismatches = []
+        for key, label in _PROVENANCE_LABELS.items():
+            a, b = _comparable_value(key, theirs.get(key)), _comparable_value(key, self.provenance.get(key))
+            if a is not None and b is not None and a != b:
+                mismatches.append(f"{label} ({names[0]}: {theirs.get(key)!r}, {names[1]}: "
+                                  f"{self.provenance.get(key)!r})")
+        if mismatches and not allow_mismatch:
+            raise ValueError(
+                f"refusing to compare: the {names[0]} and the {names[1]} differ in {'; '.join(mismatches)}, so the "
+                f"score would not measure the images alone. Use matching settings (mode={self.provenance['mode']!r} "
+                f"in Python, or pass the matching --mode on the command line), or allow_mismatch=True "
+                f"(--allow-mismatch) to compare anyway")
+        return mismatches
+
+    def describe(self) -> str:
+        """One line: where from, how many samples, D, and how the features were made."""
+        made = ", ".join(f"{k} {v}" for k, v in self.provenance.items() if v and k != "weights_sha256")
+        return f"{self.path or self.reference_id}: {self.n or 'unknown number of'} samples, D={self.dim}, " \
+               f"{made or 'provenance unknown'}"
 
     @property
     def features(self):
@@ -87,15 +166,6 @@ class ReferenceStats:
     @property
     def dim(self):
         return self.mu.shape[0]
-
-    def moments(self):
-        """The exact moments as a :class:`genmetrics.stats.GaussianMoments` (needs sum and outer_sum)."""
-        from genmetrics.stats import GaussianMoments
-
-        if self.sum is None or self.outer_sum is None:
-            raise ValueError(f"{self.path or 'these statistics'} hold no sum/outer_sum (an imported upstream "
-                             f"file); only files written by `genmetrics stats build` can be merged exactly")
-        return GaussianMoments.from_state({"n": self.n, "sum": self.sum, "outer_sum": self.outer_sum})
 
     def _arrays(self):
         arrays = {"mu": self.mu, "sigma": self.sigma, "sqrt_sigma": self.sqrt_sigma, "sum": self.sum,
@@ -173,7 +243,7 @@ def write_refstats(path, stats, features_dtype="float32"):
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=("v110", "v110")) as f:  # checksummed metadata (see docstring)
             for key in sorted(meta):
                 f.attrs[key] = _attr_value(meta[key])
             f.create_dataset("mu", data=stats.mu.astype(np.float64))
