@@ -40,7 +40,6 @@ FORMAT = "genmetrics-refstats"
 FORMAT_VERSION = 1
 REQUIRED_ATTRIBUTES = ("dataset", "split", "resolution", "mode", "version", "feature_extractor", "feature_layer",
                        "weights_sha256", "num_samples", "created_at", "created_by", "source")
-_MATRICES = ("sigma", "outer_sum", "sqrt_sigma")
 
 
 _PROVENANCE_LABELS = {"mode": "mode", "feature_extractor": "feature extractor", "feature_layer": "feature layer",
