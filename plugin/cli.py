@@ -3,10 +3,21 @@
 Each sub-command lives in its own module of this package, which exposes
 ``add_parser(subparsers)``; the parser it adds sets ``func`` to the function
 that runs the command and returns its exit status.
+
+Nothing here, nor in the ``add_parser`` functions, imports torch or MLflow: ``--help`` answers at once,
+and arguments, paths and output locations (``cli_checks``) are refused before any model is loaded.
+
+Messages: an error is one line, ``genmetrics <command>: error: <message>`` (exit status 2); a warning,
+whether raised with :mod:`warnings` (category :class:`genmetrics.stats.messages.GenMetricsWarning` in the
+library) or logged to the ``genmetrics`` logger, is one line, ``genmetrics <command>: warning: <message>``,
+without the source line Python would show.
 """
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
+import warnings
 
 __all__ = ["build_parser", "main", "COMMAND_MODULES"]
 
@@ -25,13 +36,65 @@ def build_parser():
     return parser
 
 
+class _OneLine(logging.Formatter):
+    """``genmetrics <command>: warning: <message>`` for records of the ``genmetrics`` logger."""
+
+    def __init__(self, command):
+        super().__init__()
+        self.command = command
+
+    def format(self, record):
+        message = record.getMessage()
+        message = message[len("genmetrics: "):] if message.startswith("genmetrics: ") else message
+        return f"genmetrics {self.command}: {record.levelname.lower()}: {message}"
+
+
+@contextlib.contextmanager
+def one_line_messages(command):
+    """Within the block, every warning, and the ``genmetrics`` logger's warnings, show as one line prefixed with
+    the command (restored after: ``main`` may be called in a process that has its own logging)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"genmetrics {command}: warning: {message}", file=sys.stderr)
+
+    logger = logging.getLogger("genmetrics")
+    saved = warnings.showwarning, logger.propagate
+    _HANDLER.setLevel(logging.WARNING)
+    _HANDLER.setFormatter(_OneLine(command))
+    warnings.showwarning = show
+    logger.addHandler(_HANDLER)
+    logger.propagate = False  # one line, not one more from a root handler (score/watch format it with a time)
+    try:
+        yield
+    finally:
+        warnings.showwarning, logger.propagate = saved
+        logger.removeHandler(_HANDLER)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a record comes (pytest's capture replaces it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+_HANDLER = _Stderr()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        print(f"genmetrics {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    command = " ".join(filter(None, (args.command, getattr(args, "stats_command", None))))
+    with one_line_messages(command):
+        try:
+            return args.func(args) or 0
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"genmetrics {command}: error: {message}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

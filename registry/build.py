@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
+from genmetrics.stats.messages import GenMetricsWarning
 
 from .checkpoint import StreamDigest, fingerprint, load_checkpoint, model_identity, output_lock, save_checkpoint, \
     source_digest
@@ -223,7 +224,8 @@ class _Run:
             return True
         needed = state["done"] * (state["moments"].dim if state["moments"] else 0) * 4
         if not os.path.isfile(self.features_file) or os.path.getsize(self.features_file) < needed:
-            warnings.warn(f"{self.features_file} is missing or short; starting the build over", stacklevel=4)
+            warnings.warn(f"{self.features_file} is missing or short; starting the build over", GenMetricsWarning,
+                          stacklevel=4)
             os.remove(self.ckpt)
             return False
         with open(self.features_file, "r+b") as f:

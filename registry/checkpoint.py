@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from genmetrics.stats.messages import GenMetricsWarning
+
 __all__ = ["BuildLockedError", "output_lock", "source_digest", "model_identity", "StreamDigest", "fingerprint",
            "save_checkpoint", "load_checkpoint"]
 
@@ -162,7 +164,8 @@ def load_checkpoint(path, expected):
     else:
         reason = "was made from other images or arguments" + _difference(str(found["fingerprint"]), expected)
     if not matches:
-        warnings.warn(f"checkpoint {path} {reason}; discarding it and starting the build over", stacklevel=3)
+        warnings.warn(f"checkpoint {path} {reason}; discarding it and starting the build over", GenMetricsWarning,
+                      stacklevel=3)
         os.remove(path)
         return None
     first_size = str(found["first_size"]) or None

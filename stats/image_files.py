@@ -10,7 +10,6 @@ import os
 import zipfile
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from .threads import thread_map
@@ -104,4 +103,6 @@ def iter_image_files(path, names=None, chunk=64):
 
 
 def _as_batch(array):
+    import torch  # here: listing a folder (the command line's first check) does not load torch
+
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]

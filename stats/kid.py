@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .checks import _check_features, _check_positive_int, _check_same_dim
+from .messages import GenMetricsWarning
 
 __all__ = ["kernel_inception_distance", "polynomial_mmd_unbiased", "polynomial_kernel"]
 
@@ -117,7 +118,7 @@ def kernel_inception_distance(
         warnings.warn(
             f"KID subset_size={subset_size} is larger than the number of samples ({n1} and {n2}); using "
             f"subsets of {min(n1, n2)} instead. KID stays unbiased but is noisier: use more samples.",
-            UserWarning,
+            GenMetricsWarning,
             stacklevel=2,
         )
         subset_size = min(n1, n2)

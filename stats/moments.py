@@ -24,10 +24,10 @@ statistics file format (sum = s + n c, outer_sum = S' for c' = 0) are available 
 ``outer_sum`` and accepted by ``from_state``; they cancel for large means, so a stable state is
 saved with its shift (``state_dict()``) or rebuilt from mean and covariance (``from_mean_cov``).
 """
-import warnings
-
 import numpy as np
 import torch
+
+from .messages import warn_once
 
 from .checks import _as_float64_numpy, _check_features
 
@@ -236,19 +236,19 @@ class GaussianMoments:
     def cov(self):
         """float64 (D, D) unbiased sample covariance (S - s s^T / n) / (n - 1); symmetric by construction.
 
-        Warns (UserWarning) when n <= D: the covariance then has rank at most n - 1 < D and the Fréchet
-        distance computed from it is biased upward.
+        Warns (:class:`~genmetrics.stats.messages.GenMetricsWarning`) when n <= D: the covariance then has
+        rank at most n - 1 < D and the Fréchet distance computed from it is biased upward. The warning is
+        shown once per process for each (n, D), not at every scoring call of a training loop.
         """
         self._check_not_empty()
         if self._n < 2:
             raise ValueError("the covariance needs at least 2 samples, got 1; add more samples")
         if self._n <= self.dim:
-            warnings.warn(
+            warn_once(
+                ("rank-deficient covariance", self._n, self.dim),
                 f"covariance of D={self.dim} features estimated from only n={self._n} samples has rank at most "
                 f"n-1={self._n - 1} < D: FID computed from it is biased (upward, strongly at small n). Use more than "
                 f"{self.dim} samples, and 10,000-50,000 for numbers comparable with published FIDs.",
-                UserWarning,
-                stacklevel=2,
             )
         cov = (self._outer_sum - np.outer(self._sum, self._sum) / self._n) / (self._n - 1)
         return (cov + cov.T) / 2

@@ -36,6 +36,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .messages import GenMetricsWarning
+
 __all__ = ["ssim", "ms_ssim", "MS_SSIM_WEIGHTS", "MS_SSIM_MIN_SIZE", "WINDOW_SIZE", "WINDOW_SIGMA", "K1", "K2"]
 
 WINDOW_SIZE = 11
@@ -108,7 +110,7 @@ def _check_values(x, y, data_range):
     if data_range >= 100 and high - low <= 1:
         warnings.warn(f"data_range={data_range:g} but the images span only [{low:g}, {high:g}]: for images in "
                       f"[0, 1] pass data_range=1.0 (a too large data_range inflates C1, C2 and pushes SSIM to 1)",
-                      stacklevel=4)
+                      GenMetricsWarning, stacklevel=4)
 
 
 def _check_size(x, minimum, what):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .download import (OFFLINE_ENV, CacheNotWritableError, DownloadError, NetworkUnavailableError, cached_file_sha256,
                        download, genmetrics_home, offline)
+from .messages import GenMetricsWarning
 
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
            "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
@@ -206,7 +207,7 @@ def _warn_once(key, message):
     resolves the weights at every call."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, stacklevel=4)
+        warnings.warn(message, GenMetricsWarning, stacklevel=4)
 
 
 def _how_to_provide(entry, env_var):

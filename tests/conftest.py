@@ -1,3 +1,18 @@
 """Shared fixtures: each fixtures_*.py module holds one kind of real test resource, loaded as a plugin."""
 
 pytest_plugins = ["fixtures_data", "fixtures_demo", "fixtures_http", "fixtures_mlflow", "fixtures_plugin_scoring"]
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_once_per_process_warnings():
+    """Warnings shown once per process (genmetrics.stats.messages.warn_once, scoring's skip warnings) are shown
+    again in each test, so a test does not depend on which tests ran before it in the same process."""
+    from genmetrics.plugin.scoring import _Skips
+    from genmetrics.stats.messages import forget_warnings
+
+    forget_warnings()
+    _Skips.warned.clear()
+    yield
+
