@@ -3,16 +3,30 @@
 Images are preprocessed one input batch at a time and regrouped into network batches of exactly
 `batch_size` images (the last one smaller), so the features do not depend on how the input was batched;
 with the full-float32 network they also do not depend on `batch_size` beyond float rounding (~1e-6).
-"""
-from typing import Dict, Optional, Tuple
 
+For folders, zip files, arrays, tensors and lists of them, reading, decoding and resizing run in a
+background thread, up to ``PREFETCH`` network batches ahead of the network, so neither waits for the
+other (the network's threads and PIL release the GIL). Other iterables (generators, DataLoaders) are
+consumed in the caller's thread: their code may rely on its grad mode, CUDA device or stream.
+An :class:`~genmetrics.stats.inception.FIDInception` is run through its fast form
+(:func:`genmetrics.stats.inception_fast.fast_inception`, same features to ~1e-6) unless ``fast=False``.
+"""
+import os
+import queue
+import threading
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
 from .image_input import count_images, iter_image_batches
-from .inception import load_inception
+from .inception import FIDInception, load_inception
 from .preprocess import _check_mode, preprocess
+
+#: Network batches prepared ahead of the network by the background thread.
+PREFETCH = 2
 
 __all__ = ["extract_features"]
 
@@ -41,6 +55,84 @@ def _same_device(a, b):
     return True
 
 
+def _network_input(images, mode, batch_size, device, value_range) -> Iterator[torch.Tensor]:
+    """Preprocessed network batches of exactly `batch_size` images (the last one smaller), in input order."""
+    pending, pending_count = [], 0
+    for batch in iter_image_batches(images, value_range):
+        for start in range(0, batch.shape[0], batch_size):
+            pending.append(preprocess(batch[start:start + batch_size], mode, device=device))
+            pending_count += pending[-1].shape[0]
+            while pending_count >= batch_size:
+                merged = torch.cat(pending) if len(pending) > 1 else pending[0]
+                yield merged[:batch_size]
+                pending = [merged[batch_size:]] if merged.shape[0] > batch_size else []
+                pending_count -= batch_size
+    if pending_count:
+        yield torch.cat(pending)
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
+    """The items of `items`, produced by a daemon thread up to `depth` ahead of the consumer.
+
+    An exception in the producer is re-raised in the consumer at the point it happened; when the
+    consumer stops early (exception, ``close()``), the producer stops at its next item.
+    """
+    slots, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            with torch.no_grad():
+                for item in items:
+                    if not put((item, None)):
+                        return
+            put((_DONE, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((_DONE, error))
+
+    worker = threading.Thread(target=produce, name="genmetrics-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _prefetchable(images) -> bool:
+    """True for inputs whose reading has no side effects in the caller's thread: a folder or zip path,
+    an array or tensor, or a list/tuple of those."""
+    def materialised(x):
+        return isinstance(x, (str, os.PathLike, np.ndarray)) or torch.is_tensor(x)
+    return materialised(images) or (isinstance(images, (list, tuple)) and all(materialised(x) for x in images))
+
+
+def _network(model, fast):
+    """The module that computes `model`'s features: the fast form of a plain FIDInception when `fast`."""
+    if fast and type(model) is FIDInception:
+        from .inception_fast import fast_inception
+
+        return fast_inception(model)
+    return model
+
+
 def _features(model, x):
     """Run the model on one network batch; dict of float32 CPU tensors (a bare tensor counts as pool3)."""
     out = model(x)
@@ -51,7 +143,7 @@ def _features(model, x):
 
 def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str = DEFAULT_MODE,
                      batch_size: int = DEFAULT_BATCH_SIZE, device=None, progress: bool = True,
-                     value_range: Optional[Tuple[float, float]] = None) -> Dict[str, torch.Tensor]:
+                     value_range: Optional[Tuple[float, float]] = None, fast: bool = True) -> Dict[str, torch.Tensor]:
     """Inception features of `images` -> {"pool3": (N, 2048), "logits": (N, 1008) if the model has the head}.
 
     images: uint8 (0..255) or float [0, 1] arrays/tensors in NCHW or NHWC, iterables of batches or
@@ -64,6 +156,8 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
       (pytorch-fid); see ``genmetrics.stats.preprocess``.
     device: None = the model's device (CUDA if available for the default model).
     progress: show a tqdm progress bar (images processed) on stderr.
+    fast: run an FIDInception through its fast form (BatchNorm folded, fused convolutions, channels-last;
+      float32 like the module, features equal to ~1e-6 relative); False runs the module as it is.
     Returns float32 CPU tensors, rows in input order.
     """
     _check_mode(mode)
@@ -71,29 +165,19 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
     if model is None:
         model = load_inception(device=device)
     device = _model_device(model, device)
-    collected, pending, pending_count = {}, [], 0
-
-    def run(x):
-        for name, value in _features(model, x).items():
-            collected.setdefault(name, []).append(value)
-        bar.update(x.shape[0])
-
+    network, collected = _network(model, fast), {}
     was_training = model.training
     model.eval()
+    batches = _network_input(images, mode, batch_size, device, value_range)
+    batches = _prefetched(batches) if _prefetchable(images) else batches
     try:
         with torch.no_grad(), tqdm(total=count_images(images), disable=not progress, unit="img",
                                    desc=f"Inception features ({mode})", leave=False) as bar:
-            for batch in iter_image_batches(images, value_range):
-                for start in range(0, batch.shape[0], batch_size):
-                    pending.append(preprocess(batch[start:start + batch_size], mode, device=device))
-                    pending_count += pending[-1].shape[0]
-                    while pending_count >= batch_size:
-                        merged = torch.cat(pending) if len(pending) > 1 else pending[0]
-                        run(merged[:batch_size])
-                        pending = [merged[batch_size:]] if merged.shape[0] > batch_size else []
-                        pending_count -= batch_size
-            if pending_count:
-                run(torch.cat(pending))
+            for x in batches:
+                for name, value in _features(network, x).items():
+                    collected.setdefault(name, []).append(value)
+                bar.update(x.shape[0])
     finally:
+        batches.close()
         model.train(was_training)
     return {name: torch.cat(parts) for name, parts in collected.items()}
