@@ -122,7 +122,11 @@ def run_fid(args):
     fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
     print(f"FID: {fid:.6f}")
     if args.kid:
-        mean, std = kernel_inception_distance(sides[0].features, sides[1].features, subsets=args.kid_subsets,
+        sizes = {len(sides[0].features), len(sides[1].features)}
+        whole = len(sizes) == 1 and args.kid_subset_size >= min(sizes)  # every subset would be the whole set
+        mean, std = kernel_inception_distance(sides[0].features, sides[1].features,
+                                              subsets=1 if whole else args.kid_subsets,
                                               subset_size=args.kid_subset_size, seed=args.seed)
-        print(f"KID: {mean:.6g} ± {std:.3g}")
+        spread = f"(every subset is the whole set of {min(sizes)}: no std)" if whole else f"± {std:.3g}"
+        print(f"KID: {mean:.6g} {spread}")
     return 0

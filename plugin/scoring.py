@@ -142,13 +142,14 @@ class _Skips:
     warned = set()  #: (metric, reason) pairs already warned about in this process
 
     def __init__(self, explicit, prefix):
-        self.explicit, self.prefix, self.tags = explicit, prefix, {}
+        self.explicit, self.prefix, self.tags, self.names = explicit, prefix, {}, set()
 
     def skip(self, name, reason, error=None):
         if self.explicit:
             if error is not None:
                 raise error
             raise ValueError(f"cannot compute {name!r}: {reason}")
+        self.names.add(name)
         if (name, reason) not in _Skips.warned:
             _Skips.warned.add((name, reason))
             logger.warning("genmetrics: skipping %s: %s", name, reason)
@@ -341,16 +342,27 @@ def _fid(stats, ref):
     return {"fid": float(frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, sqrt_sigma1=ref.sqrt_sigma))}
 
 
+def _kid_subsets(count, ref, opts):
+    """(subsets, subset_size, why_no_std): KID's subsets as computed. When the subset size equals both the
+    number of samples and of reference features, every subset is the whole set: one subset is computed and
+    no std is reported (it would be rounding noise); `why_no_std` says so."""
+    subset_size = min(opts.kid_subset_size, count, len(ref.features))
+    if subset_size == count == len(ref.features):
+        return 1, subset_size, (f"not logged: every subset is the whole set ({count} samples, {count} reference "
+                                f"features, subset size {subset_size}), so subsets cannot differ")
+    return opts.kid_subsets, subset_size, None
+
+
 def _kid(stats, ref, opts):
     from genmetrics.stats import kernel_inception_distance
 
-    subset_size = min(opts.kid_subset_size, stats.n, len(ref.features))
+    subsets, subset_size, why_no_std = _kid_subsets(stats.n, ref, opts)
     if subset_size < 2:
         raise ValueError(f"KID needs at least 2 samples and 2 reference features, got {stats.n}")
     ref_features = torch.as_tensor(np.asarray(ref.features), dtype=torch.float32)
-    mean, std = kernel_inception_distance(ref_features, stats.features, subsets=opts.kid_subsets,
+    mean, std = kernel_inception_distance(ref_features, stats.features, subsets=subsets,
                                           subset_size=subset_size, seed=opts.seed)
-    return {"kid": float(mean), "kid_std": float(std)}
+    return {"kid": float(mean)} if why_no_std else {"kid": float(mean), "kid_std": float(std)}
 
 
 def _inception_score(stats, opts, skips):
@@ -409,11 +421,16 @@ def _package_versions():
 
 
 def _params(ref, done, opts, plan):
-    """Provenance that is stable for a run (str -> str, keys prefixed)."""
+    """Provenance that is stable for a run (str -> str, keys prefixed). ``metrics``: the metrics computed
+    (skipped ones left out; their reasons are ``skipped.<metric>`` tags); ``metrics_requested``: the set asked
+    for, ``default:...`` when none was named."""
     from genmetrics.stats.accumulator import extractor_name
 
     count, paired = sum(done.counts), done.paired is not None
-    params = {"metrics": ",".join(plan.names), "num_samples": count, "seed": opts.seed}
+    computed = [m for m in plan.names if m not in plan.skips.names and f"{m}_diversity" not in plan.skips.names]
+    params = {"metrics": ",".join(computed) or "none",
+              "metrics_requested": ("" if plan.skips.explicit else "default:") + ",".join(plan.names),
+              "num_samples": count, "seed": opts.seed}
     if len(done.counts) > 1:
         params.update({"world_size": len(done.counts), "rank_num_samples": ",".join(map(str, done.counts))})
     if ref is not None:
@@ -428,8 +445,8 @@ def _params(ref, done, opts, plan):
         params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": FEATURE_LAYER,
                        "weights_sha256": getattr(plan.model, "weights_sha256", None)})
     if "kid" in plan.feature_metrics:
-        params.update({"kid_subsets": opts.kid_subsets, "kid_subset_size": min(opts.kid_subset_size, count,
-                                                                               len(ref.features))})
+        subsets, subset_size, why_no_std = _kid_subsets(count, ref, opts)
+        params.update({"kid_subsets": subsets, "kid_subset_size": subset_size, "kid_std": why_no_std})
     if "is" in plan.feature_metrics:
         params["is_splits"] = opts.is_splits
     if plan.image_metrics:

@@ -102,6 +102,7 @@ def test_zip_and_folder_end_to_end(photo_folders, fid_weights_path, inception, c
     # Small-sample caveats reach the user as one-line warnings on stderr.
     assert "genmetrics fid: warning: covariance of D=2048 features estimated from only n=3" in captured.err
     assert "using subsets of 3 instead" in captured.err
+    assert "(every subset is the whole set of 3: no std)" in captured.out  # 3 vs 3 images: subsets cannot differ
 
     feats = [extract_features(path, model=inception, mode="legacy_pytorch", device="cpu", progress=False)["pool3"]
              for path in (first, second)]
