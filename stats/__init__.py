@@ -18,6 +18,8 @@ _EXPORTS = {
     "kid": ("kernel_inception_distance", "polynomial_mmd_unbiased"),
     "inception_score": ("inception_score", "inception_score_from_logits"),
     "prdc": ("prdc",),
+    "copy_detection": ("copy_detection",),
+    "cmmd": ("cmmd",),
     "fid_infinity": ("fid_infinity",),
     "inception": ("FIDInception", "load_inception"),
     "features": ("extract_features",),
