@@ -16,8 +16,11 @@ SCREENSHOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 @pytest.fixture
 def browser(tmp_path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail(f"the UI test needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install -y chromium chromium-driver "
-                    f"(.ci/run installs them)")
+        reason = (f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian's chromium, chromium-driver), which "
+                  f"`bash scripts/test.sh` installs with apt-get where it can")
+        if os.environ.get("GENMETRICS_REQUIRE_UI") == "1":  # CI: the UI test must run
+            pytest.fail(reason)
+        pytest.skip(reason)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The README's two set-up commands on a fresh clone, in a fresh virtual environment, without network.
+#
+#   bash scripts/fresh_clone_check.sh [pytest arguments for command 2]
+#
+# 1. `git clone` of this repository's committed HEAD into a temporary folder (uncommitted files do not come
+#    along), a new `python -m venv` (no --system-site-packages), HOME, GENMETRICS_HOME and TORCH_HOME in
+#    that folder (no cache of a previous run);
+# 2. inside a network namespace that has only loopback (`unshare -n`; root): the README's command 1,
+#    `pip install -e '.[test]' && genmetrics demo`, then its command 2, `bash scripts/test.sh`, on the tests
+#    given as arguments (default: the command line, the demo and the MLflow UI test; the full suite is what
+#    CI's own step runs). pip installs from the package index that PIP_INDEX_URL / pip's configuration
+#    name, which must then be local (file://); without `unshare` the steps run with the network.
+#
+# Prints the wall time of each command. .ci/run calls it with this machine's local package mirror.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/genmetrics-fresh.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+tests=("$@")
+[ ${#tests[@]} -gt 0 ] || tests=(tests/test_plugin_cli.py tests/test_plugin_demo.py tests/test_plugin_ui.py)
+
+git clone -q "$repo" "$work/repo"
+mkdir -p "$work/home"
+export HOME="$work/home" GENMETRICS_HOME="$work/home/genmetrics" TORCH_HOME="$work/home/torch"
+
+
+offline() {
+  if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
+    unshare -n sh -c 'ip link set lo up && exec "$@"' sh "$@"
+  else
+    echo "fresh_clone_check: no network namespace here (needs root and unshare): running with the network" >&2
+    "$@"
+  fi
+}
+
+timed() {  # timed LABEL COMMAND...: run offline in the clone with the fresh venv, print the wall time
+  local label=$1 start=$SECONDS
+  shift
+  (cd "$work/repo" && offline bash -c ". '$work/venv/bin/activate' && $*")
+  echo "fresh_clone_check: $label: $((SECONDS - start)) s" >&2
+}
+
+python3 -m venv "$work/venv"
+timed "pip install -e '.[test]'" "pip install -q -e '.[test]'"
+timed "genmetrics demo" "genmetrics demo"
+timed "bash scripts/test.sh ${tests[*]}" "GENMETRICS_REQUIRE_UI=\${GENMETRICS_REQUIRE_UI:-} bash scripts/test.sh ${tests[*]}"
