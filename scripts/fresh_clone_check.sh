@@ -6,11 +6,12 @@
 # 1. `git clone` of this repository's committed HEAD into a temporary folder (uncommitted files do not come
 #    along), a new `python -m venv` (no --system-site-packages), HOME, GENMETRICS_HOME and TORCH_HOME in
 #    that folder (no cache of a previous run);
-# 2. inside a network namespace that has only loopback (`unshare -n`; root): the README's command 1,
-#    `pip install -e '.[test]' && genmetrics demo`, then its command 2, `bash scripts/test.sh`, on the tests
-#    given as arguments (default: the command line, the demo and the MLflow UI test; the full suite is what
-#    CI's own step runs). pip installs from the package index that PIP_INDEX_URL / pip's configuration
-#    name, which must then be local (file://); without `unshare` the steps run with the network.
+# 2. the README's command 1: `pip install -e '.[test]'` from the package registries that pip is configured
+#    with (the only network it uses), then `genmetrics demo` with no network at all: in a network namespace
+#    that has only loopback (`unshare -n`, as root);
+# 3. the README's command 2, `bash scripts/test.sh`, also without network, on the tests given as arguments
+#    (default: the command line, the demo and the MLflow UI test; the full suite is CI's own step).
+# Without `unshare` (not root) steps 2-3 run with the network, and the script says so.
 #
 # Prints the wall time of each command. .ci/run calls it with this machine's local package mirror.
 set -euo pipefail
@@ -24,7 +25,6 @@ git clone -q "$repo" "$work/repo"
 mkdir -p "$work/home"
 export HOME="$work/home" GENMETRICS_HOME="$work/home/genmetrics" TORCH_HOME="$work/home/torch"
 
-
 offline() {
   if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
     unshare -n sh -c 'ip link set lo up && exec "$@"' sh "$@"
@@ -34,14 +34,15 @@ offline() {
   fi
 }
 
-timed() {  # timed LABEL COMMAND...: run offline in the clone with the fresh venv, print the wall time
+timed() {  # timed LABEL [offline] COMMAND: run it in the clone with the fresh venv, print the wall time
   local label=$1 start=$SECONDS
   shift
-  (cd "$work/repo" && offline bash -c ". '$work/venv/bin/activate' && $*")
+  (cd "$work/repo" && "$@")
   echo "fresh_clone_check: $label: $((SECONDS - start)) s" >&2
 }
 
 python3 -m venv "$work/venv"
-timed "pip install -e '.[test]'" "pip install -q -e '.[test]'"
-timed "genmetrics demo" "genmetrics demo"
-timed "bash scripts/test.sh ${tests[*]}" "GENMETRICS_REQUIRE_UI=\${GENMETRICS_REQUIRE_UI:-} bash scripts/test.sh ${tests[*]}"
+venv=". '$work/venv/bin/activate'"
+timed "pip install -e '.[test]' (package registries)" bash -c "$venv && pip install -q -e '.[test]'"
+timed "genmetrics demo (no network)" offline bash -c "$venv && genmetrics demo"
+timed "bash scripts/test.sh ${tests[*]} (no network)" offline bash -c "$venv && bash scripts/test.sh ${tests[*]}"
