@@ -17,9 +17,11 @@ dataset            dtype / shape                   meaning
 Root attributes: ``format="genmetrics-refstats"``, ``format_version=1`` and the provenance in
 :data:`REQUIRED_ATTRIBUTES` (dataset, split, resolution, mode, version, feature_extractor, feature_layer,
 weights_sha256, num_samples, created_at, created_by, source), plus optional ones (license, citation,
-source_sha256, shard, ...). Files are written to a temporary file and renamed into place (atomic).
-The reader validates the format, the version, the attributes, every shape and dtype, and that the values
-are finite, and names the file in every error.
+source_sha256, shard, ...). Files are written to a temporary file and renamed into place (atomic), in
+the HDF5 1.10 file format (checksummed metadata) with text attributes as fixed-length UTF-8 strings (kept
+in the checksummed object header, not in the unchecked global heap), so that damaged files are detected
+rather than misread. The reader validates before it allocates and names the file and the failed check
+in every error (see :mod:`genmetrics.registry.refstats_checks`); it reads files of every 0.x writer.
 """
 import datetime
 import os
@@ -205,14 +207,19 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _attr_value(value):
+def _write_attribute(f, key, value):
+    """int64, float64, or text as a fixed-length UTF-8 string (stored in the object header)."""
+    import h5py
+
     if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (int, np.integer)):
-        return np.int64(value)
-    if isinstance(value, (float, np.floating)):
-        return np.float64(value)
-    return str(value)
+        f.attrs[key] = np.int64(value)
+    elif isinstance(value, (int, np.integer)):
+        f.attrs[key] = np.int64(value)
+    elif isinstance(value, (float, np.floating)):
+        f.attrs[key] = np.float64(value)
+    else:
+        data = str(value).encode("utf-8")
+        f.attrs.create(key, data=data, dtype=h5py.string_dtype("utf-8", max(1, len(data))))
 
 
 def write_refstats(path, stats, features_dtype="float32"):
@@ -244,7 +251,7 @@ def write_refstats(path, stats, features_dtype="float32"):
     try:
         with h5py.File(tmp, "w", libver=("v110", "v110")) as f:  # checksummed metadata (see docstring)
             for key in sorted(meta):
-                f.attrs[key] = _attr_value(meta[key])
+                _write_attribute(f, key, meta[key])
             f.create_dataset("mu", data=stats.mu.astype(np.float64))
             f.create_dataset("sigma", data=stats.sigma.astype(np.float64))
             f.create_dataset("n", data=np.int64(stats.n))

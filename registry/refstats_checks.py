@@ -14,13 +14,13 @@ that give a wrong FID. The checks, in the order the reader runs them:
    hold at least 1/:data:`MAX_COMPRESSION_RATIO` of its declared bytes (a 16 KB file cannot declare
    gigabytes of zeros or unwritten chunks);
 4. values, on every read (:func:`check_arrays`, O(D^2): ~0.15 s at D = 2048 on top of ~0.2 s of reading):
-   finite; sigma, outer_sum and sqrt_sigma symmetric; diag(sigma) >= 0 and |sigma_ij| <=
+   finite and at most 1e100 in magnitude; sigma, outer_sum and sqrt_sigma symmetric; diag(sigma) >= 0 and |sigma_ij| <=
    sqrt(sigma_ii sigma_jj) (necessary for PSD); sum = n mu and outer_sum = (n - 1) sigma + n mu mu^T
    within float64 rounding; ``sqrt_sigma @ sqrt_sigma @ V == sigma @ V`` for 4 fixed random vectors V
    (a symmetric S with S S = sigma also proves sigma positive semi-definite, so files with a cached root,
    such as every fetched entry, are fully checked for PSD at this cost);
 5. ``full=True`` (``genmetrics stats verify``, fetch and import; :func:`check_full`, ~1-2 s at D = 2048):
-   sigma PSD by a Cholesky factorisation of sigma + 1e-8 max(diag) I (:func:`check_psd`, ~0.5 s; an
+   sigma PSD by a Cholesky factorisation of sigma + 1e-9 max(diag) I (:func:`check_psd`, ~0.5 s; an
    eigendecomposition, ~1.5 s, only to report a failure), ``sqrt_sigma @ sqrt_sigma == sigma`` entry by
    entry, and, when the file stores one feature row per image (N == n), the features' mean equals mu.
 
@@ -32,7 +32,7 @@ Every error is a :class:`RefStatsFormatError` (a ValueError), one line naming th
 """
 import numpy as np
 
-__all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "STRING_ATTRIBUTES",
+__all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "MAX_MAGNITUDE", "STRING_ATTRIBUTES",
            "INT_ATTRIBUTES", "check_layout", "read_attributes", "check_dataset", "check_arrays", "check_psd",
            "check_full"]
 
@@ -40,14 +40,15 @@ MAX_DIM = 16384  # feature dimension: sigma then takes 2 GiB
 MAX_FEATURE_BYTES = 64 << 30  # stored features, uncompressed (ImageNet train at D=2048, float32: 10.5 GB)
 MAX_COMPRESSION_RATIO = 64  # float features compress ~1.1x; a higher ratio is zeros or a bomb
 MAX_COUNT = 1 << 53  # n and num_samples: whole numbers a float64 represents exactly
+MAX_MAGNITUDE = 1e100  # any stored value; products of two values and sums over n stay finite in float64
 STRING_ATTRIBUTES = ("format", "dataset", "split", "mode", "feature_extractor", "feature_layer", "weights_sha256",
                      "created_at", "created_by", "source")
 INT_ATTRIBUTES = ("format_version", "version", "num_samples")
 _REBUILD = "delete it and fetch or build it again"
 _SYMMETRY_RTOL = 1e-9
 _MOMENTS_RTOL = 1e-8
-_SQRT_RTOL = 1e-6
-_PSD_SHIFT = 1e-8
+_SQRT_RTOL = 1e-8
+_PSD_SHIFT = 1e-9  # below frechet_distance's own PSD tolerance (1e-9 of the largest eigenvalue)
 
 
 class RefStatsFormatError(ValueError):
@@ -241,8 +242,8 @@ def check_arrays(arrays, where, n, values=True):
                                    f"the file is corrupt or mixes statistics of different features")
         if not np.issubdtype(value.dtype, np.floating):
             _fail(where, "dtypes", f"{name} has dtype {value.dtype}, expected a float dtype")
-        if not np.isfinite(value).all():
-            _fail(where, "finite", f"{name} contains NaN or Inf values")
+        if value.size and not float(np.abs(value).max()) <= MAX_MAGNITUDE:
+            _fail(where, "finite", f"{name} contains NaN or Inf values (or magnitudes over {MAX_MAGNITUDE:g})")
     if not 0 <= n < MAX_COUNT:
         _fail(where, "n", f"n must be >= 0 (0 = unknown), got {n}")
     if values:
@@ -261,7 +262,7 @@ def _check_values(arrays, where, n):
 
 
 def check_psd(sigma, where):
-    """sigma positive semi-definite within rounding: Cholesky of sigma + 1e-8 max(diag) I succeeds."""
+    """sigma positive semi-definite within rounding: Cholesky of sigma + 1e-9 max(diag) I succeeds."""
     shift = _PSD_SHIFT * float(np.max(np.diag(sigma), initial=0.0)) + 1e-300
     try:
         np.linalg.cholesky(sigma + shift * np.eye(sigma.shape[0]))

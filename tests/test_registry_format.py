@@ -38,7 +38,7 @@ def test_roundtrip_layout_and_provenance(written, features):
     with h5py.File(written) as f:
         assert f["mu"].dtype == np.float64 and f["sigma"].shape == (12, 12) and f["n"].dtype == np.int64
         assert f["features"].compression == "gzip" and f["features"].chunks is not None
-        assert f.attrs["format"] == "genmetrics-refstats" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == b"genmetrics-refstats" and f.attrs["format_version"] == 1
         assert set(REQUIRED_ATTRIBUTES) <= set(f.attrs)
     assert "torch" in stats.meta["created_by"] and stats.meta["num_samples"] == 60
     assert not [p for p in os.listdir(os.path.dirname(written)) if p.endswith(".tmp")]
