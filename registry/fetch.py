@@ -166,7 +166,7 @@ def _entry_meta(entry, url, sha256):
 def _convert(entry, source, src, sha256, final, sqrt_sigma):
     """Turn the downloaded source into the cached .h5 (npz: convert; h5: validate and move)."""
     if source.format == "h5":
-        stats = read_refstats(src)
+        stats = read_refstats(src, full=True)  # every check once, where the file enters (PSD, root, features)
         if stats.meta.get("mode") != entry.mode:
             os.remove(src)
             raise RefStatsFormatError(f"{source.url} holds statistics of mode {stats.meta.get('mode')!r} but the "
