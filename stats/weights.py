@@ -96,6 +96,30 @@ KNOWN_WEIGHTS = {
 }
 
 
+# DINOv2 release checkpoints (facebookresearch/dinov2, Apache-2.0), the files torch.hub's dinov2_vit*14 load.
+# Meta publishes no hashes for them (torch.hub downloads them unchecked): sha256=None, so neither the
+# download nor the cache is verified until they are pinned here from a trusted copy.
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{0}14/dinov2_vit{0}14_pretrain.pth"
+for _size, _label in (("s", "S"), ("b", "B"), ("l", "L"), ("g", "g")):
+    KNOWN_WEIGHTS[f"dinov2-vit-{_size}-14"] = KnownWeights(
+        name=f"dinov2-vit-{_size}-14", filename=f"dinov2_vit{_size}14_pretrain.pth",
+        urls=(_DINOV2_URL.format(_size),), sha256=None,
+        description=f"DINOv2 ViT-{_label}/14 release checkpoint (Oquab et al. 2023, Apache-2.0)",
+    )
+# OpenAI CLIP release archives (TorchScript, MIT): the URL's second-to-last part is the file's sha256, which
+# OpenAI's clip.py checks after download.
+_CLIP_URL = "https://openaipublic.azureedge.net/clip/models/{0}/{1}"
+for _name, _file, _sha in (
+        ("clip-vit-b-32", "ViT-B-32.pt", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
+        ("clip-vit-l-14", "ViT-L-14.pt", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+        ("clip-vit-l-14-336px", "ViT-L-14-336px.pt",
+         "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02")):
+    KNOWN_WEIGHTS[_name] = KnownWeights(
+        name=_name, filename=f"clip-{_file}", urls=(_CLIP_URL.format(_sha, _file),), sha256=_sha,
+        description=f"OpenAI CLIP {_file[:-3]} release archive (Radford et al. 2021, MIT)",
+    )
+
+
 class WeightsUnavailableError(RuntimeError):
     """No source (path, environment, cache, download, installed package) produced the weight file."""
 

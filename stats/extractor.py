@@ -1,0 +1,220 @@
+"""Feature extractors behind one small, explicit interface: what each network is, declared in a table.
+
+An :class:`ExtractorSpec` declares, for one network:
+
+- ``name``: the name statistics files record (``feature_extractor``) and comparisons enforce;
+- ``layers`` / ``default_layer``: the features it provides;
+- ``input_size``: the side of the square network input;
+- ``modes`` / ``preprocess(images, mode)``: how a normalised batch (N, 3, H, W), uint8 or float in [0, 1]
+  (:mod:`genmetrics.stats.image_input`), becomes the network input; the first mode is the default;
+- ``weights`` / ``weights_env`` / ``fallback`` / ``load_network(path)``: how its weights resolve (explicit path,
+  environment variable, cache, sha256-verified download, installed substitute; see
+  :mod:`genmetrics.stats.weights`) and become the network.
+
+Members (:data:`EXTRACTORS`): the FID Inception (``inception-v3-compat``: preprocessing =
+:func:`genmetrics.stats.preprocess.preprocess` in its mode, numbers unchanged), DINOv2 ViT-S/B/L/G-14
+(:mod:`genmetrics.stats.dinov2`) and CLIP ViT-B/32, L/14, L/14@336px (:mod:`genmetrics.stats.clip`). The ViTs
+follow torch-fidelity's preprocessing, whose resize is the ``legacy_tensorflow`` one, so that is their only mode.
+
+Example:
+    >>> extractor = load_extractor("dinov2-vit-l-14", device="cuda")  # doctest: +SKIP
+    >>> extractor(images)["dinov2"].shape                                 # doctest: +SKIP
+    torch.Size([16, 1024])
+"""
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .defaults import FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES
+from .download import cached_file_sha256
+from .weights import INCEPTION, INCEPTION_WEIGHTS_ENV, installed_fid_helper_weights, resolve_weights
+
+__all__ = ["ExtractorSpec", "FeatureExtractor", "EXTRACTORS", "extractor_spec", "load_extractor"]
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Everything that identifies a feature extractor and how to run it (see the module docstring)."""
+
+    name: str
+    layers: Tuple[str, ...]
+    default_layer: str
+    input_size: int
+    modes: Tuple[str, ...]
+    preprocess: Callable[[torch.Tensor, str], torch.Tensor]
+    weights: str
+    weights_env: str
+    load_network: Callable[[str], nn.Module]
+    fallback: Optional[Callable[[], Optional[str]]] = None
+    description: str = ""
+
+    def check_mode(self, mode: Optional[str]) -> str:
+        """`mode`, or the default one when None; a mode this extractor does not use is refused."""
+        if mode is None:
+            return self.modes[0]
+        if mode not in self.modes:
+            raise ValueError(f"extractor {self.name} preprocesses with mode {' or '.join(self.modes)}, not {mode!r}; "
+                             f"pass mode=None for its default")
+        return mode
+
+
+class FeatureExtractor(nn.Module):
+    """A spec with its loaded network. ``extractor(images)`` -> ``{layer: (N, dim) float32}`` for a normalised
+    batch (N, 3, H, W) uint8 or float [0, 1]; preprocessing per the spec and `mode`, on the network's device.
+
+    Attributes: ``spec``, ``network``, ``mode``, ``name`` (= ``spec.name``, recorded in files),
+    ``weights_path``, ``weights_sha256``, ``weights_source``.
+    """
+
+    def __init__(self, spec: ExtractorSpec, network: nn.Module, mode: Optional[str] = None,
+                 weights_path: Optional[str] = None, weights_source: Optional[str] = None):
+        super().__init__()
+        self.spec, self.network, self.mode = spec, network, spec.check_mode(mode)
+        self.name = spec.name
+        self.weights_path, self.weights_source = weights_path, weights_source
+        self.weights_sha256 = cached_file_sha256(weights_path) if weights_path else None
+
+    @property
+    def feature_extractor(self) -> str:
+        """The name statistics files record (as ``FIDInception.feature_extractor``)."""
+        return self.spec.name
+
+    def _device(self):
+        parameter = next(self.network.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        device = self._device()
+        x = self.spec.preprocess(images.to(device) if self.mode != "clean" else images, self.mode)
+        with torch.no_grad():
+            out = self.network(x.to(device))
+        return {layer: value.float() for layer, value in out.items()}
+
+
+# ---- the members -------------------------------------------------------------------------------------------
+
+
+def _inception_preprocess(images, mode):
+    from .preprocess import preprocess
+
+    return preprocess(images, mode)
+
+
+def _inception_network(path):
+    from .inception import load_inception
+
+    return load_inception(path, device="cpu")
+
+
+def _state_dict(path, what):
+    """``torch.load(weights_only=True)`` of a state dict file; one-line error naming the file otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read {what} weights {path} ({str(error).splitlines()[0]}); pass the release "
+                         f"state dict file") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a state dict; pass the {what} release checkpoint")
+    return state
+
+
+def _load_strict(network, state, path, what):
+    try:
+        network.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit {what}: {' '.join(str(error).split())[:300]}") from error
+    return network.float().eval().requires_grad_(False)
+
+
+def _dinov2_network(name):
+    def load(path):
+        from .dinov2 import build_dinov2
+
+        return _load_strict(build_dinov2(name), _state_dict(path, name), path, name)
+    return load
+
+
+def _clip_network(name):
+    def load(path):
+        from .clip import build_clip, clip_state_dict
+        from .torchscript_tensors import is_torchscript, read_torchscript_tensors
+
+        tensors = read_torchscript_tensors(path) if is_torchscript(path) else _state_dict(path, name)
+        return _load_strict(build_clip(name), clip_state_dict(tensors), path, name)
+    return load
+
+
+def _dinov2_preprocess(images, mode):
+    from .dinov2 import preprocess_dinov2
+
+    return preprocess_dinov2(images)
+
+
+def _clip_preprocess(size):
+    def run(images, mode):
+        from .clip import preprocess_clip
+
+        return preprocess_clip(images, size)
+    return run
+
+
+def _env(name):
+    return "GENMETRICS_" + name.upper().replace("-", "_") + "_WEIGHTS"
+
+
+def _dinov2_spec(name, dim):
+    return ExtractorSpec(
+        name=name, layers=("dinov2",), default_layer="dinov2", input_size=224, modes=("legacy_tensorflow",),
+        preprocess=_dinov2_preprocess, weights=name, weights_env=_env(name), load_network=_dinov2_network(name),
+        description=f"DINOv2 {name[7:].upper()} class token ({dim}-D), torch-fidelity's 224 px preprocessing")
+
+
+def _clip_spec(name, size, dim):
+    return ExtractorSpec(
+        name=name, layers=("clip", "clip_l2"), default_layer="clip", input_size=size, modes=("legacy_tensorflow",),
+        preprocess=_clip_preprocess(size), weights=name, weights_env=_env(name), load_network=_clip_network(name),
+        description=f"CLIP {name[5:].upper()} image embedding ({dim}-D; clip_l2: L2-normalised, for CMMD)")
+
+
+#: Every known extractor by recorded name.
+EXTRACTORS: Dict[str, ExtractorSpec] = {
+    FEATURE_EXTRACTOR: ExtractorSpec(
+        name=FEATURE_EXTRACTOR, layers=(FEATURE_LAYER, LOGITS_LAYER), default_layer=FEATURE_LAYER, input_size=299,
+        modes=MODES, preprocess=_inception_preprocess, weights=INCEPTION, weights_env=INCEPTION_WEIGHTS_ENV,
+        load_network=_inception_network, fallback=installed_fid_helper_weights,
+        description="FID Inception-v3 (TF graph 2015-12-05): pool3 (2048-D), logits (1008, needs the fc head)"),
+    **{name: _dinov2_spec(name, dim) for name, dim in (("dinov2-vit-s-14", 384), ("dinov2-vit-b-14", 768),
+                                                         ("dinov2-vit-l-14", 1024), ("dinov2-vit-g-14", 1536))},
+    **{name: _clip_spec(name, size, dim) for name, size, dim in (("clip-vit-b-32", 224, 512),
+                                                                  ("clip-vit-l-14", 224, 768),
+                                                                  ("clip-vit-l-14-336px", 336, 768))},
+}
+
+
+def extractor_spec(name: str) -> ExtractorSpec:
+    """The spec of a known extractor; an unknown name is refused with the list of known ones."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r}; use one of {', '.join(EXTRACTORS)}")
+    return EXTRACTORS[name]
+
+
+def load_extractor(name: str = FEATURE_EXTRACTOR, weights: Optional[str] = None, device=None,
+                   mode: Optional[str] = None, progress: bool = True) -> FeatureExtractor:
+    """The named extractor with its weights, eval mode, gradients off, on `device` (None: CUDA if available).
+
+    weights: a file path; None resolves ``$<spec.weights_env>`` -> cache -> download (sha256-verified when
+    pinned) -> the spec's installed fallback, and fails offline with a message naming the URL, the cache path
+    and the environment variable (:func:`genmetrics.stats.weights.resolve_weights`).
+    """
+    spec = extractor_spec(name)
+    mode = spec.check_mode(mode)
+    resolved = resolve_weights(spec.weights, path=weights, env_var=spec.weights_env, fallback=spec.fallback,
+                               progress=progress)
+    network = spec.load_network(resolved.path)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    extractor = FeatureExtractor(spec, network, mode, os.path.abspath(resolved.path), resolved.source)
+    return extractor.to(device).eval().requires_grad_(False)

@@ -1,0 +1,86 @@
+"""The explicit extractor interface: the FID Inception as a member gives the same numbers as before, the ViTs
+load from files (argument or environment variable), weights fail offline with where to put the file, the
+table is declared consistently."""
+import numpy as np
+import pytest
+import torch
+
+from genmetrics.stats import EXTRACTORS, FEATURE_EXTRACTOR, MODES, extractor_spec, load_extractor, preprocess
+from genmetrics.stats.dinov2 import build_dinov2, preprocess_dinov2
+from genmetrics.stats.weights import KNOWN_WEIGHTS, WeightsUnavailableError
+
+
+@pytest.fixture(scope="module")
+def small_photos(photos):
+    crops = [p[:90, :120] for p in photos[:3]]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inception_member_keeps_its_numbers(fid_weights_path, inception, small_photos, mode):
+    extractor = load_extractor(FEATURE_EXTRACTOR, weights=fid_weights_path, device="cpu", mode=mode)
+    assert extractor.name == extractor.feature_extractor == "inception-v3-compat" and extractor.mode == mode
+    with torch.no_grad():
+        expected = inception(preprocess(small_photos, mode))["pool3"]
+    assert torch.equal(extractor(small_photos)["pool3"], expected)
+    assert extractor.weights_sha256 == inception.weights_sha256
+
+
+def test_table_is_declared_consistently():
+    for name, spec in EXTRACTORS.items():
+        assert spec.name == name and spec.default_layer in spec.layers and spec.weights in KNOWN_WEIGHTS
+        assert set(spec.modes) <= set(MODES) and spec.input_size in (224, 299, 336)
+        assert spec.weights_env.startswith("GENMETRICS_") and spec.weights_env.endswith("_WEIGHTS")
+    assert EXTRACTORS["dinov2-vit-l-14"].weights_env == "GENMETRICS_DINOV2_VIT_L_14_WEIGHTS"
+    assert [KNOWN_WEIGHTS[n].sha256 is not None for n in ("clip-vit-b-32", "clip-vit-l-14", "clip-vit-l-14-336px")] \
+        == [True] * 3
+
+
+@pytest.fixture(scope="module")
+def dinov2_s_file(tmp_path_factory):
+    """A random ViT-S/14 state dict in the release layout, and the network it came from."""
+    torch.manual_seed(0)
+    network = build_dinov2("dinov2-vit-s-14")
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
+    torch.save(network.state_dict(), path)
+    return str(path), network
+
+
+def test_dinov2_from_argument_and_environment(dinov2_s_file, small_photos, monkeypatch):
+    path, network = dinov2_s_file
+    with torch.no_grad():
+        expected = network(preprocess_dinov2(small_photos))["dinov2"]
+    extractor = load_extractor("dinov2-vit-s-14", weights=path, device="cpu")
+    assert extractor.weights_source == "argument" and extractor.mode == "legacy_tensorflow"
+    assert torch.allclose(extractor(small_photos)["dinov2"], expected, rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("GENMETRICS_DINOV2_VIT_S_14_WEIGHTS", path)
+    assert load_extractor("dinov2-vit-s-14", device="cpu").weights_source == "$GENMETRICS_DINOV2_VIT_S_14_WEIGHTS"
+
+
+def test_wrong_file_is_refused_in_one_line(dinov2_s_file):
+    with pytest.raises(ValueError, match="does not fit dinov2-vit-b-14") as error:
+        load_extractor("dinov2-vit-b-14", weights=dinov2_s_file[0], device="cpu")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["dinov2-vit-l-14", "clip-vit-l-14-336px"])
+def test_offline_failure_says_where_to_put_the_file(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path))
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+    monkeypatch.delenv(EXTRACTORS[name].weights_env, raising=False)
+    with pytest.raises(WeightsUnavailableError) as error:
+        load_extractor(name, device="cpu")
+    message = str(error.value)
+    entry = KNOWN_WEIGHTS[name]
+    assert str(tmp_path / "weights" / entry.filename) in message and EXTRACTORS[name].weights_env in message
+    assert entry.urls[0] in message and "\n" not in message
+
+
+def test_unknown_name_and_mode_are_refused():
+    with pytest.raises(ValueError, match="unknown feature extractor 'dinov3'"):
+        extractor_spec("dinov3")
+    with pytest.raises(ValueError, match="mode legacy_tensorflow, not 'clean'"):
+        load_extractor("clip-vit-b-32", mode="clean")
