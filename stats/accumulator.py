@@ -20,6 +20,7 @@ Inside an initialised ``torch.distributed`` process group every rank accumulates
 moments, a gather of kept features and logits; ranks without images take part too), so every rank gets
 the statistics of all images. ``distributed=False`` keeps a rank's own statistics.
 """
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,6 +37,25 @@ __all__ = ["FeatureAccumulator", "FeatureStats", "extractor_name"]
 def extractor_name(model):
     """The name statistics files record for `model` (the FID Inception's is ``inception-v3-compat``)."""
     return getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}"
+
+
+def _is_feature_extractor(model):
+    """True for a :class:`genmetrics.stats.extractor.FeatureExtractor` (imported only when one could exist)."""
+    if model is None or "genmetrics.stats.extractor" not in sys.modules:
+        return False
+    return isinstance(model, sys.modules["genmetrics.stats.extractor"].FeatureExtractor)
+
+
+def _extractor_mode_and_layer(model, mode, layer):
+    """A FeatureExtractor preprocesses in its own mode: that mode is recorded (`mode` is ignored), and the
+    default ``pool3`` layer becomes the extractor's default layer when it has no ``pool3``."""
+    if not _is_feature_extractor(model):
+        return mode, layer
+    if layer == FEATURE_LAYER and layer not in model.spec.layers:
+        layer = model.spec.default_layer
+    if layer not in model.spec.layers:
+        raise ValueError(f"extractor {model.name} provides layers {', '.join(model.spec.layers)}, not {layer!r}")
+    return model.mode, layer
 
 
 @dataclass
@@ -73,9 +93,12 @@ class FeatureAccumulator:
 
     Args:
         model: feature extractor taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features;
-            None = the FID Inception (``load_inception(device=device)``), loaded on the first image update.
+            None = the FID Inception (``load_inception(device=device)``), loaded on the first image update;
+            or a :class:`~genmetrics.stats.extractor.FeatureExtractor` (``load_extractor("dinov2-vit-l-14")``),
+            which preprocesses in its own mode (then `mode` is ignored and the extractor's is recorded).
         mode: preprocessing of images (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``).
-        layer: the feature whose moments are accumulated (``pool3``).
+        layer: the feature whose moments are accumulated (``pool3``; a FeatureExtractor without ``pool3``
+            uses its default layer, e.g. ``dinov2``).
         keep_features: keep the (N, D) float32 features (KID, PRDC).
         keep_logits: keep the classifier logits (Inception Score), when the model has them.
         batch_size: images per network batch.
@@ -94,6 +117,7 @@ class FeatureAccumulator:
                  keep_logits: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, device=None, value_range=None,
                  distributed: bool = True):
         _check_mode(mode)
+        mode, layer = _extractor_mode_and_layer(model, mode, layer)
         self.model, self.mode, self.layer = model, mode, layer
         self.keep_features, self.keep_logits = keep_features, keep_logits
         self.batch_size, self.device, self.value_range = batch_size, device, value_range
@@ -117,6 +141,8 @@ class FeatureAccumulator:
 
         if self.model is None:
             self.model = load_inception(device=self.device, progress=False)
+        if _is_feature_extractor(self.model):
+            return self.model.extract(images, batch_size=self.batch_size, value_range=self.value_range)
         return extract_features(images, model=self.model, mode=self.mode, batch_size=self.batch_size,
                                 progress=False, value_range=self.value_range)
 

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .defaults import FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES
+from .defaults import DEFAULT_BATCH_SIZE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES
 from .download import cached_file_sha256
 from .weights import INCEPTION, INCEPTION_WEIGHTS_ENV, installed_fid_helper_weights, resolve_weights
 
@@ -92,6 +92,21 @@ class FeatureExtractor(nn.Module):
         with torch.no_grad():
             out = self.network(x.to(device))
         return {layer: value.float() for layer, value in out.items()}
+
+    def extract(self, images, batch_size: int = DEFAULT_BATCH_SIZE, value_range=None) -> Dict[str, torch.Tensor]:
+        """Features of any input :mod:`genmetrics.stats.image_input` accepts (arrays, tensors, PIL images,
+        iterables of batches, a folder or zip path), `batch_size` images per network call:
+        ``{layer: (N, dim) float32 CPU tensor}``."""
+        from .image_input import iter_image_batches
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        parts = {}
+        for batch in iter_image_batches(images, value_range):
+            for start in range(0, batch.shape[0], batch_size):
+                for layer, value in self(batch[start:start + batch_size]).items():
+                    parts.setdefault(layer, []).append(value.cpu())
+        return {layer: torch.cat(values) for layer, values in parts.items()}
 
 
 # ---- the members -------------------------------------------------------------------------------------------

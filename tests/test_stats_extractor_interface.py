@@ -84,3 +84,28 @@ def test_unknown_name_and_mode_are_refused():
         extractor_spec("dinov3")
     with pytest.raises(ValueError, match="mode legacy_tensorflow, not 'clean'"):
         load_extractor("clip-vit-b-32", mode="clean")
+
+
+def test_accumulator_takes_an_extractor_and_records_it(dinov2_s_file, small_photos):
+    """FeatureAccumulator(model=extractor): the extractor's features, mode, layer and weights are recorded,
+    and ReferenceStats.check_comparable refuses to compare them with Inception statistics."""
+    from genmetrics.registry.refstats import ReferenceStats
+    from genmetrics.stats import FeatureAccumulator, frechet_distance
+
+    extractor = load_extractor("dinov2-vit-s-14", weights=dinov2_s_file[0], device="cpu")
+    acc = FeatureAccumulator(model=extractor, keep_features=True, batch_size=2)
+    acc.update([small_photos[:2], small_photos[2:]])
+    acc.update(small_photos.permute(0, 2, 3, 1).numpy())  # NHWC uint8, the same images
+    stats = acc.compute()
+    expected = extractor(small_photos)["dinov2"]
+    assert torch.allclose(stats.features, torch.cat([expected, expected]), rtol=1e-5, atol=1e-6)
+    assert stats.provenance == {"mode": "legacy_tensorflow", "feature_extractor": "dinov2-vit-s-14",
+                                "feature_layer": "dinov2", "weights_sha256": extractor.weights_sha256}
+    assert frechet_distance(stats.mean, stats.cov, stats.mean, stats.cov) == pytest.approx(0.0, abs=1e-6)
+    inception_side = {"mode": "legacy_tensorflow", "feature_extractor": "inception-v3-compat",
+                      "feature_layer": "pool3", "weights_sha256": None}
+    reference = ReferenceStats.from_moments(stats.moments, meta=stats.provenance)
+    with pytest.raises(ValueError, match="refusing to compare.*feature extractor"):
+        reference.check_comparable(inception_side)
+    with pytest.raises(ValueError, match="provides layers dinov2, not 'logits'"):
+        FeatureAccumulator(model=extractor, layer="logits")
