@@ -56,11 +56,13 @@ def cmmd(x, y, sigma: float = 10.0, scale: float = 1000.0, unbiased: bool = Fals
     """CMMD between embedding sets x (n, d) and y (m, d) (see the module docstring for the formula).
 
     Args:
-        x, y: embeddings (numpy or torch), same width; the paper's are L2-normalised CLIP embeddings.
+        x: (n, d) embeddings (numpy or torch); the paper's are L2-normalised CLIP embeddings.
+        y: (m, d) embeddings of the other set, same width.
         sigma: Gaussian kernel bandwidth (paper: 10).
         scale: multiplier of the squared MMD (paper: 1000).
         unbiased: exclude the kernel diagonals from the within-set means (needs n, m >= 2).
-        chunk_size, device: block size and device of the blocked kernel sums.
+        chunk_size: rows per block of the blocked kernel sums (memory ~ chunk_size^2 float64).
+        device: where the blocks are computed (default: x's device).
 
     Example:
         >>> cmmd(clip_l2_real, clip_l2_generated)  # doctest: +SKIP
