@@ -9,10 +9,13 @@ as an uninterrupted one (same chunks, same order). A finished build removes its 
 made from other images or arguments is discarded with a warning, and a second build of the same output
 fails at once while the first holds ``<output>.lock`` (see ``registry.checkpoint``).
 
-Sharding: ``shard=(i, k)`` (or ``"i/k"``) processes only images ``i*N//k .. (i+1)*N//k - 1``; shards are
-disjoint and ``merge`` combines them exactly. Under ``torchrun`` (``WORLD_SIZE`` > 1, ``RANK``) a build
-without ``shard`` shards itself: rank r writes ``<stem>.shard<r>of<k>.h5`` and the last rank to finish
-merges all shards into ``output``.
+Sharding for batch schedulers (Slurm arrays, Ray, Spark): ``shard=(i, k)`` (or ``"i/k"``) processes only
+images ``i*N//k .. (i+1)*N//k - 1`` into its own file; shards are disjoint and ``merge`` combines them
+exactly. Under ``torchrun`` (or inside an initialised ``torch.distributed`` process group) a build without
+``shard`` shards itself over the ranks, each checkpointing ``<stem>.shard<r>of<k>.h5.ckpt.npz`` locally;
+the ranks then combine their moments with an all-reduce and gather kept features
+(``genmetrics.stats.distributed``) and rank 0 alone writes ``output``: no shared filesystem is needed. A
+rank that fails makes every rank fail with an error naming it, and nothing is written.
 """
 import os
 import warnings
@@ -45,11 +48,31 @@ def parse_shard(shard):
     return index, count
 
 
-def _torchrun_shard():
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+def _process_group(device):
+    """(rank, world, owned) of the torch.distributed group this build combines over, or None.
+
+    An initialised group of more than one rank is used as it is; under ``torchrun`` (``WORLD_SIZE`` > 1 and
+    ``MASTER_ADDR`` set) one is initialised from the environment (gloo, or NCCL for a CUDA `device`), with
+    the timeout ``GENMETRICS_DIST_TIMEOUT`` seconds when set, and destroyed when the build ends.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    from genmetrics.stats.distributed import rank_and_world
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = rank_and_world()
+        return (rank, world, False) if world > 1 else None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return None
-    return int(os.environ.get("RANK", "0")), world
+    if not os.environ.get("MASTER_ADDR"):
+        raise RuntimeError("WORLD_SIZE > 1 but MASTER_ADDR is not set: start multi-process builds with torchrun, "
+                           "or build shards with --shard i/k and combine them with `genmetrics stats merge`")
+    timeout = os.environ.get("GENMETRICS_DIST_TIMEOUT")
+    backend = "nccl" if str(device or "").startswith("cuda") else "gloo"
+    dist.init_process_group(backend, **({"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}))
+    return dist.get_rank(), dist.get_world_size(), True
 
 
 def _shard_output(output, index, count):
@@ -78,9 +101,9 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
 
     output = os.path.abspath(os.fspath(output))
     shard = parse_shard(shard)
-    auto = shard is None and _torchrun_shard() is not None
-    if auto:
-        shard = _torchrun_shard()
+    group = _process_group(device) if shard is None else None
+    if group is not None:
+        shard = group[:2]
     src = image_source(source, root=root, split=split)
     if src is None and shard is not None and shard[1] > 1:
         raise ValueError("an iterator of batches cannot be split into shards; pass a folder, zip, array or "
@@ -88,7 +111,7 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of images, got {checkpoint_every}")
     index, count = shard or (0, 1)
-    target = _shard_output(output, index, count) if auto else output
+    target = _shard_output(output, index, count) if group else output
     if model is None:
         model = load_inception(weights, device=device)
     meta = {
@@ -108,13 +131,54 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     # An iterable is normalised once, by the chunking loop (value_range there); the accumulator then sees [0, 1].
     accumulator = FeatureAccumulator(model=model, mode=mode, batch_size=batch_size,
                                      value_range=value_range if src is not None else None)
-    with output_lock(target):
-        run = _Run(target, meta, accumulator, features, checkpoint_every)
-        _run_chunks(src, source, (index, count), run, progress, on_checkpoint, value_range)
-        meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
-        stats = run.finish(sqrt_sigma)
-    if auto:
-        _merge_when_complete(output, count)
+    try:
+        with output_lock(target):
+            run = _Run(target, meta, accumulator, features, checkpoint_every)
+            if group is None:
+                _run_chunks(src, source, (index, count), run, progress, on_checkpoint, value_range)
+            else:
+                _run_rank(src, source, (index, count), run, progress, on_checkpoint, value_range)
+            meta["resolution"] = resolution or getattr(src, "default_resolution", None) or run.first_size or "unknown"
+            return run.finish(sqrt_sigma) if group is None else _finish_ranks(run, output, sqrt_sigma)
+    finally:
+        if group is not None and group[2]:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run_rank(src, source, shard, run, progress, on_checkpoint, value_range):
+    """This rank's chunks; a failure is announced to every rank (they all raise) before the combination."""
+    from genmetrics.stats.distributed import check_all_ranks
+
+    error = None
+    try:
+        _run_chunks(src, source, shard, run, progress, on_checkpoint, value_range)
+    except Exception as exc:  # noqa: BLE001 - every rank must learn of it, or the others wait in a collective
+        error = exc
+    check_all_ranks(error)
+
+
+def _finish_ranks(run, output, sqrt_sigma):
+    """Combine every rank's moments and features; rank 0 writes `output`; all ranks return the statistics."""
+    import torch
+
+    from genmetrics.stats.distributed import all_gather_rows, all_reduce_moments, check_all_ranks, rank_and_world
+
+    local_features = torch.from_numpy(run.kept_features()) if run.keep_features and run.moments.n else None
+    moments = all_reduce_moments(run.moments)
+    features = all_gather_rows(local_features) if run.keep_features else None
+    total = run.meta.get("total_images")
+    meta = dict(run.meta, shard="0/1", num_samples=moments.n, **({"shard_range": f"0:{total}"} if total else {}))
+    stats, error = None, None
+    try:
+        stats = run.statistics(moments, None if features is None else features.numpy(), meta, sqrt_sigma)
+        if rank_and_world()[0] == 0:
+            write_refstats(output, stats)
+    except Exception as exc:  # noqa: BLE001 - every rank must learn of it
+        error = exc
+    check_all_ranks(error)
+    run.remove_checkpoint()
     return stats
 
 
@@ -262,23 +326,31 @@ class _Run:
         self.done += int(feats.shape[0])
         save_checkpoint(self.ckpt, self.moments, self.done, self.fingerprint, self.first_size, stream_sha256)
 
-    def finish(self, sqrt_sigma):
-        if self.moments.n < 2:
-            raise ValueError(f"statistics need at least 2 images, got {self.moments.n}; add images")
-        features = self._kept_features() if self.keep_features else None
-        self.meta["num_samples"] = self.moments.n
-        stats = ReferenceStats.from_moments(self.moments, features=features, meta=self.meta)
+    def statistics(self, moments, features, meta, sqrt_sigma):
+        """ReferenceStats of `moments` (and features) with `meta`; at least 2 images."""
+        if moments.n < 2:
+            raise ValueError(f"statistics need at least 2 images, got {moments.n}; add images")
+        stats = ReferenceStats.from_moments(moments, features=features, meta=meta)
         if sqrt_sigma:
             from genmetrics.stats import sqrtm_psd
 
             stats.sqrt_sigma = sqrtm_psd(stats.sigma)
-        write_refstats(self.target, stats)
+        return stats
+
+    def finish(self, sqrt_sigma):
+        """Write this build's statistics to its target, remove the checkpoint; returns the file read back."""
+        features = self.kept_features() if self.keep_features and self.moments.n else None
+        self.meta["num_samples"] = self.moments.n
+        write_refstats(self.target, self.statistics(self.moments, features, self.meta, sqrt_sigma))
+        self.remove_checkpoint()
+        return read_refstats(self.target)
+
+    def remove_checkpoint(self):
         for leftover in (self.ckpt, self.features_file):
             if os.path.exists(leftover):
                 os.remove(leftover)
-        return read_refstats(self.target)
 
-    def _kept_features(self):
+    def kept_features(self):
         """The features file as (n, D) float32, refused unless it has n rows whose mean is the moments' mean."""
         n, dim = self.moments.n, self.moments.dim
         size = os.path.getsize(self.features_file)
@@ -291,18 +363,3 @@ class _Run:
             raise RuntimeError(f"the features in {self.features_file} do not average to the accumulated mean; the "
                                f"build was disturbed: delete it and {self.ckpt} and build again")
         return features
-
-
-def _merge_when_complete(output, count):
-    """torchrun: the rank that finds all shard files merges them into `output` (once, under a lock)."""
-    import filelock
-
-    from .merge import merge
-
-    shards = [_shard_output(output, i, count) for i in range(count)]
-    with filelock.FileLock(output + ".merge.lock"):
-        if not all(os.path.isfile(s) for s in shards):
-            return  # another rank is still working; the last one merges
-        newest_shard = max(os.path.getmtime(s) for s in shards)
-        if not os.path.isfile(output) or os.path.getmtime(output) < newest_shard:  # absent or stale
-            merge(shards, output)
