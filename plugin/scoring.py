@@ -16,8 +16,8 @@
   pairs of distinct samples (pairs drawn among the first ``2 * diversity_pairs`` samples), logged under
   ``*_diversity`` keys so the key always says which one it is.
 
-Metric keys are ``prefix + name`` with names ``fid, kid, kid_std, is, is_std, ssim, ms_ssim, lpips``
-and ``ssim_diversity, ms_ssim_diversity, lpips_diversity``. Provenance goes to params (stable per
+Metric keys are ``prefix + name`` with names ``fid, kid, kid_std, is, is_std, ssim, ms_ssim, lpips``,
+``fd_dinov2, cmmd, copy`` and ``ssim_diversity, ms_ssim_diversity, lpips_diversity``. Provenance goes to params (stable per
 run: reference id/version/sha256, mode, extractor, layer, weights sha256, sample count, seed, metric
 settings) and tags (package versions, skipped metrics, allowed mismatches).
 
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
-                                       FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS, METRICS)
+                                       FEATURE_EXTRACTOR, FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS,
+                                       KEPT_FEATURE_METRICS, METRIC_EXTRACTOR_PREFIX, METRICS)
 from genmetrics.stats.distributed import (all_gather_rows, all_reduce_sum, check_all_ranks, rank_and_world,
                                           shard_size)
 from genmetrics.stats.image_input import check_value_range
@@ -110,6 +111,14 @@ def _default_inception(device, weights_env, require_logits):
                           progress=False)
 
 
+@functools.lru_cache(maxsize=4)
+def _default_extractor(name, device):
+    """A DINOv2 / CLIP extractor from default weight resolution ($GENMETRICS_<NAME>_WEIGHTS, cache, ...), once."""
+    from genmetrics.stats import load_extractor
+
+    return load_extractor(name, device=device, progress=False)
+
+
 _lpips_models = {}
 
 
@@ -168,7 +177,9 @@ class _Plan:
     device: str
     model: object = None
     mode: str = DEFAULT_MODE
+    layer: str = FEATURE_LAYER
     mismatches: list = field(default_factory=list)
+    tags: dict = field(default_factory=dict)  #: tags a metric adds (copy detection's flagged indices)
 
 
 def _check_metrics(metrics):
@@ -192,9 +203,10 @@ def _plan(opts, ref):
         for m in [m for m in plan.feature_metrics if m != "is"]:
             plan.skips.skip(m, "no reference given; pass reference='<registry ref>' or a path to an .h5 file")
         plan.feature_metrics = [m for m in plan.feature_metrics if m == "is"]
-    if "kid" in plan.feature_metrics and not ref.has_features:
-        plan.skips.skip("kid", "the reference stores no features (only mu/sigma); rebuild it with --features")
-        plan.feature_metrics.remove("kid")
+    _check_feature_spaces(plan, ref)
+    for m in [m for m in plan.feature_metrics if m in KEPT_FEATURE_METRICS and not ref.has_features]:
+        plan.skips.skip(m, "the reference stores no features (only mu/sigma); rebuild it with --features")
+        plan.feature_metrics.remove(m)
     if plan.feature_metrics:
         _plan_extractor(plan, opts, ref, explicit)
     if "lpips" in plan.image_metrics and not _lpips_available(opts, plan):
@@ -202,15 +214,54 @@ def _plan(opts, ref):
     return plan
 
 
-def _plan_extractor(plan, opts, ref, explicit):
-    """The model and mode of the features, checked against the reference's provenance."""
-    from genmetrics.stats.accumulator import extractor_name
+def _reference_extractor(ref):
+    """The extractor name the reference records, or None."""
+    return None if ref is None else ref.provenance.get("feature_extractor")
 
-    plan.model = opts.model or _default_inception(plan.device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
-                                                  explicit and "is" in plan.feature_metrics)
+
+def _feature_space_problem(metric, extractor):
+    """Why `metric` cannot use the features of `extractor` (a reference's recorded name), or None."""
+    family = METRIC_EXTRACTOR_PREFIX.get(metric)
+    if not extractor or family is None:
+        return None
+    others = tuple(p for p in METRIC_EXTRACTOR_PREFIX.values() if p != "inception")
+    if family == "inception":
+        return None if not extractor.startswith(others) else (
+            f"the reference holds {extractor} features, and {metric} is defined on the FID Inception's; "
+            f"use fd_dinov2 (DINOv2 references) or cmmd (CLIP references)")
+    if not extractor.startswith(family):
+        return (f"the reference holds {extractor} features; {metric} needs a reference built with a {family}* "
+                f"extractor (genmetrics stats build ... --extractor)")
+    return None
+
+
+def _check_feature_spaces(plan, ref):
+    """Skip (or refuse, when named) the feature metrics that the reference's feature space cannot give."""
+    for m in list(plan.feature_metrics):
+        problem = _feature_space_problem(m, _reference_extractor(ref))
+        if problem:
+            plan.skips.skip(m, problem)
+            plan.feature_metrics.remove(m)
+
+
+def _plan_extractor(plan, opts, ref, explicit):
+    """The model, mode and layer of the features, checked against the reference's provenance: the FID
+    Inception, or the DINOv2 / CLIP extractor the reference records (its own mode and the reference's layer)."""
+    from genmetrics.stats.accumulator import _is_feature_extractor, extractor_name
+
+    named = _reference_extractor(ref)
+    if opts.model is None and named and named != FEATURE_EXTRACTOR and named.startswith(("dinov2-", "clip-")):
+        plan.model = _default_extractor(named, plan.device)
+    else:
+        plan.model = opts.model or _default_inception(plan.device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
+                                                      explicit and "is" in plan.feature_metrics)
     plan.mode = opts.mode or (ref.provenance["mode"] if ref is not None else None) or DEFAULT_MODE
+    if _is_feature_extractor(plan.model):
+        recorded = ref.provenance.get("feature_layer") if ref is not None else None
+        plan.mode = plan.model.mode
+        plan.layer = recorded if recorded in plan.model.spec.layers else plan.model.spec.default_layer
     if ref is not None:
-        samples = {"mode": plan.mode, "feature_extractor": extractor_name(plan.model), "feature_layer": FEATURE_LAYER,
+        samples = {"mode": plan.mode, "feature_extractor": extractor_name(plan.model), "feature_layer": plan.layer,
                    "weights_sha256": getattr(plan.model, "weights_sha256", None)}
         plan.mismatches = ref.check_comparable(samples, opts.allow_mismatch)
 
@@ -288,7 +339,8 @@ def _accumulate(samples, targets, opts, plan, rank, world):
 
     accumulator = None
     if plan.feature_metrics:
-        accumulator = FeatureAccumulator(plan.model, mode=plan.mode, keep_features="kid" in plan.feature_metrics,
+        accumulator = FeatureAccumulator(plan.model, mode=plan.mode, layer=plan.layer,
+                                         keep_features=any(m in KEPT_FEATURE_METRICS for m in plan.feature_metrics),
                                          keep_logits="is" in plan.feature_metrics, batch_size=opts.batch_size,
                                          distributed=opts.distributed)
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
@@ -365,6 +417,32 @@ def _kid(stats, ref, opts):
     return {"kid": float(mean)} if why_no_std else {"kid": float(mean), "kid_std": float(std)}
 
 
+def _fd_dinov2(stats, ref):
+    """Fréchet distance in DINOv2 features (Stein et al. 2023): the FID formula on the DINOv2 reference."""
+    return {"fd_dinov2": _fid(stats, ref)["fid"]}
+
+
+def _cmmd(stats, ref):
+    """CMMD (Jayasumana et al. 2024) between the L2-normalised CLIP embeddings of samples and reference."""
+    from genmetrics.stats import cmmd
+
+    def unit(x):
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        return x / x.norm(dim=1, keepdim=True)
+
+    return {"cmmd": cmmd(unit(ref.features), unit(stats.features))}
+
+
+def _copies(stats, ref, prefix):
+    """(metrics, tags): the share of samples flagged as copies of reference images, and the most suspicious
+    sample indices (at most 20, in the order the samples were given) as a tag."""
+    from genmetrics.stats import copy_detection
+
+    result = copy_detection(stats.features, np.asarray(ref.features))
+    worst = ",".join(str(int(i)) for i in result["indices"][:20])
+    return {"copy": result["fraction"]}, {f"{prefix}copy.indices": worst or "none"}
+
+
 def _inception_score(stats, opts, skips):
     from genmetrics.stats import inception_score_from_logits
 
@@ -399,6 +477,14 @@ def _compute(done, ref, opts, plan):
             results.update(_kid(stats, ref, opts))
         if "is" in plan.feature_metrics:
             results.update(_inception_score(stats, opts, plan.skips))
+        if "fd_dinov2" in plan.feature_metrics:
+            results.update(_fd_dinov2(stats, ref))
+        if "cmmd" in plan.feature_metrics:
+            results.update(_cmmd(stats, ref))
+        if "copy" in plan.feature_metrics:
+            metrics, tags = _copies(stats, ref, opts.prefix)
+            results.update(metrics)
+            plan.tags.update(tags)
     if done.paired is not None:
         results.update(done.paired.means(len(done.counts) > 1))
     elif plan.image_metrics:
@@ -442,7 +528,7 @@ def _params(ref, done, opts, plan):
             "reference_num_samples": ref.n or None,
         })
     if plan.feature_metrics:
-        params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": FEATURE_LAYER,
+        params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": plan.layer,
                        "weights_sha256": getattr(plan.model, "weights_sha256", None)})
     if "kid" in plan.feature_metrics:
         subsets, subset_size, why_no_std = _kid_subsets(count, ref, opts)
@@ -460,6 +546,7 @@ def _params(ref, done, opts, plan):
 
 def _tags(opts, plan):
     tags = dict(plan.skips.tags)
+    tags.update(plan.tags)
     tags.update({f"genmetrics.version.{k}": v for k, v in _package_versions().items()})
     if plan.mismatches:
         tags[f"{opts.prefix}mismatch_allowed"] = "; ".join(plan.mismatches)
@@ -497,8 +584,12 @@ def score_samples(
         `value_range` such as (-1, 1); NCHW/NHWC batches, iterables, folders), or a sampler callable called
         repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
     reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
-    metrics: names among ``fid, kid, is, ssim, ms_ssim, lpips``; None = ``fid, kid, is, ssim, lpips``
-        with unavailable ones skipped (see module docstring).
+    metrics: names among ``fid, kid, is, ssim, ms_ssim, lpips, fd_dinov2, cmmd, copy``; None = ``fid, kid,
+        is, ssim, lpips`` with unavailable ones skipped (see module docstring). ``fd_dinov2`` / ``cmmd`` need a
+        reference built with a DINOv2 / CLIP extractor (the extractor it records is loaded unless `model` is
+        given); ``copy`` (share of samples flagged by ``genmetrics.stats.copy_detection``, the most suspicious
+        indices in the ``copy.indices`` tag) works in any feature space; these three and KID need reference
+        features.
     targets: images paired one-to-one with the samples (same form, same `value_range`) for
         SSIM/MS-SSIM/LPIPS; without targets those metrics measure diversity.
     mode: preprocessing (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``); None = the reference's.

@@ -5,7 +5,8 @@ names without loading the network code.
 """
 
 __all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EXTRACTOR", "FID_INCEPTION_WEIGHTS",
-           "weights_identity", "METRICS", "DEFAULT_METRICS", "FEATURE_METRICS", "IMAGE_METRICS", "DEFAULT_PREFIX",
+           "weights_identity", "METRICS", "DEFAULT_METRICS", "FEATURE_METRICS", "KEPT_FEATURE_METRICS",
+           "METRIC_EXTRACTOR_PREFIX", "IMAGE_METRICS", "DEFAULT_PREFIX",
            "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS"]
 
 #: Image preprocessing modes (see :mod:`genmetrics.stats.preprocess`): clean-fid's, TTUR/torch-fidelity's,
@@ -39,12 +40,19 @@ def weights_identity(sha256):
 
 
 #: Every metric name ``log_gen_metrics`` / ``score_samples`` know.
-METRICS = ("fid", "kid", "is", "ssim", "ms_ssim", "lpips")
+METRICS = ("fid", "kid", "is", "ssim", "ms_ssim", "lpips", "fd_dinov2", "cmmd", "copy")
 #: The default set everywhere (training loop, deferred scoring, evaluator, CLI): with the default, a
 #: metric whose inputs are unavailable is skipped with a warning; a metric named explicitly is required.
 DEFAULT_METRICS = ("fid", "kid", "is", "ssim", "lpips")
-#: Metrics computed from Inception features (need the network).
-FEATURE_METRICS = ("fid", "kid", "is")
+#: Metrics computed from network features (need the network): the Inception's, or for ``fd_dinov2`` / ``cmmd``
+#: a DINOv2 / CLIP extractor's; ``copy`` (copy detection) in the reference's feature space.
+FEATURE_METRICS = ("fid", "kid", "is", "fd_dinov2", "cmmd", "copy")
+#: Feature metrics that need the features of both sides (a reference built with features).
+KEPT_FEATURE_METRICS = ("kid", "cmmd", "copy")
+#: Feature metrics that need a particular extractor family (recorded-name prefix): the others use the FID
+#: Inception (or a custom model), except ``copy``, which works in any feature space.
+METRIC_EXTRACTOR_PREFIX = {"fid": "inception", "kid": "inception", "is": "inception", "fd_dinov2": "dinov2-",
+                           "cmmd": "clip-"}
 #: Metrics computed on the images themselves (paired with targets, or diversity without).
 IMAGE_METRICS = ("ssim", "ms_ssim", "lpips")
 #: Prefix of every logged metric, param and tag key.
