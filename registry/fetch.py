@@ -21,7 +21,7 @@ from genmetrics.stats.download import (ChecksumMismatchError, DownloadError, Net
 
 from .manifest import load_manifests, resolve
 from .npz_import import read_npz
-from .refstats import ReferenceStats, RefStatsFormatError, read_refstats, write_refstats
+from .refstats import ReferenceStats, RefStatsFormatError, read_refstats, read_refstats_isolated, write_refstats
 
 __all__ = ["stats_dir", "cache_path", "fetch", "load", "verify", "info", "list_entries"]
 
@@ -166,7 +166,7 @@ def _entry_meta(entry, url, sha256):
 def _convert(entry, source, src, sha256, final, sqrt_sigma):
     """Turn the downloaded source into the cached .h5 (npz: convert; h5: validate and move)."""
     if source.format == "h5":
-        stats = read_refstats(src, full=True)  # every check once, where the file enters (PSD, root, features)
+        stats = read_refstats_isolated(src)  # every check once, where the file enters (PSD, root, features)
         if stats.meta.get("mode") != entry.mode:
             os.remove(src)
             raise RefStatsFormatError(f"{source.url} holds statistics of mode {stats.meta.get('mode')!r} but the "
@@ -246,7 +246,9 @@ def verify(ref_or_path):
     .h5 must pass every check of ``read_refstats(path, full=True)`` (layout: no links, external storage or
     virtual datasets; attribute types; shapes and stored sizes; finite, symmetric, PSD sigma; sqrt_sigma
     its root; sum/outer_sum and the features consistent with mu/sigma). For a path: the same checks, and
-    its sha256 is reported. Failures raise a one-line error naming the file and the check.
+    its sha256 is reported. The file is read in a child process first (:func:`read_refstats_isolated`), so
+    one that hangs or crashes the HDF5 library fails too. Failures raise a one-line error naming the file and
+    the check.
     """
     path, entry = _resolve_file(ref_or_path)
     if not os.path.isfile(path):
@@ -269,7 +271,7 @@ def verify(ref_or_path):
                 raise ChecksumMismatchError(f"{checked} has sha256 {got}, expected {expected} ({entry.ref}); delete "
                                             f"{path} and fetch it again")
             report["source_sha256"] = got
-    stats = read_refstats(path, full=True)
+    stats = read_refstats_isolated(path)
     report.update(n=stats.n, dim=stats.dim, features=stats.features is not None, ok=True)
     return report
 
