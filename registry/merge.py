@@ -3,8 +3,8 @@
 Each shard's moments are rebuilt from its (n, mu, sigma) about its own mean (shift c = mu, s = 0,
 S = (n - 1) sigma; ``GaussianMoments.from_mean_cov``), which is stable for any feature mean, and merged
 with ``GaussianMoments.merge`` (rebase, then add n, s, S), equal to one pass over all images up to
-rounding. The files' unshifted sum / outer_sum must be present (they mark files written by a build, with
-a known n).
+rounding. The files' ``sum`` must be present (it marks files written by a build, with a known n; builds
+since 0.2 no longer store the derived ``outer_sum``, which merging does not use).
 
 Shards must agree on dataset, split, resolution, mode, feature extractor, layer, weights, the shard
 count k, the total number of images and the sha256 of the source listing; no shard id may appear
@@ -89,8 +89,8 @@ def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> Refere
                                  f"dataset, extractor and preprocessing mode can be merged")
     seen = {}
     for stats in shards:
-        if stats.sum is None or stats.outer_sum is None:
-            raise ValueError(f"{stats.path} has no sum/outer_sum (an imported upstream file); only files written by "
+        if stats.sum is None:  # the mark of a build (0.2 writes no outer_sum: merging needs only n, mu, sigma)
+            raise ValueError(f"{stats.path} has no sum (an imported upstream file); only files written by "
                              f"`genmetrics stats build` can be merged exactly")
         for shard_id in _shard_ids(stats):
             if shard_id in seen:
