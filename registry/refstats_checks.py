@@ -13,28 +13,35 @@ that give a wrong FID. The checks, in the order the reader runs them:
    and :data:`MAX_DIM`, and its storage: a contiguous dataset must be fully written, a chunked one must
    hold at least 1/:data:`MAX_COMPRESSION_RATIO` of its declared bytes (a 16 KB file cannot declare
    gigabytes of zeros or unwritten chunks);
-4. values, on every read (:func:`check_arrays`, O(D^2): ~0.15 s at D = 2048 on top of ~0.2 s of reading):
-   finite and at most 1e100 in magnitude; sigma, outer_sum and sqrt_sigma symmetric; diag(sigma) >= 0 and |sigma_ij| <=
-   sqrt(sigma_ii sigma_jj) (necessary for PSD); sum = n mu and outer_sum = (n - 1) sigma + n mu mu^T
-   within float64 rounding; ``sqrt_sigma @ sqrt_sigma @ V == sigma @ V`` for 4 fixed random vectors V
-   (a symmetric S with S S = sigma also proves sigma positive semi-definite, so files with a cached root,
-   such as every fetched entry, are fully checked for PSD at this cost);
-5. ``full=True`` (``genmetrics stats verify``, fetch and import; :func:`check_full`, ~1-2 s at D = 2048):
+4. values, on every read (:func:`check_arrays`, O(D^2), no D x D temporaries but one: ~0.05-0.15 s at
+   D = 2048, about as long as reading the moments): finite and at most 1e100 in magnitude; sigma, outer_sum
+   and sqrt_sigma symmetric; diag(sigma) >= 0 and |sigma_ij| <= sqrt(sigma_ii sigma_jj) (necessary for
+   PSD); sum = n mu and outer_sum = (n - 1) sigma + n mu mu^T within float64 rounding;
+   ``sqrt_sigma @ sqrt_sigma @ V == sigma @ V`` for 4 fixed random vectors V (a symmetric S with
+   S S = sigma also proves sigma positive semi-definite, so files with a cached root, such as every
+   fetched entry, are checked for PSD at this cost);
+5. ``full=True`` (``genmetrics stats verify``, fetch and import; :func:`check_full`, ~0.5-2 s at D = 2048):
    sigma PSD by a Cholesky factorisation of sigma + 1e-9 max(diag) I (:func:`check_psd`, ~0.5 s; an
    eigendecomposition, ~1.5 s, only to report a failure), ``sqrt_sigma @ sqrt_sigma == sigma`` entry by
    entry, and, when the file stores one feature row per image (N == n), the features' mean equals mu.
 
-Why PSD is not factorised on every read: at D = 2048 it would double the cost of loading a reference
-during training, and FID itself factorises sigma; files reach the cache through fetch/import (checked
-in full) and any file can be checked with ``genmetrics stats verify``.
+Why PSD is not factorised on every read: at D = 2048 it would triple the cost of loading a reference
+during training, and ``frechet_distance`` itself refuses a non-PSD sigma; files reach the cache through
+fetch/import (checked in full) and any file can be checked with ``genmetrics stats verify``.
+
+What these checks cannot cover is libhdf5 itself, a C library: a file crafted against it can hang or
+crash the reading process (fuzzing found a loop on a damaged global heap, where files of the older layout
+keep their text attributes). Files written by genmetrics 0.2 use checksummed metadata and keep text in
+the object header, so damage is detected; verify and fetch read in a child process first
+(:func:`genmetrics.registry.refstats.read_refstats_isolated`).
 
 Every error is a :class:`RefStatsFormatError` (a ValueError), one line naming the file and the failed check.
 """
 import numpy as np
 
-__all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "MAX_MAGNITUDE", "STRING_ATTRIBUTES",
-           "INT_ATTRIBUTES", "check_layout", "read_attributes", "check_dataset", "check_arrays", "check_psd",
-           "check_full"]
+__all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "MAX_MAGNITUDE",
+           "STRING_ATTRIBUTES", "INT_ATTRIBUTES", "check_layout", "read_attributes", "check_dataset", "check_dim",
+           "check_arrays", "check_psd", "check_full"]
 
 MAX_DIM = 16384  # feature dimension: sigma then takes 2 GiB
 MAX_FEATURE_BYTES = 64 << 30  # stored features, uncompressed (ImageNet train at D=2048, float32: 10.5 GB)
@@ -70,7 +77,8 @@ def check_layout(f, where):
                   "refusing to follow it; use a file written by genmetrics")
         obj = f[name]
         if not isinstance(obj, h5py.Dataset):
-            _fail(where, "layout", f"{name!r} is a {type(obj).__name__}, not a dataset", "use a file written by genmetrics")
+            _fail(where, "layout", f"{name!r} is a {type(obj).__name__}, not a dataset",
+                  "use a file written by genmetrics")
         if obj.is_virtual or obj.external:
             kind = "a virtual dataset" if obj.is_virtual else "stored in external files"
             _fail(where, "layout", f"dataset {name!r} is {kind}", "refusing to read other files; use a file "
@@ -180,7 +188,8 @@ def _check_symmetric(name, a, where):
     probe = _probe(a.shape[0])
     error = np.linalg.norm(a @ probe - a.T @ probe)
     if error > _SYMMETRY_RTOL * np.linalg.norm(a) * np.linalg.norm(probe):
-        _fail(where, "symmetry", f"{name} is not symmetric (|(A - A^T) v| = {error:.3g}, |A| = {np.linalg.norm(a):.3g})")
+        _fail(where, "symmetry", f"{name} is not symmetric (|(A - A^T) v| = {error:.3g}, "
+                                 f"|A| = {np.linalg.norm(a):.3g})")
 
 
 def _check_moments(arrays, n, where):

@@ -73,10 +73,12 @@ class _Unpickler(pickle.Unpickler):
         if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
             return _identity
         raise UnsafeTorchScriptError(f"{self.path}: the TorchScript archive refers to {module}.{name}, which is "
-                                     f"neither a module nor a tensor, so it is refused unread (its code never runs); {CONVERT_HINT}")
+                                     f"neither a module nor a tensor, so it is refused unread (its code never "
+                                     f"runs); {CONVERT_HINT}")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES.values()):
+        dtypes = _STORAGE_DTYPES.values()
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in dtypes):
             raise UnsafeTorchScriptError(f"{self.path}: unexpected persistent id {str(pid)[:80]} in data.pkl")
         dtype, key = pid[1], str(pid[2])
         if key not in self.storages:

@@ -17,8 +17,8 @@ from genmetrics.stats import GaussianMoments, frechet_distance, sqrtm_psd
 DIM = 8
 DATASETS = ("mu", "sigma", "n", "sum", "outer_sum", "sqrt_sigma", "features")
 ATTRIBUTES = ("format", "format_version", "dataset", "mode", "version", "num_samples", "resolution", "source")
-META = {"dataset": "toy", "split": "train", "resolution": 32, "mode": "clean", "feature_extractor": "inception-v3-compat",
-        "feature_layer": "pool3", "source": "fuzz"}
+META = {"dataset": "toy", "split": "train", "resolution": 32, "mode": "clean",
+        "feature_extractor": "inception-v3-compat", "feature_layer": "pool3", "source": "fuzz"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,8 +18,8 @@ from genmetrics.registry.npz_import import import_npz, read_npz
 from genmetrics.stats import GaussianMoments, sqrtm_psd
 
 DIM = 8
-META = {"dataset": "toy", "split": "train", "resolution": 32, "mode": "clean", "feature_extractor": "inception-v3-compat",
-        "feature_layer": "pool3", "source": "unit test"}
+META = {"dataset": "toy", "split": "train", "resolution": 32, "mode": "clean",
+        "feature_extractor": "inception-v3-compat", "feature_layer": "pool3", "source": "unit test"}
 
 
 def _features(n=40, dim=DIM, seed=0):
