@@ -109,17 +109,22 @@ def _attribute(f, name, where):
     _fail(where, "attributes", f"attribute {name!r} has type {type(value).__name__}, expected int, float or text")
 
 
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_attributes(f, where):
     """{name: int | float | str} of the root attributes, each of the type its name requires."""
     meta = {}
     for name in f.attrs:
         value = meta[name] = _attribute(f, name, where)
         if name in INT_ATTRIBUTES and (isinstance(value, bool) or not isinstance(value, int)):
-            _fail(where, "attributes", f"attribute {name!r} is {value!r}, expected an integer")
+            _fail(where, "attributes", f"attribute {name!r} is {_short(value)}, expected an integer")
         if name in STRING_ATTRIBUTES and not isinstance(value, str):
-            _fail(where, "attributes", f"attribute {name!r} is {value!r}, expected text")
+            _fail(where, "attributes", f"attribute {name!r} is {_short(value)}, expected text")
         if name == "resolution" and not isinstance(value, (int, str)):
-            _fail(where, "attributes", f"attribute 'resolution' is {value!r}, expected an integer or text")
+            _fail(where, "attributes", f"attribute 'resolution' is {_short(value)}, expected an integer or text")
         if name == "num_samples" and not 0 <= value < MAX_COUNT:
             _fail(where, "attributes", f"attribute 'num_samples' is {value}, expected 0 <= num_samples < 2**53")
     return meta
