@@ -50,6 +50,7 @@ def _wait_for_text(driver, texts, timeout=60):
 
 def test_ui_shows_the_fid_metric_and_its_chart(demo_run, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     run_url = f"{demo_run.tracking_uri}/#/experiments/{demo_run.experiment_id}/runs/{demo_run.run_id}"
     browser.get(run_url)
@@ -58,10 +59,14 @@ def test_ui_shows_the_fid_metric_and_its_chart(demo_run, browser):
 
     browser.get(run_url + "/model-metrics")
     _wait_for_text(browser, ["demo-training (gen/fid)"])
-    fid_card = browser.find_element(
-        By.XPATH, "//*[contains(text(), '(gen/fid)')]/ancestor::*[.//*[contains(@class, 'js-plotly-plot')]][1]")
-    lines = fid_card.find_elements(By.CSS_SELECTOR, ".js-plotly-plot path.js-line")
-    assert lines and lines[0].get_attribute("d"), "the gen/fid chart draws no line"
+    card = "//*[contains(text(), '(gen/fid)')]/ancestor::*[.//*[contains(@class, 'js-plotly-plot')]][1]"
+
+    def drawn_line(driver):  # the chart renders after its title, later on a loaded machine
+        lines = [line for card_element in driver.find_elements(By.XPATH, card)
+                 for line in card_element.find_elements(By.CSS_SELECTOR, ".js-plotly-plot path.js-line")]
+        return next((line for line in lines if line.get_attribute("d")), None)
+
+    assert WebDriverWait(browser, 60, poll_frequency=0.5).until(drawn_line), "the gen/fid chart draws no line"
     for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):  # the assistant panel
         close.click()
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
