@@ -272,7 +272,7 @@ def verify(ref_or_path):
                                             f"{path} and fetch it again")
             report["source_sha256"] = got
     stats = read_refstats_isolated(path)
-    report.update(n=stats.n, dim=stats.dim, features=stats.features is not None, ok=True)
+    report.update(n=stats.n, dim=stats.dim, features=stats.has_features, ok=True)
     return report
 
 

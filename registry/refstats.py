@@ -420,18 +420,20 @@ _CHILD_READ = ("import sys; from genmetrics.registry.refstats import read_refsta
 
 
 def read_refstats_isolated(path, timeout=None):
-    """``read_refstats(path, full=True)``, tried first in a child process (~3 s more): what verify and fetch use.
+    """Every check of ``read_refstats(path, full=True)`` run in a child process (~3 s more), then the file read
+    here with the cheap checks (features lazily): what verify and fetch use.
 
     HDF5 is a C library; a file crafted against it (fuzzing found a loop on a damaged global heap, which
     holds the variable-length strings of files in the older, unchecksummed layout) could hang or crash the
     process that reads it. Here it fails with a RefStatsFormatError (check: hdf5) instead. `timeout`
-    (seconds) defaults to :data:`ISOLATED_READ_TIMEOUT_S`.
+    (seconds) defaults to :data:`ISOLATED_READ_TIMEOUT_S`, plus one second per 20 MB of file.
     """
     import subprocess
     import sys
 
     path = _regular_file(path)
-    timeout = ISOLATED_READ_TIMEOUT_S if timeout is None else timeout
+    if timeout is None:
+        timeout = ISOLATED_READ_TIMEOUT_S + os.path.getsize(path) // 20_000_000
     try:
         child = subprocess.run([sys.executable, "-c", _CHILD_READ, path], capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -440,4 +442,4 @@ def read_refstats_isolated(path, timeout=None):
     if child.returncode < 0:
         raise RefStatsFormatError(f"{path}: the HDF5 library crashed reading it (signal {-child.returncode}) (check: "
                                   f"hdf5); the file is damaged or crafted; delete it")
-    return read_refstats(path, full=True)
+    return read_refstats(path, full=child.returncode != 0)  # a failed check raises here again, with its message
