@@ -76,12 +76,13 @@ def original_interpolation(pos_embed, grid):
     return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
 
 
-def test_dinov2_pipeline_equals_torch_fidelity_preprocessing_around_timm():
-    """uint8 images of another size -> TF1 bilinear 224 px, ImageNet normalisation, 37 -> 16 position grid."""
-    arch = DinoV2Arch(64, 2, 4)
-    release = randomize(timm_dinov2(64, 2, 4, 518), seed=2)
+@pytest.mark.parametrize("arch", [DinoV2Arch(64, 2, 4), DINOV2_ARCHS["dinov2-vit-s-14"]], ids=["tiny", "vit-s-14"])
+def test_dinov2_pipeline_equals_torch_fidelity_preprocessing_around_timm(arch):
+    """uint8 images of another size -> TF1 bilinear 224 px, ImageNet normalisation, 37 -> 16 position grid;
+    a tiny ViT and the real ViT-S/14 configuration."""
+    release = randomize(timm_dinov2(arch.dim, arch.depth, arch.heads, 518), seed=2)
     ours = ours_from_timm(release, arch, grid=37)
-    at_224 = timm_dinov2(64, 2, 4, 224)
+    at_224 = timm_dinov2(arch.dim, arch.depth, arch.heads, 224)
     state = dict(release.state_dict())
     state["pos_embed"] = original_interpolation(release.pos_embed.detach(), 16)
     at_224.load_state_dict(state)
@@ -133,14 +134,16 @@ def torch_fidelity_clip(arch, seed):
     return reference, full
 
 
-def test_clip_equals_torch_fidelity():
-    reference, full = torch_fidelity_clip(TINY_CLIP, seed=4)
-    ours = ClipVisual(TINY_CLIP).eval()
+@pytest.mark.parametrize("arch", [TINY_CLIP, CLIP_ARCHS["clip-vit-b-32"]], ids=["tiny", "vit-b-32"])
+def test_clip_equals_torch_fidelity(arch):
+    """A tiny ViT and the real ViT-B/32 configuration, uint8 images of another size."""
+    reference, full = torch_fidelity_clip(arch, seed=4)
+    ours = ClipVisual(arch).eval()
     ours.load_state_dict(clip_state_dict(full), strict=True)
     x = images(5, shapes=((45, 61), (45, 61), (45, 61)))
     with torch.no_grad():
         (expected,) = reference(x)
-        out = ours(preprocess_clip(x, TINY_CLIP.resolution))
+        out = ours(preprocess_clip(x, arch.resolution))
     assert_close(out["clip"], expected)
     assert_close(out["clip_l2"], expected / expected.norm(dim=1, keepdim=True))
 
