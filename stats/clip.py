@@ -76,8 +76,8 @@ class _Attention(nn.Module):
         n, tokens, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.reshape(n, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        weights = ((q * (width // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.out_proj((weights @ v).transpose(1, 2).reshape(n, tokens, width))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head dim)) v
+        return self.out_proj(out.transpose(1, 2).reshape(n, tokens, width))
 
 
 class _QuickGELU(nn.Module):

@@ -80,8 +80,8 @@ class _Attention(nn.Module):
     def forward(self, x):
         n, tokens, dim = x.shape
         q, k, v = self.qkv(x).reshape(n, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        weights = ((q * (dim // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((weights @ v).transpose(1, 2).reshape(n, tokens, dim))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head dim)) v
+        return self.proj(out.transpose(1, 2).reshape(n, tokens, dim))
 
 
 class _Mlp(nn.Module):
