@@ -25,11 +25,12 @@ raise a ``ValueError`` (KID is not scale invariant, so they cannot be rescaled s
 """
 import math
 import warnings
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
-from .checks import _check_features, _check_positive_int, _check_same_dim
+from .checks import ArrayLike, _check_features, _check_positive_int, _check_same_dim
 from .messages import GenMetricsWarning
 
 __all__ = ["kernel_inception_distance", "polynomial_mmd_unbiased", "polynomial_kernel"]
@@ -42,7 +43,8 @@ def polynomial_kernel(x, y, degree=3, gamma=None, coef0=1.0):
     return (x @ y.T * gamma + coef0) ** degree
 
 
-def polynomial_mmd_unbiased(features1, features2, degree=3, gamma=None, coef0=1.0):
+def polynomial_mmd_unbiased(features1: ArrayLike, features2: ArrayLike, degree: int = 3, gamma: Optional[float] = None,
+                            coef0: float = 1.0) -> float:
     """Unbiased MMD^2 between two feature sets (m, D) and (n, D) with the polynomial kernel (float)."""
     _check_features(features1, "features1")
     _check_features(features2, "features2")
@@ -97,8 +99,9 @@ def _center(x, y, rows=4096):
 
 
 def kernel_inception_distance(
-    features1, features2, subsets=100, subset_size=1000, degree=3, gamma=None, coef0=1.0, seed=0
-):
+    features1: ArrayLike, features2: ArrayLike, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
+    gamma: Optional[float] = None, coef0: float = 1.0, seed: int = 0,
+) -> Tuple[float, float]:
     """KID between two feature sets (N1, D) and (N2, D): (mean, std) of MMD^2_u over random subsets.
 
     Each subset draws `subset_size` rows without replacement from each side with
