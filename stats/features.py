@@ -119,9 +119,10 @@ def _prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
 def _prefetchable(images) -> bool:
     """True for inputs whose reading has no side effects in the caller's thread: a folder or zip path,
     an array or tensor, or a list/tuple of those."""
-    def materialised(x):
-        return isinstance(x, (str, os.PathLike, np.ndarray)) or torch.is_tensor(x)
-    return materialised(images) or (isinstance(images, (list, tuple)) and all(materialised(x) for x in images))
+    def array(x):
+        return isinstance(x, np.ndarray) or torch.is_tensor(x)
+    return (isinstance(images, (str, os.PathLike)) or array(images)
+            or (isinstance(images, (list, tuple)) and all(array(x) for x in images)))
 
 
 def _network(model, fast):
