@@ -13,6 +13,11 @@ def tracking(mlflow_server, monkeypatch, tmp_path, fid_weights_path):
     monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("GENMETRICS_INCEPTION_WEIGHTS", fid_weights_path)
     monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+    # set_experiment sets a module global and MLFLOW_EXPERIMENT_ID; both are undone after the test, so later
+    # tests with another tracking store do not start runs in this server's experiment
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded, so that the value set below is undone
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_experiment("evaluator")
