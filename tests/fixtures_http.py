@@ -13,14 +13,17 @@ GET honours `Range: bytes=N-` with 206. `srv.stalls[prefix] = threading.Event()`
 (GET or POST) whose path starts with `prefix` until the event is set (at most 20 s), then answers 503;
 `srv.stalls_answered` counts the held requests answered so far.
 """
+import hashlib
+import io
 import itertools
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 
-__all__ = ["http_server", "FileServer"]
+__all__ = ["http_server", "FileServer", "genmetrics_home", "npz_bytes", "sha256_of"]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -161,3 +164,23 @@ def http_server():
     srv = FileServer()
     yield srv
     srv.close()
+
+
+def npz_bytes(seed=0, dim=16, n=50):
+    """(bytes of an upstream-style .npz with mu and sigma of `n` seeded (n, dim) features, the features)."""
+    x = np.random.default_rng(seed).normal(size=(n, dim))
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False))
+    return buffer.getvalue(), x
+
+
+def sha256_of(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def genmetrics_home(tmp_path, monkeypatch):
+    """An empty $GENMETRICS_HOME with downloads allowed (GENMETRICS_OFFLINE unset)."""
+    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GENMETRICS_OFFLINE", raising=False)
+    return tmp_path / "home"

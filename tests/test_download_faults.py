@@ -1,12 +1,12 @@
 """Downloads against a misbehaving loopback server: trickling, endless and looping answers, HTML pages
 instead of statistics, conversion failures, read-only caches (issue 11, items 10-12)."""
-import hashlib
 import io
 import json
 import os
 
 import numpy as np
 import pytest
+from fixtures_http import npz_bytes, sha256_of
 from fixtures_readonly import run_without_write_override
 
 from genmetrics import registry
@@ -18,24 +18,11 @@ CAPTIVE_PORTAL = b"<!DOCTYPE html><html><body>Please log in to the hotel Wi-Fi</
 FAST = Limits(deadline=20, min_rate=2000, rate_window=0.5, max_bytes=1 << 20)
 
 
-def _npz_bytes(seed=0, dim=16, n=50):
-    x = np.random.default_rng(seed).normal(size=(n, dim))
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False))
-    return buffer.getvalue(), x
-
-
-def _sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("GENMETRICS_OFFLINE", raising=False)
+def home(genmetrics_home, monkeypatch):
     for name, value in (("DEADLINE", "20"), ("MIN_RATE", "2000"), ("RATE_WINDOW", "0.5")):
         monkeypatch.setenv(f"GENMETRICS_DOWNLOAD_{name}", value)
-    return tmp_path / "home"
+    return genmetrics_home
 
 
 def _manifest(tmp_path, monkeypatch, urls, sha256=None, fmt="npz", size=None):
@@ -54,9 +41,9 @@ def test_a_trickling_server_is_dropped_and_the_transfer_resumes(http_server, tmp
     data = os.urandom(50_000)
     http_server.files["/f"] = data
     http_server.faults["/f"] = [("trickle", 0.05)]
-    got = download(http_server.url + "/f", str(tmp_path / "f"), sha256=_sha(data), progress=False, backoff=0.01,
+    got = download(http_server.url + "/f", str(tmp_path / "f"), sha256=sha256_of(data), progress=False, backoff=0.01,
                    limits=FAST)
-    assert got == _sha(data) and (tmp_path / "f").read_bytes() == data
+    assert got == sha256_of(data) and (tmp_path / "f").read_bytes() == data
     assert len(http_server.get_requests("/f")) == 2
 
 
@@ -114,18 +101,18 @@ def test_remote_manifest_reads_are_bounded(http_server, home, monkeypatch):
 
 
 def test_a_captive_portal_page_does_not_poison_an_unpinned_entry(http_server, home, tmp_path, monkeypatch):
-    data, x = _npz_bytes()
+    data, x = npz_bytes()
     http_server.files["/a/toy.npz"] = CAPTIVE_PORTAL  # the first mirror answers 200 with a login page
     http_server.files["/b/toy.npz"] = data
     _manifest(tmp_path, monkeypatch, [http_server.url + "/a/toy.npz", http_server.url + "/b/toy.npz"])
     stats = registry.load("toy-train-32")
     np.testing.assert_allclose(stats.mu, x.mean(axis=0), atol=1e-12)
-    assert registry.info("toy-train-32")["recorded_sha256"] == _sha(data)
+    assert registry.info("toy-train-32")["recorded_sha256"] == sha256_of(data)
     assert registry.verify("toy-train-32")["ok"]
 
 
 def test_an_html_page_from_the_only_source_records_nothing(http_server, home, tmp_path, monkeypatch):
-    data, _ = _npz_bytes()
+    data, _ = npz_bytes()
     http_server.files["/toy.npz"] = CAPTIVE_PORTAL
     _manifest(tmp_path, monkeypatch, [http_server.url + "/toy.npz"])
     with pytest.raises(DownloadError, match=r"toy\.npz is not valid npz statistics.*discarded"):
@@ -134,11 +121,11 @@ def test_an_html_page_from_the_only_source_records_nothing(http_server, home, tm
     assert not os.path.exists(cache_path(resolve("toy-train-32")))
     http_server.files["/toy.npz"] = data  # the network is back: the real file is accepted
     registry.fetch("toy-train-32", progress=False)
-    assert registry.info("toy-train-32")["recorded_sha256"] == _sha(data)
+    assert registry.info("toy-train-32")["recorded_sha256"] == sha256_of(data)
 
 
 def test_wrong_shapes_and_conversion_errors_try_the_next_source(http_server, home, tmp_path, monkeypatch):
-    data, x = _npz_bytes()
+    data, x = npz_bytes()
     buffer = io.BytesIO()
     np.savez(buffer, mu=np.zeros(16), sigma=np.zeros((16, 15)))
     http_server.files["/shapes.npz"] = buffer.getvalue()
@@ -147,7 +134,7 @@ def test_wrong_shapes_and_conversion_errors_try_the_next_source(http_server, hom
                                                                      "/good.npz")])
     http_server.faults["/loop.npz"] = [("redirect", "/loop.npz")] * 100
     np.testing.assert_allclose(registry.load("toy-train-32").mu, x.mean(axis=0), atol=1e-12)
-    assert registry.info("toy-train-32")["recorded_sha256"] == _sha(data)
+    assert registry.info("toy-train-32")["recorded_sha256"] == sha256_of(data)
     assert not os.path.exists(home / "stats" / "sources" / "toy-train-32-clean@1" / "shapes.npz")
 
 
@@ -163,11 +150,11 @@ def test_h5_source_with_another_mode_tries_the_next_source(http_server, home, tm
         http_server.files[f"/{mode}.h5"] = path.read_bytes()
     _manifest(tmp_path, monkeypatch, [http_server.url + "/legacy_pytorch.h5", http_server.url + "/clean.h5"], fmt="h5")
     assert registry.load("toy-train-32").meta["mode"] == "clean"
-    assert registry.info("toy-train-32")["recorded_sha256"] == _sha(http_server.files["/clean.h5"])
+    assert registry.info("toy-train-32")["recorded_sha256"] == sha256_of(http_server.files["/clean.h5"])
 
 
 def test_a_manifest_size_caps_the_download(http_server, home, tmp_path, monkeypatch):
-    data, _ = _npz_bytes()
+    data, _ = npz_bytes()
     http_server.files["/toy.npz"] = b""
     http_server.faults["/toy.npz"] = [("endless",)] * 10
     _manifest(tmp_path, monkeypatch, [http_server.url + "/toy.npz"], size=len(data))
@@ -210,7 +197,7 @@ def test_a_read_only_cache_is_a_one_line_error_and_its_files_are_still_used(http
                                                                             monkeypatch):
     import sys
 
-    data, x = _npz_bytes()
+    data, x = npz_bytes()
     http_server.files["/toy.npz"] = data
     path = tmp_path / "team.yaml"
     entries = [{"name": "toy", "split": "train", "resolution": 32, "mode": "clean", "version": version,

@@ -11,7 +11,6 @@ from genmetrics.plugin.scoring import score_samples
 from genmetrics.registry.refstats import ReferenceStats
 from genmetrics.stats import EXTRACTORS, FeatureAccumulator, cmmd, copy_detection, load_extractor
 from genmetrics.stats.clip import ClipArch, ClipVisual, preprocess_clip
-from genmetrics.stats.dinov2 import build_dinov2
 from genmetrics.stats.extractor import FeatureExtractor
 
 
@@ -24,18 +23,6 @@ def crops(photos):
             y, x = rng.integers(0, p.shape[0] - 64), rng.integers(0, p.shape[1] - 64)
             out.append(p[y:y + 64, x:x + 64])
     return np.stack(out)  # (24, 64, 64, 3) uint8
-
-
-@pytest.fixture(scope="module")
-def dinov2_file(tmp_path_factory):
-    torch.manual_seed(0)
-    network = build_dinov2("dinov2-vit-s-14")
-    with torch.no_grad():
-        for p in network.parameters():
-            p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("w") / "dinov2_vits14_pretrain.pth"
-    torch.save(network.state_dict(), path)
-    return str(path)
 
 
 def reference_of(extractor, images, layer=None):

@@ -3,7 +3,6 @@ file (extractor, its mode and layer) and enforced when comparing; scoring a DINO
 ViT-S/14 weights in the release layout stand in for the real file."""
 import numpy as np
 import pytest
-import torch
 from fixtures_data import make_photo_folder
 
 from genmetrics.plugin.cli import main
@@ -11,19 +10,6 @@ from genmetrics.plugin.scoring import score_samples
 from genmetrics.registry import load
 from genmetrics.stats import EXTRACTORS
 from genmetrics.stats.defaults import EXTRACTOR_NAMES
-from genmetrics.stats.dinov2 import build_dinov2
-
-
-@pytest.fixture(scope="module")
-def dinov2_file(tmp_path_factory):
-    torch.manual_seed(0)
-    network = build_dinov2("dinov2-vit-s-14")
-    with torch.no_grad():
-        for p in network.parameters():
-            p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("w") / "dinov2_vits14_pretrain.pth"
-    torch.save(network.state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

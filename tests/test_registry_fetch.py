@@ -1,6 +1,4 @@
 """The downloader and registry fetch against a real HTTP server on loopback serving files built here."""
-import hashlib
-import io
 import json
 import os
 import subprocess
@@ -10,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from fixtures_http import npz_bytes, sha256_of
 
 from genmetrics import registry
 from genmetrics.registry.fetch import cache_path
@@ -20,21 +19,12 @@ DIM = 128  # sigma is 128 KiB: big enough for a body cut after the first 64 KiB 
 
 
 def _npz_bytes(seed=0, dim=DIM, n=300):
-    x = np.random.default_rng(seed).normal(size=(n, dim))
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False))
-    return buffer.getvalue(), x
-
-
-def _sha(data):
-    return hashlib.sha256(data).hexdigest()
+    return npz_bytes(seed, dim, n)
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("GENMETRICS_OFFLINE", raising=False)
-    return tmp_path / "home"
+def home(genmetrics_home):
+    return genmetrics_home
 
 
 def _manifest(tmp_path, monkeypatch, entries, name="team.yaml"):
@@ -60,11 +50,11 @@ def test_download_success_returns_sha256_and_keeps_no_temp_files(http_server, tm
     data = os.urandom(200_000)
     http_server.files["/blob"] = data
     dest = tmp_path / "d" / "blob"
-    assert download(http_server.url + "/blob", str(dest), sha256=_sha(data), progress=False) == _sha(data)
+    assert download(http_server.url + "/blob", str(dest), sha256=sha256_of(data), progress=False) == sha256_of(data)
     assert dest.read_bytes() == data
     assert not (tmp_path / "d" / "blob.part").exists()
     # a second call finds the file done and does not download again
-    assert download(http_server.url + "/blob", str(dest), sha256=_sha(data), progress=False) == _sha(data)
+    assert download(http_server.url + "/blob", str(dest), sha256=sha256_of(data), progress=False) == sha256_of(data)
     assert len(http_server.get_requests("/blob")) == 1
 
 
@@ -79,8 +69,8 @@ def test_download_retries_5xx_then_succeeds(http_server, tmp_path):
     data = os.urandom(10_000)
     http_server.files["/f"] = data
     http_server.faults["/f"] = [("status", 500), ("status", 503)]
-    got = download(http_server.url + "/f", str(tmp_path / "f"), sha256=_sha(data), progress=False, backoff=0.01)
-    assert got == _sha(data) and (tmp_path / "f").read_bytes() == data
+    got = download(http_server.url + "/f", str(tmp_path / "f"), sha256=sha256_of(data), progress=False, backoff=0.01)
+    assert got == sha256_of(data) and (tmp_path / "f").read_bytes() == data
     assert len(http_server.get_requests("/f")) == 3
 
 
@@ -96,8 +86,8 @@ def test_download_resumes_a_dropped_connection_with_range(http_server, tmp_path)
     data = os.urandom(300_000)
     http_server.files["/big"] = data
     http_server.faults["/big"] = [("truncate", 150_000)]
-    got = download(http_server.url + "/big", str(tmp_path / "big"), sha256=_sha(data), progress=False, backoff=0.01)
-    assert got == _sha(data) and (tmp_path / "big").read_bytes() == data
+    got = download(http_server.url + "/big", str(tmp_path / "big"), sha256=sha256_of(data), progress=False, backoff=0.01)
+    assert got == sha256_of(data) and (tmp_path / "big").read_bytes() == data
     ranges = [h.get("Range") for h in http_server.get_requests("/big")]
     assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:-1]) > 0
 
@@ -108,8 +98,8 @@ def test_download_restarts_when_server_ignores_range(http_server, tmp_path):
     (tmp_path / "f.part").write_bytes(b"stale bytes of another file")
     # the server answers the ranged request with 200 + a full body (the 'bytes' fault ignores Range)
     http_server.faults["/f"] = [("bytes", data)]
-    got = download(http_server.url + "/f", str(tmp_path / "f"), sha256=_sha(data), progress=False)
-    assert got == _sha(data) and (tmp_path / "f").read_bytes() == data
+    got = download(http_server.url + "/f", str(tmp_path / "f"), sha256=sha256_of(data), progress=False)
+    assert got == sha256_of(data) and (tmp_path / "f").read_bytes() == data
 
 
 def test_download_wrong_bytes_refused_and_nothing_left(http_server, tmp_path):
@@ -117,8 +107,8 @@ def test_download_wrong_bytes_refused_and_nothing_left(http_server, tmp_path):
     http_server.files["/f"] = data
     http_server.faults["/f"] = [("bytes", b"not the file")]
     with pytest.raises(ChecksumMismatchError) as error:
-        download(http_server.url + "/f", str(tmp_path / "f"), sha256=_sha(data), progress=False)
-    assert _sha(data) in str(error.value) and _sha(b"not the file") in str(error.value)
+        download(http_server.url + "/f", str(tmp_path / "f"), sha256=sha256_of(data), progress=False)
+    assert sha256_of(data) in str(error.value) and sha256_of(b"not the file") in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.lock"]
 
 
@@ -131,8 +121,8 @@ def test_download_offline_names_the_missing_file(tmp_path, monkeypatch):
 def test_download_file_url_and_plain_path(tmp_path):
     source = tmp_path / "src.bin"
     source.write_bytes(b"local bytes")
-    assert download(source.as_uri(), str(tmp_path / "a"), sha256=_sha(b"local bytes")) == _sha(b"local bytes")
-    assert download(str(source), str(tmp_path / "b")) == _sha(b"local bytes")
+    assert download(source.as_uri(), str(tmp_path / "a"), sha256=sha256_of(b"local bytes")) == sha256_of(b"local bytes")
+    assert download(str(source), str(tmp_path / "b")) == sha256_of(b"local bytes")
     assert (tmp_path / "b").read_bytes() == b"local bytes"
 
 
@@ -142,7 +132,7 @@ def test_download_file_url_and_plain_path(tmp_path):
 def test_fetch_converts_npz_with_provenance(http_server, home, tmp_path, monkeypatch):
     data, x = _npz_bytes()
     http_server.files["/stats/toy.npz"] = data
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/stats/toy.npz", sha256=_sha(data))])
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/stats/toy.npz", sha256=sha256_of(data))])
     path = registry.fetch("toy-train-32", progress=False)
     assert path == str(home / "stats" / "toy-train-32-clean@1.h5")
     stats = registry.load("toy-train-32-clean@1")
@@ -150,7 +140,7 @@ def test_fetch_converts_npz_with_provenance(http_server, home, tmp_path, monkeyp
     np.testing.assert_allclose(stats.sigma, np.cov(x, rowvar=False), rtol=0, atol=1e-12)
     np.testing.assert_allclose(stats.sqrt_sigma @ stats.sqrt_sigma, stats.sigma, atol=1e-10)
     assert stats.meta["source"] == http_server.url + "/stats/toy.npz"
-    assert stats.meta["source_sha256"] == _sha(data)
+    assert stats.meta["source_sha256"] == sha256_of(data)
     assert stats.meta["registry_ref"] == "toy-train-32-clean@1" and stats.n == 300
     assert registry.verify("toy-train-32")["ok"]
 
@@ -166,7 +156,7 @@ def test_fetch_500_then_200(http_server, home, tmp_path, monkeypatch):
     data, _ = _npz_bytes()
     http_server.files["/toy.npz"] = data
     http_server.faults["/toy.npz"] = [("status", 500)]
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=sha256_of(data))])
     assert os.path.isfile(registry.fetch("toy-train-32", progress=False))
     assert len(http_server.get_requests("/toy.npz")) == 2
 
@@ -176,7 +166,7 @@ def test_fetch_resumes_dropped_connection_with_range(http_server, home, tmp_path
     assert len(data) > 100_000
     http_server.files["/toy.npz"] = data
     http_server.faults["/toy.npz"] = [("truncate", 100_000)]
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=sha256_of(data))])
     stats = registry.load("toy-train-32")
     np.testing.assert_allclose(stats.mu, x.mean(axis=0), atol=1e-12)
     ranges = [h.get("Range") for h in http_server.get_requests("/toy.npz")]
@@ -188,8 +178,8 @@ def test_fetch_wrong_bytes_refused_and_cache_left_clean(http_server, home, tmp_p
     bad, _ = _npz_bytes(seed=1)
     http_server.files["/toy.npz"] = data
     http_server.faults["/toy.npz"] = [("bytes", bad)]
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
-    with pytest.raises(ChecksumMismatchError, match=f"expected {_sha(data)}, got {_sha(bad)}"):
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=sha256_of(data))])
+    with pytest.raises(ChecksumMismatchError, match=f"expected {sha256_of(data)}, got {sha256_of(bad)}"):
         registry.fetch("toy-train-32", progress=False)
     leftovers = [f for _, _, files in os.walk(home) for f in files if not f.endswith(".lock")]
     assert leftovers == []
@@ -200,7 +190,7 @@ def test_unpinned_entry_records_hash_and_refuses_a_changed_file(http_server, hom
     http_server.files["/toy.npz"] = data
     _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=None)])
     path = registry.fetch("toy-train-32", progress=False)
-    assert registry.info("toy-train-32")["recorded_sha256"] == _sha(data)
+    assert registry.info("toy-train-32")["recorded_sha256"] == sha256_of(data)
     # the upstream file changes; a fresh fetch (cache emptied) must refuse it
     os.remove(path)
     for root, _, files in os.walk(home / "stats" / "sources"):
@@ -267,7 +257,7 @@ def test_four_processes_fetch_once(http_server, home, tmp_path, monkeypatch):
     data, _ = _npz_bytes()
     http_server.files["/toy.npz"] = data
     http_server.faults["/toy.npz"] = [("delay", 1.0)]  # keep the first download in flight while others start
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=sha256_of(data))])
     final = cache_path(resolve("toy-train-32"))
     procs = [subprocess.Popen([sys.executable, "-c", _FETCHER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=dict(os.environ), text=True) for _ in range(4)]
@@ -289,7 +279,7 @@ def test_cli_fetch_list_info_verify(http_server, home, tmp_path, monkeypatch, ca
 
     data, _ = _npz_bytes(dim=8)
     http_server.files["/toy.npz"] = data
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=sha256_of(data))])
     assert main(["stats", "fetch", "toy-train-32", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip() == str(home / "stats" / "toy-train-32-clean@1.h5")
     assert main(["stats", "list"]) == 0
@@ -297,9 +287,9 @@ def test_cli_fetch_list_info_verify(http_server, home, tmp_path, monkeypatch, ca
     assert "* toy-train-32-clean@1" in listing and "  cifar10-train-32-clean@1" in listing
     assert main(["stats", "info", "toy-train-32", "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described["cached"] and described["attributes"]["source_sha256"] == _sha(data)
+    assert described["cached"] and described["attributes"]["source_sha256"] == sha256_of(data)
     assert main(["stats", "verify", "toy-train-32"]) == 0
-    assert f"source sha256 {_sha(data)}" in capsys.readouterr().out
+    assert f"source sha256 {sha256_of(data)}" in capsys.readouterr().out
     assert main(["stats", "info", "toy-trian-32"]) == 2
     assert "Did you mean: toy-train-32" in capsys.readouterr().err
 
@@ -307,7 +297,7 @@ def test_cli_fetch_list_info_verify(http_server, home, tmp_path, monkeypatch, ca
 def test_verify_detects_a_damaged_cached_file(http_server, home, tmp_path, monkeypatch):
     data, _ = _npz_bytes(dim=8)
     http_server.files["/toy.npz"] = data
-    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=_sha(data))])
+    _manifest(tmp_path, monkeypatch, [_entry(http_server.url + "/toy.npz", sha256=sha256_of(data))])
     path = registry.fetch("toy-train-32", progress=False)
     assert registry.verify("toy-train-32")["ok"]
     with open(path, "r+b") as f:  # flip one byte inside the file
@@ -323,7 +313,7 @@ def test_remote_user_manifest_is_cached_for_offline_use(http_server, home, monke
     data, x = _npz_bytes(dim=8)
     http_server.files["/team/toy.npz"] = data
     http_server.files["/team/manifest.yaml"] = json.dumps(
-        {"format_version": 1, "entries": [_entry("toy.npz", sha256=_sha(data))]}).encode()
+        {"format_version": 1, "entries": [_entry("toy.npz", sha256=sha256_of(data))]}).encode()
     monkeypatch.setenv("GENMETRICS_MANIFEST", http_server.url + "/team/manifest.yaml")
     assert resolve("toy-train-32").sources[0].url == http_server.url + "/team/toy.npz"  # relative to the manifest
     registry.fetch("toy-train-32", progress=False)
