@@ -15,6 +15,8 @@ head). Every rewrite below is an identity of real arithmetic; only float32 round
   bias included: ``conv1x1(avgpool(x)) = avgpool(conv1x1(x))``. The 1x1 convolution therefore joins the
   fused one above and the pool runs on its 32..192 output channels instead of the 192..1280 input channels.
 - **Channels-last memory** (NHWC), the layout oneDNN's and cuDNN's convolutions run fastest in.
+- **Small chunks on the CPU**: a batch is run :data:`CPU_CHUNK` images at a time (same results up to
+  rounding, faster because the activations stay in the caches).
 - **Convolution and ReLU in one oneDNN call** on the CPU (``torch.ops.mkldnn._convolution_pointwise``, the
   kernel ``torch.compile`` emits); elsewhere ``F.conv2d`` then ``F.relu``.
 
@@ -39,7 +41,11 @@ from torch import nn
 from .defaults import FEATURE_LAYER, LOGITS_LAYER
 from .inception import INPUT_SIZE, BasicConv2d, FIDInception, exact_float32
 
-__all__ = ["FastFIDInception", "build_fast_inception", "fast_inception"]
+__all__ = ["FastFIDInception", "build_fast_inception", "fast_inception", "CPU_CHUNK"]
+
+#: Images per network call on the CPU: a batch is run in chunks of this size, whose activations stay in
+#: the caches (2-core AVX-512 CPU, photos: 37.7 images/s in chunks of 4, 36.1 of 8, 33.5 of 16, 27.5 of 48).
+CPU_CHUNK = 8
 
 
 def fold_batchnorm(layers: Sequence[BasicConv2d]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -223,8 +229,9 @@ class FastFIDInception(nn.Module):
                 f"the FID Inception takes float images of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) scaled to "
                 f"[-1, 1], got shape {tuple(x.shape)}; resize with genmetrics.stats.preprocess first")
         x = x.to(self.network.stem[0].weight.dtype)
+        chunks = x.split(CPU_CHUNK) if x.device.type == "cpu" else [x]
         with torch.inference_mode(), exact_float32():
-            pool3, logits = self.network(x)
+            pool3, logits = (torch.cat(parts) for parts in zip(*(self.network(chunk) for chunk in chunks)))
         out = {FEATURE_LAYER: pool3.clone()}
         if self.has_logits:
             out[LOGITS_LAYER] = logits.clone()
