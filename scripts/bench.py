@@ -203,8 +203,15 @@ def _memory_batches(ctx, results, label, images):
         for b in batches:
             metric.update(b.to(device), real=True)
 
+    def pytorch_fid_channels_last():
+        """pytorch-fid's network fed channels-last tensors (PyTorch then runs every layer in that layout)."""
+        with torch.no_grad():
+            return torch.cat([pfid(b.to(device).float().div(255).contiguous(memory_format=torch.channels_last))[0]
+                              .flatten(1).cpu() for b in batches]).numpy()
+
     runs = {"genmetrics (fast, default)": lambda: ours(True), "genmetrics (unfused reference)": lambda: ours(False),
             "pytorch-fid InceptionV3 network": pytorch_fid_network,
+            "pytorch-fid InceptionV3 network, channels-last input": pytorch_fid_channels_last,
             "torchmetrics FrechetInceptionDistance.update": torchmetrics_update}
     for fn in runs.values():  # warm-up: oneDNN primitives, the fast module's build, thread pools
         fn()
