@@ -5,9 +5,10 @@ same inputs and the same Inception weights. Writes a JSON file and a markdown ta
 
 Sections (docs/performance.md explains each and holds the measured table):
 
-a. Inception features from in-memory uint8 299x299 batches (images/s): ours (fast form and the unfused
-   reference module) against pytorch-fid's ``InceptionV3([3])`` and torchmetrics' ``FrechetInceptionDistance``
-   (torch-fidelity's network) holding the same weights.
+a. Inception features from in-memory uint8 299x299 NCHW batches of photographs and of uniform noise
+   (images/s): ours (fast form and the unfused reference module) against pytorch-fid's ``InceptionV3([3])``
+   (fed NCHW, and fed channels-last tensors, in which PyTorch runs its whole network faster) and torchmetrics'
+   ``FrechetInceptionDistance`` (torch-fidelity's network), holding the same weights.
 b. End to end from a folder of 32 px PNGs and from a folder of 256 px JPEGs (list, decode, resize, network;
    images/s), each of our modes against the peer that defines it: ``legacy_pytorch`` vs pytorch-fid's
    ``get_activations``, ``clean`` vs clean-fid's ``get_folder_features``, ``legacy_tensorflow`` vs
