@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import FEATURE_EXTRACTOR, FEATURE_LAYER
 from .download import cached_file_sha256
 from .torchscript_tensors import is_torchscript, read_torchscript_tensors
 from .weights import missing_inception_head_message, resolve_inception_weights
@@ -37,7 +38,6 @@ from .weights import missing_inception_head_message, resolve_inception_weights
 __all__ = ["FIDInception", "load_inception", "convert_tf_layout", "exact_float32", "FEATURE_EXTRACTOR",
            "INPUT_SIZE", "POOL3_DIM", "NUM_LOGITS"]
 
-FEATURE_EXTRACTOR = "inception-v3-compat"  # name recorded in statistics files (torch-fidelity's name)
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008
@@ -277,7 +277,7 @@ class FIDInception(nn.Module):
                           self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
                 x = block(x)
             pool3 = x.mean(dim=(2, 3))  # the TF graph's 8x8 average pool
-            out = {"pool3": pool3}
+            out = {FEATURE_LAYER: pool3}
             if self.fc is not None:
                 out["logits"] = pool3 @ self.fc.weight.t()
         return out
