@@ -138,7 +138,7 @@ def _read_remote(url):
     from genmetrics.stats.download import genmetrics_home, offline
 
     cached = os.path.join(genmetrics_home(), "manifests", hashlib.sha256(url.encode()).hexdigest()[:16] + ".yaml")
-    problem = f"GENMETRICS_OFFLINE=1" if offline() else None
+    problem = "GENMETRICS_OFFLINE=1" if offline() else None
     if problem is None:
         from genmetrics.stats.download import DownloadError, fetch_bytes
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from fixtures_plugin_scoring import TinyExtractor, tiny_reference_path  # noqa: F401 (fixture)
+from fixtures_plugin_scoring import TinyExtractor
 
 from genmetrics.plugin import score_samples
 from genmetrics.stats import GaussianMoments
@@ -54,7 +54,7 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
     assert seen[0]["seconds"] < 30  # told at once, not after the process group's timeout
 
 
-def test_log_gen_metrics_on_every_rank_logs_once(tmp_path, mlflow_server, tiny_reference_path):  # noqa: F811
+def test_log_gen_metrics_on_every_rank_logs_once(tmp_path, mlflow_server, tiny_reference_path):
     from mlflow.tracking import MlflowClient
 
     done = _job("score", tmp_path, mlflow_server.uri, tiny_reference_path)
