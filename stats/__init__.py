@@ -3,9 +3,10 @@
 Never imports MLflow, the registry or the plugin. Names are loaded on first use (PEP 562), so
 ``import genmetrics.stats.defaults`` (the shared names, used by the command line) does not load torch.
 """
-import importlib
 import sys
 import types
+
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "defaults": ("MODES", "DEFAULT_MODE", "FEATURE_LAYER", "FEATURE_EXTRACTOR", "DEFAULT_METRICS", "METRICS",
@@ -35,21 +36,7 @@ _EXPORTS = {
     "diversity": ("DiversityScore", "diversity_pairs", "pairwise_diversity", "lpips_diversity", "ms_ssim_diversity"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'genmetrics.stats' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _StatsPackage(types.ModuleType):
