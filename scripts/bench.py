@@ -6,7 +6,7 @@ same inputs and the same Inception weights. Writes a JSON file and a markdown ta
 Sections (docs/performance.md explains each and holds the measured table):
 
 a. Inception features from in-memory uint8 299x299 NCHW batches of photographs and of uniform noise
-   (images/s): ours (fast form and the unfused reference module) against pytorch-fid's ``InceptionV3([3])``
+   (images/s): ours (fast form, the opt-in bf16 fast form, the unfused reference module) against pytorch-fid's ``InceptionV3([3])``
    (fed NCHW, and fed channels-last tensors, in which PyTorch runs its whole network faster) and torchmetrics'
    ``FrechetInceptionDistance`` (torch-fidelity's network), holding the same weights.
 b. End to end from a folder of 32 px PNGs and from a folder of 256 px JPEGs (list, decode, resize, network;
@@ -46,8 +46,10 @@ import numpy as np
 import torch
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-SIZES = {"quick": dict(memory=24, png=24, jpg=12, batch=12, fd_repeats=1, deviation=12, log=16, rss=(200, 1000)),
-         "full": dict(memory=64, png=96, jpg=48, batch=32, fd_repeats=2, deviation=32, log=48, rss=(1000, 10000))}
+SIZES = {"quick": dict(memory=24, png=24, jpg=12, batch=12, fd_repeats=1, deviation=12, bf16=48, log=16,
+                       rss=(200, 1000)),
+         "full": dict(memory=64, png=96, jpg=48, batch=32, fd_repeats=2, deviation=32, bf16=400, log=48,
+                      rss=(1000, 10000))}
 
 
 # --- inputs and weights --------------------------------------------------------------------------
@@ -189,8 +191,9 @@ def _memory_batches(ctx, results, label, images):
 
     batches = list(images.split(ctx.sizes["batch"]))
     n, reps, device = images.shape[0], ctx.repeats, ctx.device
-    ours = lambda fast: extract_features(images, model=ctx.model, mode="legacy_pytorch",  # noqa: E731
-                                         batch_size=ctx.sizes["batch"], progress=False, fast=fast)["pool3"].numpy()
+    ours = lambda fast, precision="fp32": extract_features(  # noqa: E731
+        images, model=ctx.model, mode="legacy_pytorch", batch_size=ctx.sizes["batch"], progress=False, fast=fast,
+        precision=precision)["pool3"].numpy()
     pfid = pytorch_fid_model(ctx.state, device)
 
     def pytorch_fid_network():
@@ -211,6 +214,7 @@ def _memory_batches(ctx, results, label, images):
                               .flatten(1).cpu() for b in batches]).numpy()
 
     runs = {"genmetrics (fast, default)": lambda: ours(True), "genmetrics (unfused reference)": lambda: ours(False),
+            "genmetrics (fast, precision='bf16' opt-in)": lambda: ours(True, "bf16"),
             "pytorch-fid InceptionV3 network": pytorch_fid_network,
             "pytorch-fid InceptionV3 network, channels-last input": pytorch_fid_channels_last,
             "torchmetrics FrechetInceptionDistance.update": torchmetrics_update}
@@ -230,6 +234,11 @@ def _memory_batches(ctx, results, label, images):
          "max_rel_feature_error": rel_diff(fast, ref),
          "fid_rel_error": abs(fid_of_halves(fast) - fid_of_halves(ref)) / fid_of_halves(ref),
          "vs_pytorch_fid_features": rel_diff(fast, outputs["pytorch-fid InceptionV3 network"])})
+    reduced = outputs["genmetrics (fast, precision='bf16' opt-in)"]
+    results["e_deviation"].append(
+        {"path": f"{device} fast form in bf16 (opt-in), {n} images 299 px in memory ({label})",
+         "max_rel_feature_error": rel_diff(reduced, ref),
+         "fid_rel_error": abs(fid_of_halves(reduced) - fid_of_halves(ref)) / fid_of_halves(ref)})
 
 
 def section_end_to_end(ctx, results):
@@ -271,6 +280,21 @@ def section_end_to_end(ctx, results):
         results.setdefault("e_deviation", []).append({
             "path": f"{ctx.device} fast form, {len(images)} PNGs 32 px, {mode}",
             "max_rel_feature_error": rel_diff(fast, ref), "fid_rel_error": fid_error})
+    _bf16_deviation(ctx, results)
+
+
+def _bf16_deviation(ctx, results):
+    """(e) the opt-in bf16 form against the exact fast form on more photos (FID needs more than a few dozen)."""
+    from genmetrics.stats import extract_features
+
+    images = np.stack(photo_crops(ctx.sizes["bf16"], 32, seed=16))
+    exact, reduced = (extract_features(images, model=ctx.model, mode="clean", batch_size=ctx.sizes["batch"],
+                                       progress=False, precision=p)["pool3"].numpy() for p in ("fp32", "bf16"))
+    results["e_deviation"].append({
+        "path": f"{ctx.device} fast form in bf16 (opt-in) vs fp32, {len(images)} photos 32 px, clean",
+        "max_rel_feature_error": rel_diff(reduced, exact),
+        "fid_rel_error": abs(fid_of_halves(reduced) - fid_of_halves(exact)) / fid_of_halves(exact),
+        "fid_fp32": fid_of_halves(exact), "fid_bf16": fid_of_halves(reduced)})
 
 
 def section_frechet(ctx, results):

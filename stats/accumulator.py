@@ -106,6 +106,8 @@ class FeatureAccumulator:
         value_range: range of float images when not [0, 1], e.g. (-1, 1).
         distributed: combine all ranks of an initialised process group in ``compute()`` (every rank must
             call it); False = this rank's images only. Outside a process group it changes nothing.
+        precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in,
+            not exact; see :func:`~genmetrics.stats.extract_features`).
 
     Example:
         >>> acc = FeatureAccumulator(model=my_extractor)
@@ -115,9 +117,15 @@ class FeatureAccumulator:
 
     def __init__(self, model=None, mode: str = DEFAULT_MODE, layer: str = FEATURE_LAYER, keep_features: bool = False,
                  keep_logits: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, device=None, value_range=None,
-                 distributed: bool = True):
+                 distributed: bool = True, precision: str = "fp32"):
+        from .inception_fast import check_precision
+
         _check_mode(mode)
+        if check_precision(precision) != "fp32" and _is_feature_extractor(model):
+            raise ValueError(f"precision={precision!r} exists for the FID Inception only; extractor {model.name} "
+                             f"runs in fp32")
         mode, layer = _extractor_mode_and_layer(model, mode, layer)
+        self.precision = precision
         self.model, self.mode, self.layer = model, mode, layer
         self.keep_features, self.keep_logits = keep_features, keep_logits
         self.batch_size, self.device, self.value_range = batch_size, device, value_range
@@ -144,7 +152,7 @@ class FeatureAccumulator:
         if _is_feature_extractor(self.model):
             return self.model.extract(images, batch_size=self.batch_size, value_range=self.value_range)
         return extract_features(images, model=self.model, mode=self.mode, batch_size=self.batch_size,
-                                progress=False, value_range=self.value_range)
+                                progress=False, value_range=self.value_range, precision=self.precision)
 
     def update(self, images=None, *, features=None, logits=None) -> dict:
         """Add images (any input of :mod:`~genmetrics.stats.image_input`), or precomputed ``features``

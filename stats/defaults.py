@@ -8,7 +8,7 @@ __all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EX
            "FID_INCEPTION_WEIGHTS",
            "weights_identity", "METRICS", "DEFAULT_METRICS", "FEATURE_METRICS", "KEPT_FEATURE_METRICS",
            "METRIC_EXTRACTOR_PREFIX", "IMAGE_METRICS", "DEFAULT_PREFIX",
-           "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS"]
+           "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS", "PRECISIONS"]
 
 #: Image preprocessing modes (see :mod:`genmetrics.stats.preprocess`): clean-fid's, TTUR/torch-fidelity's,
 #: pytorch-fid's.
@@ -65,6 +65,9 @@ IMAGE_METRICS = ("ssim", "ms_ssim", "lpips")
 DEFAULT_PREFIX = "gen/"
 #: Images per network batch.
 DEFAULT_BATCH_SIZE = 50
+#: Arithmetic of the fast FID Inception: ``fp32`` (exact to float32 rounding, the default, what reference
+#: files are built with) or ``bf16`` (opt-in bfloat16; see :mod:`genmetrics.stats.inception_fast`).
+PRECISIONS = ("fp32", "bf16")
 
 #: The provenance two sets of statistics must share to be compared (checked by
 #: ``ReferenceStats.check_comparable``): preprocessing mode, extractor, layer, weights.

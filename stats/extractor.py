@@ -217,8 +217,11 @@ def extractor_spec(name: str) -> ExtractorSpec:
 
 
 def load_extractor(name: str = FEATURE_EXTRACTOR, weights: Optional[str] = None, device=None,
-                   mode: Optional[str] = None, progress: bool = True) -> FeatureExtractor:
+                   mode: Optional[str] = None, progress: bool = True, fast: bool = True) -> FeatureExtractor:
     """The named extractor with its weights, eval mode, gradients off, on `device` (None: CUDA if available).
+
+    fast: the FID Inception runs in its fast form (:mod:`genmetrics.stats.inception_fast`, same features to
+    ~1e-6 relative, as :func:`~genmetrics.stats.extract_features` does); False keeps the reference module.
 
     weights: a file path; None resolves ``$<spec.weights_env>`` -> cache -> download (sha256-verified when
     pinned) -> the spec's installed fallback, and fails offline with a message naming the URL, the cache path
@@ -229,6 +232,10 @@ def load_extractor(name: str = FEATURE_EXTRACTOR, weights: Optional[str] = None,
     resolved = resolve_weights(spec.weights, path=weights, env_var=spec.weights_env, fallback=spec.fallback,
                                progress=progress)
     network = spec.load_network(resolved.path)
+    if fast and spec.name == FEATURE_EXTRACTOR:
+        from .inception_fast import build_fast_inception
+
+        network = build_fast_inception(network)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     extractor = FeatureExtractor(spec, network, mode, os.path.abspath(resolved.path), resolved.source)

@@ -29,6 +29,12 @@ at the same speed (31 vs 30-33 images/s, batch 16) after 27-70 s of compilation 
 The forward runs under :func:`~genmetrics.stats.inception.exact_float32` (no TF32, no reduced precision)
 and ``torch.no_grad``. :func:`fast_inception` returns the fast module of a reference, built once per
 weights, device and dtype and cached for that reference object.
+
+**Opt-in bfloat16** (``precision="bf16"``, :data:`PRECISIONS`): the folded weights and the activations are
+rounded to bfloat16 (8 significant bits), the convolutions run in bf16 (oneDNN's AVX-512-BF16/AMX kernels on
+the CPU, tensor cores on a GPU) and the global average pool and classifier head in float32. Not exact: on
+the benchmark's photos pool3 features move by ~3 % (relative L2) and FID by the amount ``scripts/bench.py``
+section (e) reports; reference statistics are always built in float32.
 """
 import threading
 import weakref
@@ -38,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defaults import FEATURE_LAYER, LOGITS_LAYER
+from .defaults import FEATURE_LAYER, LOGITS_LAYER, PRECISIONS
 from .inception import INPUT_SIZE, BasicConv2d, FIDInception, exact_float32
 
-__all__ = ["FastFIDInception", "build_fast_inception", "fast_inception", "CPU_CHUNK"]
+__all__ = ["FastFIDInception", "build_fast_inception", "fast_inception", "CPU_CHUNK", "check_precision"]
 
 #: Images per network call on the CPU: a batch is run in chunks of this size, whose activations stay in
 #: the caches (2-core AVX-512 CPU, photos: 37.7 images/s in chunks of 4, 36.1 of 8, 33.5 of 16, 27.5 of 48).
@@ -203,21 +209,25 @@ class _Network(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.stem[4](self.stem[3](x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        pool3 = self.blocks(x).mean(dim=(2, 3))
-        return pool3, (pool3 @ self.fc_weight_t if self.fc_weight_t is not None else pool3)
+        pool3 = self.blocks(x).float().mean(dim=(2, 3))
+        return pool3, (pool3 @ self.fc_weight_t.float() if self.fc_weight_t is not None else pool3)
 
 
 class FastFIDInception(nn.Module):
     """The FID Inception with the rewrites of the module docstring; same forward contract and attributes
     (``feature_extractor``, ``weights_path``, ``weights_sha256``, ``weights_source``, ``has_logits``)
-    as the :class:`FIDInception` it was built from. Build it with :func:`build_fast_inception`.
+    as the :class:`FIDInception` it was built from, plus ``precision`` (:data:`PRECISIONS`). Build it with
+    :func:`build_fast_inception`.
     """
 
     feature_extractor = FIDInception.feature_extractor
 
-    def __init__(self, reference: FIDInception):
+    def __init__(self, reference: FIDInception, precision: str = "fp32"):
         super().__init__()
         self.network = _Network(reference)
+        self.precision = precision
+        if precision == "bf16":
+            self.network.to(torch.bfloat16)
         self.has_logits = reference.has_logits
         self.weights_path = reference.weights_path
         self.weights_sha256 = reference.weights_sha256
@@ -238,11 +248,20 @@ class FastFIDInception(nn.Module):
         return out
 
 
-def build_fast_inception(reference: FIDInception) -> FastFIDInception:
-    """A :class:`FastFIDInception` computing `reference`'s function, on its device and in its dtype."""
+def check_precision(precision: str) -> str:
+    """`precision` when it is one of :data:`PRECISIONS`; otherwise a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))} (fp32: exact, the default; "
+                         f"bf16: opt-in bfloat16, faster, FID moves, see docs/performance.md), got {precision!r}")
+    return precision
+
+
+def build_fast_inception(reference: FIDInception, precision: str = "fp32") -> FastFIDInception:
+    """A :class:`FastFIDInception` computing `reference`'s function on its device; in its dtype for ``fp32``,
+    in bfloat16 for ``bf16`` (see the module docstring)."""
     if not isinstance(reference, FIDInception):
         raise TypeError(f"build_fast_inception needs an FIDInception (load_inception), got {type(reference).__name__}")
-    return FastFIDInception(reference).eval().requires_grad_(False)
+    return FastFIDInception(reference, check_precision(precision)).eval().requires_grad_(False)
 
 
 _cache = weakref.WeakKeyDictionary()
@@ -255,13 +274,14 @@ def _weights_key(reference):
                  for t in list(reference.parameters()) + list(reference.buffers()))
 
 
-def fast_inception(reference: FIDInception) -> FastFIDInception:
-    """The :class:`FastFIDInception` of `reference`, rebuilt only when its weights, device or dtype changed
-    (``load_state_dict``, ``.to()``, in-place edits); cached per reference object."""
+def fast_inception(reference: FIDInception, precision: str = "fp32") -> FastFIDInception:
+    """The :class:`FastFIDInception` of `reference` in `precision`, rebuilt only when its weights, device or
+    dtype changed (``load_state_dict``, ``.to()``, in-place edits); cached per reference object and precision."""
     key = _weights_key(reference)
     with _cache_lock:
-        cached = _cache.get(reference)
+        per_reference = _cache.setdefault(reference, {})
+        cached = per_reference.get(precision)
         if cached is None or cached[0] != key:
-            cached = (key, build_fast_inception(reference))
-            _cache[reference] = cached
+            cached = (key, build_fast_inception(reference, precision))
+            per_reference[precision] = cached
         return cached[1]

@@ -18,12 +18,16 @@ def small_photos(photos):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_inception_member_keeps_its_numbers(fid_weights_path, inception, small_photos, mode):
+    """Fast by default (equal to the reference module to float rounding); fast=False is the module itself."""
     extractor = load_extractor(FEATURE_EXTRACTOR, weights=fid_weights_path, device="cpu", mode=mode)
+    reference = load_extractor(FEATURE_EXTRACTOR, weights=fid_weights_path, device="cpu", mode=mode, fast=False)
     assert extractor.name == extractor.feature_extractor == "inception-v3-compat" and extractor.mode == mode
+    assert type(extractor.network).__name__ == "FastFIDInception" and type(reference.network).__name__ == "FIDInception"
     with torch.no_grad():
         expected = inception(preprocess(small_photos, mode))["pool3"]
-    assert torch.equal(extractor(small_photos)["pool3"], expected)
-    assert extractor.weights_sha256 == inception.weights_sha256
+    assert torch.equal(reference(small_photos)["pool3"], expected)
+    torch.testing.assert_close(extractor(small_photos)["pool3"], expected, rtol=1e-5, atol=1e-5)
+    assert extractor.weights_sha256 == reference.weights_sha256 == inception.weights_sha256
 
 
 def test_table_is_declared_consistently():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from fixtures_data import make_photo_folder
 
-from genmetrics.stats import extract_features, frechet_distance
+from genmetrics.stats import FeatureAccumulator, extract_features, frechet_distance
 from genmetrics.stats.inception import FIDInception
 from genmetrics.stats.inception_fast import FastFIDInception, build_fast_inception, fast_inception
 from genmetrics.stats.preprocess import preprocess
@@ -98,6 +98,33 @@ def test_extract_features_uses_the_fast_form_by_default(inception, photos, tmp_p
         reference = extract_features(folder, model=inception, mode=mode, batch_size=2, progress=False,
                                      fast=False)["pool3"]
         assert fast.shape == (5, 2048) and _rel_diff(fast, reference) < TOLERANCE, mode
+
+
+def test_bf16_is_opt_in_and_close(inception, photo_batch, photos):
+    """precision="bf16": a separate cached module in bfloat16, features within a few % of the reference;
+    refused for models that have no fast form, and for unknown names."""
+    fp32, bf16 = fast_inception(inception), fast_inception(inception, "bf16")
+    assert bf16 is not fp32 and bf16 is fast_inception(inception, "bf16") and bf16.precision == "bf16"
+    assert all(p.dtype == torch.bfloat16 for p in bf16.network.blocks.parameters())
+    with torch.no_grad():
+        reference = inception(photo_batch)["pool3"].double()
+        reduced = bf16(photo_batch)["pool3"]
+    assert reduced.dtype == torch.float32
+    error = float((reduced.double() - reference).norm() / reference.norm())
+    print(f"bf16 vs reference: features {error:.1e} (relative L2)")
+    assert 1e-4 < error < 0.06  # really reduced precision, and still close
+
+    via_api = extract_features(np.stack([p[:64, :64] for p in photos[:3]]), model=inception, progress=False,
+                               precision="bf16")["pool3"]
+    accumulated = FeatureAccumulator(model=inception, precision="bf16", keep_features=True)
+    accumulated.update(np.stack([p[:64, :64] for p in photos[:3]]))
+    assert torch.equal(accumulated.compute().features, via_api)
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'bf16'"):
+        extract_features(photos[0][None], model=inception, progress=False, precision="fp16")
+    with pytest.raises(ValueError, match="needs the fast FID Inception"):
+        extract_features(photos[0][None], model=inception, progress=False, fast=False, precision="bf16")
+    with pytest.raises(ValueError, match="needs the fast FID Inception"):
+        extract_features(photos[0][None], model=_Counting(), progress=False, precision="bf16")
 
 
 class _Counting(torch.nn.Module):
