@@ -14,7 +14,7 @@ from .spool import get_sender
 __all__ = ["log_gen_metrics"]
 
 _SCORE_OPTIONS = frozenset(inspect.signature(score_samples).parameters) - {
-    "samples", "reference", "metrics", "targets", "prefix", "value_range", "num_samples"}
+    "samples", "reference", "metrics", "targets", "prefix", "value_range", "num_samples", "copy_pairs"}
 
 
 def _resolve_run(run_id, client):
@@ -33,8 +33,8 @@ def _resolve_run(run_id, client):
 
 
 def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix):
-    """Send metrics+tags (one log_batch), params (once per run) and the sample grid; never raises for
-    tracking-server failures (see spool.py)."""
+    """Send metrics+tags (one log_batch), params (once per run), the sample grid and the copy-pairs grid; never
+    raises for tracking-server failures (see spool.py)."""
     sender = get_sender(tracking_uri, client)
     sender.submit({
         "op": "log_batch", "run_id": run_id,
@@ -47,6 +47,11 @@ def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid,
         sender.submit(
             {"op": "log_image", "run_id": run_id, "key": f"{prefix}samples", "step": step, "timestamp": timestamp},
             image=make_grid(result.preview),
+        )
+    if log_grid and result.copy_pairs is not None:
+        sender.submit(
+            {"op": "log_image", "run_id": run_id, "key": f"{prefix}copy_pairs", "step": step, "timestamp": timestamp},
+            image=result.copy_pairs,
         )
     return dict(result.metrics)
 
@@ -71,7 +76,10 @@ def log_gen_metrics(
     Logged: every metric in ONE ``log_batch`` with `step` (default 0) and one shared timestamp (the
     time of this call); provenance params (once per run; a param that later changes value is logged
     as a tag of the same key, since MLflow params are immutable) and tags; with `log_grid` a grid of
-    up to 64 samples via ``log_image(key=prefix + "samples", step=step)``. A tracking server that is
+    up to 64 samples via ``log_image(key=prefix + "samples", step=step)`` and, when metric ``copy`` flags
+    samples and the reference file records its images, the flagged samples beside their nearest reference
+    images via ``log_image(key=prefix + "copy_pairs", step=step)`` (see `genmetrics.plugin.copy_grid`; the tag
+    ``copy.pairs`` names its rows, ``skipped.copy_pairs`` why there is none). A tracking server that is
     down never raises here: writes are retried, then spooled and replayed (see `genmetrics.plugin.spool`).
 
     Returns the metrics dict (keys exactly the logged metric keys, e.g. ``gen/fid``). With
@@ -102,7 +110,8 @@ def log_gen_metrics(
 
     def score_and_log(samples, targets, value_range):
         result = score_samples(samples, reference=reference, metrics=metrics, targets=targets, prefix=prefix,
-                               value_range=value_range, num_samples=num_samples, **score_options)
+                               value_range=value_range, num_samples=num_samples, copy_pairs=log_grid,
+                               **score_options)
         if rank != 0:  # under a process group rank 0 logs, every rank returns the same numbers
             return dict(result.metrics)
         return _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix)

@@ -60,13 +60,16 @@ class ScoreResult:
 
     metrics: prefixed metric name -> float. params: provenance that is stable within a run (str ->
     str). tags: provenance that may change between calls (str -> str). preview: the first (up to 64)
-    samples as uint8 (N, H, W, 3) numpy array, for the sample grid.
+    samples as uint8 (N, H, W, 3) numpy array, for the sample grid. copy_pairs: with ``copy_pairs=True``, the
+    grid of flagged samples beside their nearest reference images as one uint8 (H, W, 3) array
+    (:mod:`genmetrics.plugin.copy_grid`), or None.
     """
 
     metrics: dict
     params: dict
     tags: dict
     preview: np.ndarray = field(default=None, repr=False)
+    copy_pairs: np.ndarray = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class ScoreOptions:
     is_splits: int = 10
     diversity_pairs: int = 100
     distributed: bool = True
+    copy_pairs: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,6 +184,7 @@ class _Plan:
     layer: str = FEATURE_LAYER
     mismatches: list = field(default_factory=list)
     tags: dict = field(default_factory=dict)  #: tags a metric adds (copy detection's flagged indices)
+    copies: Optional[dict] = None  #: copy_detection's result, when metric copy was computed
 
 
 def _check_metrics(metrics):
@@ -434,13 +439,13 @@ def _cmmd(stats, ref):
 
 
 def _copies(stats, ref, prefix):
-    """(metrics, tags): the share of samples flagged as copies of reference images, and the most suspicious
-    sample indices (at most 20, in the order the samples were given) as a tag."""
+    """(metrics, tags, result): the share of samples flagged as copies of reference images, the most suspicious
+    sample indices (at most 20, in the order the samples were given) as a tag, and copy_detection's result."""
     from genmetrics.stats import copy_detection
 
     result = copy_detection(stats.features, np.asarray(ref.features))
     worst = ",".join(str(int(i)) for i in result["indices"][:20])
-    return {"copy": result["fraction"]}, {f"{prefix}copy.indices": worst or "none"}
+    return {"copy": result["fraction"]}, {f"{prefix}copy.indices": worst or "none"}, result
 
 
 def _inception_score(stats, opts, skips):
@@ -482,7 +487,7 @@ def _compute(done, ref, opts, plan):
         if "cmmd" in plan.feature_metrics:
             results.update(_cmmd(stats, ref))
         if "copy" in plan.feature_metrics:
-            metrics, tags = _copies(stats, ref, opts.prefix)
+            metrics, tags, plan.copies = _copies(stats, ref, opts.prefix)
             results.update(metrics)
             plan.tags.update(tags)
     if done.paired is not None:
@@ -490,6 +495,35 @@ def _compute(done, ref, opts, plan):
     elif plan.image_metrics:
         results.update(_diversity(done.kept, opts, plan))
     return results
+
+
+def _copy_pairs(samples, done, ref, opts, plan, world):
+    """The grid of flagged samples beside their nearest reference images (:mod:`.copy_grid`), or None.
+
+    Only when asked (``copy_pairs``) and copies were flagged. Never raises: when it cannot be made (reference
+    images not recorded, moved, deleted or changed; no flagged sample available) the reason is warned once per
+    process and tagged ``<prefix>skipped.copy_pairs``; when made, ``<prefix>copy.pairs`` names its rows.
+    """
+    from genmetrics.registry.datasets import SourceUnavailableError
+    from genmetrics.stats.messages import warn_once
+
+    from .copy_grid import copy_pairs
+
+    if not opts.copy_pairs or plan.copies is None or not len(plan.copies["indices"]):
+        return None
+    try:
+        grid, rows = copy_pairs(plan.copies, ref.meta, samples if world == 1 else None, done.kept,
+                                opts.value_range, opts.num_samples, opts.batch_size)
+    except SourceUnavailableError as exc:
+        grid, rows = None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - the grid is an illustration: scoring must not fail for it
+        grid, rows = None, f"reading the images failed: {type(exc).__name__}: {exc}"
+    if grid is None:
+        warn_once(("copy_pairs", rows), f"no copy-pairs grid (flagged sample | nearest reference): {rows}")
+        plan.tags[f"{opts.prefix}skipped.copy_pairs"] = rows[:5000]
+        return None
+    plan.tags[f"{opts.prefix}copy.pairs"] = rows[:5000]
+    return grid
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -577,6 +611,7 @@ def score_samples(
     is_splits: int = 10,
     diversity_pairs: int = 100,
     distributed: bool = True,
+    copy_pairs: bool = False,
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
@@ -602,6 +637,10 @@ def score_samples(
         own samples (or sampler: each rank draws its share of `num_samples`), the statistics of all ranks are
         combined (:mod:`genmetrics.stats.distributed`) and every rank returns the same result; a failure on
         one rank raises on every rank. False = this rank's samples only. No effect outside a process group.
+    copy_pairs: when metric ``copy`` flags samples, also build `ScoreResult.copy_pairs`, each flagged sample
+        beside its nearest reference image, read again from the folder, zip or dataset the reference file
+        records (which samples can be shown: :mod:`genmetrics.plugin.copy_grid`). When that is impossible the
+        reason is warned (``GenMetricsWarning``, once per process) and tagged ``<prefix>skipped.copy_pairs``.
 
     Raises:
         ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
@@ -611,7 +650,7 @@ def score_samples(
 
     opts = ScoreOptions(metrics, prefix, check_value_range(value_range), mode, model, lpips_net,
                         lpips_backbone_weights, num_samples, batch_size, device, seed, allow_mismatch, kid_subsets,
-                        kid_subset_size, is_splits, diversity_pairs, distributed)
+                        kid_subset_size, is_splits, diversity_pairs, distributed, copy_pairs)
     rank, world = rank_and_world() if distributed else (0, 1)
     error = done = None
     try:
@@ -626,9 +665,11 @@ def score_samples(
     if sum(done.counts) == 0:
         raise ValueError("no samples were given; pass at least 2 images")
     results = _compute(done, ref, opts, plan)
+    pairs = _copy_pairs(samples, done, ref, opts, plan, world) if rank == 0 else None
     return ScoreResult(
         metrics={f"{prefix}{k}": float(v) for k, v in results.items()},
         params=_params(ref, done, opts, plan),
         tags=_tags(opts, plan),
         preview=as_uint8_nhwc(done.kept[:PREVIEW_MAX_IMAGES]) if done.kept is not None else None,
+        copy_pairs=pairs,
     )

@@ -100,6 +100,12 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     extractor: a feature extractor's name (``genmetrics.stats.EXTRACTORS``, e.g. ``dinov2-vit-l-14``,
       ``clip-vit-l-14-336px``) loaded with `weights` / `device` instead of the Inception; the file records it,
       its mode and default layer (`mode` is ignored), and comparisons enforce them.
+
+    Provenance: ``source`` describes the images for people; a folder, zip or standard dataset also records
+    ``source_images`` (its absolute path, or the dataset name) and, for a dataset, ``source_root``, so that the
+    images can be found again (``registry.datasets.reopen_source``; the copy-detection grid of
+    ``log_gen_metrics`` shows flagged samples beside their nearest reference image this way). The ``features``
+    rows are in source order within ``shard_range`` (shards, torchrun builds and merges alike).
     """
     from genmetrics.stats import FeatureAccumulator
 
@@ -133,6 +139,7 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     meta.update({k: v for k, v in (("license", license), ("citation", citation)) if v})
     if src is not None:
         meta["source_listing_sha256"] = source_digest(src)
+        meta.update(src.locator or {})
     try:
         with output_lock(target):
             run = _Run(target, meta, accumulator, features, checkpoint_every)

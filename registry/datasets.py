@@ -4,6 +4,18 @@ Every source has a length and ``batch(start, stop)`` returning images ``start..s
 (an array (N, H, W, C)/(N, C, H, W) or a list of (1, 3, H, W) uint8 tensors), so a build can be split into
 disjoint shards and resumed at any image index.
 
+Sources that can be found again (folders, zips, standard datasets) say how in ``locator``: the optional
+attributes a build records so that the reference images can be re-read later (the copy-detection grid does):
+
+- ``source_images``: the absolute path of the folder or zip, or the dataset name (``cifar10``, ...) for a
+  standard dataset;
+- ``source_root``: the dataset's root folder (absolute; standard datasets only, where it marks the kind).
+
+:func:`reopen_source` opens such a source again from a file's attributes and checks it against the file's
+``source_listing_sha256``; :func:`source_indices` maps the file's feature rows to image indices of the
+source (through ``shard_range``: shards and merges keep their rows in source order). Arrays and iterables of
+batches leave no locator, so their images cannot be found again.
+
 Standard datasets are read from their native files under ``root`` by torchvision's own classes
 (``download=False``: nothing is downloaded at build time); grayscale datasets (MNIST, Fashion-MNIST) are
 replicated to RGB. Images are used at their native size; the Inception preprocessing (``mode``) resizes
@@ -15,13 +27,16 @@ import numpy as np
 import torch
 
 __all__ = ["ImageSource", "ArraySource", "FileSource", "TorchvisionSource", "dataset_source", "DATASETS",
-           "image_source"]
+           "image_source", "SourceUnavailableError", "reopen_source", "source_indices", "image_name"]
 
 
 class ImageSource:
-    """Base: ``len(source)`` images, ``batch(start, stop)``, a ``description`` for provenance."""
+    """Base: ``len(source)`` images, ``batch(start, stop)``, a ``description`` for provenance, and a
+    ``locator`` (``{"source_images": ..., "source_root": ...}``, see the module docstring) when the images can be
+    found again, else None."""
 
     description = ""
+    locator = None
     default_name = None
     default_split = None
     default_resolution = None
@@ -60,6 +75,7 @@ class FileSource(ImageSource):
         self.path = os.path.abspath(os.fspath(path))
         self.names = list_image_files(self.path)
         self.description = f"images of {self.path}"
+        self.locator = {"source_images": self.path}
         stem = os.path.basename(self.path.rstrip(os.sep))
         self.default_name = os.path.splitext(stem)[0] if stem.lower().endswith(".zip") else stem
 
@@ -216,8 +232,10 @@ def dataset_source(name, root, split=None):
                          f"files in their native format")
     factory, default_split, resolution = DATASETS[key]
     split = split or default_split
-    source = factory(os.path.expanduser(os.fspath(root)), split)
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    source = factory(root, split)
     source.default_name, source.default_split, source.default_resolution = key, split, resolution
+    source.locator = {"source_images": key, "source_root": root}
     return source
 
 
@@ -236,3 +254,71 @@ def image_source(source, root=None, split=None):
         raise FileNotFoundError(f"{text!r} is neither an existing folder/zip of images nor a known dataset name "
                                 f"({', '.join(sorted(DATASETS))})")
     return None
+
+
+class SourceUnavailableError(RuntimeError):
+    """The images a statistics file was built from cannot be read again; the message says why."""
+
+
+def reopen_source(meta) -> ImageSource:
+    """The image source a statistics file was built from, found again from its attributes `meta`.
+
+    Reads ``source_images`` / ``source_root`` (and ``split`` for a standard dataset) and checks the source's
+    listing (:func:`genmetrics.registry.checkpoint.source_digest`: names, sizes and mtimes of files; the
+    bytes of an in-memory dataset) against ``source_listing_sha256``. Only open files you trust: the
+    attributes name what is read (a standard dataset is read by torchvision from ``source_root``).
+
+    Raises:
+        SourceUnavailableError: no locator recorded, the path or dataset is gone, or the images changed.
+    """
+    from .checkpoint import source_digest
+
+    location, root = meta.get("source_images"), meta.get("source_root")
+    if not location:
+        raise SourceUnavailableError("the statistics file records no source_images (it was built from an array "
+                                     "or an iterable of batches, imported, or built before this attribute existed)")
+    try:
+        source = dataset_source(location, root, meta.get("split")) if root else FileSource(location)
+    except (OSError, ValueError, ImportError, RuntimeError) as error:
+        raise SourceUnavailableError(f"the reference images {location}{f' (root {root})' if root else ''} cannot "
+                                     f"be opened: {error}") from error
+    recorded = meta.get("source_listing_sha256")
+    if recorded and source_digest(source) != recorded:
+        raise SourceUnavailableError(f"the reference images {location} changed since the statistics were built "
+                                     f"(their listing no longer matches source_listing_sha256: files added, "
+                                     f"removed or modified)")
+    return source
+
+
+def source_indices(meta, rows):
+    """Image indices in the source of feature rows `rows` of a file with attributes `meta` (numpy int64).
+
+    A build stores its features in source order from the start of its ``shard_range`` ("a:b", or "a:b,c:d" for
+    a partial merge, whose rows follow its ranges in order); a file without one counts from 0.
+
+    Raises:
+        SourceUnavailableError: a row beyond the ranges (the file's rows do not match its ranges).
+    """
+    text = str(meta.get("shard_range") or f"0:{meta.get('num_samples') or 0}")
+    starts, offsets, total = [], [], 0
+    for part in text.split(","):
+        start, _, stop = part.partition(":")
+        try:
+            start, stop = int(start), int(stop)
+        except ValueError:
+            raise SourceUnavailableError(f"shard_range {text!r} is not a list of start:stop ranges") from None
+        starts.append(start)
+        offsets.append(total)
+        total += stop - start
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= total):
+        raise SourceUnavailableError(f"feature row {int(rows.max())} is beyond the {total} images of shard_range "
+                                     f"{text!r}; the file's features do not match its ranges")
+    which = np.searchsorted(np.asarray(offsets), rows, side="right") - 1
+    return np.asarray(starts, dtype=np.int64)[which] + rows - np.asarray(offsets, dtype=np.int64)[which]
+
+
+def image_name(source, index):
+    """A human name of image `index` of `source`: its relative file name, else ``#index``."""
+    names = getattr(source, "names", None)
+    return names[index] if names is not None else f"#{index}"
