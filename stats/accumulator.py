@@ -149,8 +149,6 @@ class FeatureAccumulator:
 
         if self.model is None:
             self.model = load_inception(device=self.device, progress=False)
-        if _is_feature_extractor(self.model):
-            return self.model.extract(images, batch_size=self.batch_size, value_range=self.value_range)
         return extract_features(images, model=self.model, mode=self.mode, batch_size=self.batch_size,
                                 progress=False, value_range=self.value_range, precision=self.precision)
 

@@ -86,27 +86,25 @@ class FeatureExtractor(nn.Module):
         parameter = next(self.network.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised batch (N, 3, H, W) uint8 or float [0, 1] -> the network's input, on its device."""
         device = self._device()
-        x = self.spec.preprocess(images.to(device) if self.mode != "clean" else images, self.mode)
+        return self.spec.preprocess(images.to(device) if self.mode != "clean" else images, self.mode).to(device)
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
-            out = self.network(x.to(device))
+            out = self.network(self.prepare(images))
         return {layer: value.float() for layer, value in out.items()}
 
-    def extract(self, images, batch_size: int = DEFAULT_BATCH_SIZE, value_range=None) -> Dict[str, torch.Tensor]:
+    def extract(self, images, batch_size: int = DEFAULT_BATCH_SIZE, value_range=None,
+                progress: bool = False) -> Dict[str, torch.Tensor]:
         """Features of any input :mod:`genmetrics.stats.image_input` accepts (arrays, tensors, PIL images,
         iterables of batches, a folder or zip path), `batch_size` images per network call:
-        ``{layer: (N, dim) float32 CPU tensor}``."""
-        from .image_input import iter_image_batches
+        ``{layer: (N, dim) float32 CPU tensor}`` (:func:`~genmetrics.stats.extract_features` with this model)."""
+        from .features import extract_features
 
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        parts = {}
-        for batch in iter_image_batches(images, value_range):
-            for start in range(0, batch.shape[0], batch_size):
-                for layer, value in self(batch[start:start + batch_size]).items():
-                    parts.setdefault(layer, []).append(value.cpu())
-        return {layer: torch.cat(values) for layer, values in parts.items()}
+        return extract_features(images, model=self, batch_size=batch_size, value_range=value_range,
+                                progress=progress)
 
 
 # ---- the members -------------------------------------------------------------------------------------------

@@ -56,12 +56,13 @@ def _same_device(a, b):
     return True
 
 
-def _network_input(images, mode, batch_size, device, value_range) -> Iterator[torch.Tensor]:
-    """Preprocessed network batches of exactly `batch_size` images (the last one smaller), in input order."""
+def _network_input(images, prepare, batch_size, value_range) -> Iterator[torch.Tensor]:
+    """Network batches of exactly `batch_size` images (the last one smaller), in input order; `prepare` maps a
+    normalised batch to the network's input on its device."""
     pending, pending_count = [], 0
     for batch in iter_image_batches(images, value_range):
         for start in range(0, batch.shape[0], batch_size):
-            pending.append(preprocess(batch[start:start + batch_size], mode, device=device))
+            pending.append(prepare(batch[start:start + batch_size]))
             pending_count += pending[-1].shape[0]
             while pending_count >= batch_size:
                 merged = torch.cat(pending) if len(pending) > 1 else pending[0]
@@ -128,7 +129,7 @@ def _prefetchable(images) -> bool:
 
 def _network(model, fast, precision):
     """The module that computes `model`'s features: the fast form of a plain FIDInception when `fast`, in
-    `precision`; reduced precision exists only for that fast form."""
+    `precision`; reduced precision exists only for that fast form. A FeatureExtractor runs its network."""
     from .inception_fast import check_precision, fast_inception
 
     if check_precision(precision) != "fp32" and not (fast and type(model) is FIDInception):
@@ -136,7 +137,21 @@ def _network(model, fast, precision):
                          f"other models run as they are: use precision='fp32'")
     if fast and type(model) is FIDInception:
         return fast_inception(model, precision)
-    return model
+    return model.network if _is_feature_extractor(model) else model
+
+
+def _is_feature_extractor(model):
+    from .extractor import FeatureExtractor
+
+    return isinstance(model, FeatureExtractor)
+
+
+def _preparation(model, mode, device):
+    """normalised batch -> network input on `device`: the extractor's own preprocessing for a FeatureExtractor
+    (its mode), else :func:`~genmetrics.stats.preprocess.preprocess` in `mode`."""
+    if _is_feature_extractor(model):
+        return lambda batch: model.prepare(batch)
+    return lambda batch: preprocess(batch, mode, device=device)
 
 
 def _features(model, x):
@@ -157,7 +172,9 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
       single images, PIL images, or a folder / zip path (see ``genmetrics.stats.image_input``).
     value_range: the range of float images when not [0, 1], e.g. (-1, 1).
     model: a module taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features (or a
-      tensor, taken as pool3); default ``load_inception(device=device)`` (default weight resolution).
+      tensor, taken as pool3); default ``load_inception(device=device)`` (default weight resolution);
+      or a :class:`~genmetrics.stats.extractor.FeatureExtractor` (``load_extractor("dinov2-vit-l-14")``),
+      which preprocesses in its own mode (`mode` is then not used) and returns its layers.
       It is run in eval mode (its training flag is restored afterwards).
     mode: "clean" (clean-fid), "legacy_tensorflow" (TTUR / torch-fidelity) or "legacy_pytorch"
       (pytorch-fid); see ``genmetrics.stats.preprocess``.
@@ -178,11 +195,12 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
     network, collected = _network(model, fast, precision), {}
     was_training = model.training
     model.eval()
-    batches = _network_input(images, mode, batch_size, device, value_range)
+    batches = _network_input(images, _preparation(model, mode, device), batch_size, value_range)
     batches = _prefetched(batches) if _prefetchable(images) else batches
     try:
         with torch.no_grad(), tqdm(total=count_images(images), disable=not progress, unit="img",
-                                   desc=f"Inception features ({mode})", leave=False) as bar:
+                                   desc=f"{model.name} features ({model.mode})" if _is_feature_extractor(model)
+                                   else f"Inception features ({mode})", leave=False) as bar:
             for x in batches:
                 for name, value in _features(network, x).items():
                     collected.setdefault(name, []).append(value)

@@ -156,3 +156,58 @@ def test_h5_statistics_with_features_and_provenance_checks(npz_pair, tmp_path, c
     assert "pass the matching --mode" in capsys.readouterr().err
     assert main(["fid", clean_h5, other_h5, "--kid"]) == 2
     assert "tf.h5 hold(s) only mu/sigma" in capsys.readouterr().err
+
+
+def test_other_extractors_precision_and_cmmd(photo_folders, dinov2_file, fid_weights_path, inception, tmp_path,
+                                             capsys):
+    """--extractor: the Fréchet distance in that network's features, equal to its features through the Python
+    API; a statistics file's extractor is the default for the image side; --precision bf16 moves FID only a
+    little; --cmmd on CLIP statistics equals genmetrics.stats.cmmd; unsupported combinations are refused."""
+    from genmetrics.registry import ReferenceStats
+    from genmetrics.registry.refstats import write_refstats
+    from genmetrics.stats import cmmd, load_extractor
+
+    first, second, _ = photo_folders
+    assert main(["fid", first, second, "--extractor", "dinov2-vit-s-14", "--weights", dinov2_file,
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    fd = float(captured.out.split("FD (dinov2-vit-s-14): ")[1].split()[0])
+    assert "extracting dinov2-vit-s-14 features" in captured.err
+    extractor = load_extractor("dinov2-vit-s-14", weights=dinov2_file, device="cpu")
+    features = [extractor.extract(path)["dinov2"] for path in (first, second)]
+    moments = [GaussianMoments.from_features(f) for f in features]
+    assert fd == pytest.approx(frechet_distance(moments[0].mean, moments[0].cov, moments[1].mean, moments[1].cov),
+                               abs=2e-6)  # printed with 6 decimals
+
+    # A DINOv2 statistics file as B: the image side A is extracted with DINOv2 without being told.
+    side = ReferenceStats.from_moments(moments[1], features=features[1].numpy(), meta=dict(
+        dataset="toy", split="train", resolution=160, mode="legacy_tensorflow", feature_extractor="dinov2-vit-s-14",
+        feature_layer="dinov2", weights_sha256=extractor.weights_sha256))
+    dinov2_h5 = write_refstats(tmp_path / "dinov2.h5", side)
+    assert main(["fid", first, dinov2_h5, "--weights", dinov2_file, "--device", "cpu"]) == 0
+    assert float(capsys.readouterr().out.split("FD (dinov2-vit-s-14): ")[1].split()[0]) == pytest.approx(fd, abs=2e-6)
+    assert main(["fid", first, dinov2_h5, "--extractor", "dinov2-vit-s-14", "--precision", "bf16"]) == 2
+    assert "--precision bf16 exists for the FID Inception only" in capsys.readouterr().err
+
+    # bf16 (opt-in) against the exact Inception on the same folders.
+    exact = ["fid", first, second, "--weights", fid_weights_path, "--device", "cpu", "--mode", "legacy_pytorch"]
+    assert main(exact) == 0 and main(exact + ["--precision", "bf16"]) == 0
+    fid_fp32, fid_bf16 = (float(part.split()[0]) for part in capsys.readouterr().out.split("FID: ")[1:])
+    assert fid_bf16 != fid_fp32 and fid_bf16 == pytest.approx(fid_fp32, rel=0.05)
+
+    # CMMD between two CLIP statistics files with features; refused for other feature spaces.
+    rng = np.random.default_rng(2)
+    clip = [rng.normal(size=(40, 8)).astype(np.float32), rng.normal(0.5, 1, size=(30, 8)).astype(np.float32)]
+    paths = []
+    for i, x in enumerate(clip):
+        stats = ReferenceStats.from_moments(GaussianMoments.from_features(x), features=x, meta=dict(
+            dataset="toy", split="train", resolution=32, mode="legacy_tensorflow", feature_extractor="clip-vit-b-32",
+            feature_layer="clip"))
+        paths.append(write_refstats(tmp_path / f"clip{i}.h5", stats))
+    assert main(["fid", *paths, "--cmmd"]) == 0
+    out = capsys.readouterr().out
+    unit = [x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True) for x in clip]
+    assert float(out.split("CMMD: ")[1].split()[0]) == pytest.approx(cmmd(*unit), rel=1e-5)
+    assert "FD (clip-vit-b-32): " in out
+    assert main(["fid", dinov2_h5, dinov2_h5, "--cmmd"]) == 2
+    assert "--cmmd is defined on CLIP embeddings, but the features are dinov2-vit-s-14's" in capsys.readouterr().err

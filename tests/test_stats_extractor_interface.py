@@ -113,3 +113,20 @@ def test_accumulator_takes_an_extractor_and_records_it(dinov2_s_file, small_phot
         reference.check_comparable(inception_side)
     with pytest.raises(ValueError, match="provides layers dinov2, not 'logits'"):
         FeatureAccumulator(model=extractor, layer="logits")
+
+
+def test_extract_features_takes_an_extractor(dinov2_s_file, small_photos, tmp_path):
+    """extract_features(images, model=extractor): the extractor's own preprocessing and layers, any input
+    (here a PNG folder, read in the prefetching thread), the same rows as calling the extractor."""
+    from PIL import Image
+
+    from genmetrics.stats import extract_features
+
+    extractor = load_extractor("dinov2-vit-s-14", weights=dinov2_s_file[0], device="cpu")
+    for i, image in enumerate(small_photos.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    features = extract_features(str(tmp_path), model=extractor, batch_size=2, progress=False)
+    assert set(features) == {"dinov2"}
+    torch.testing.assert_close(features["dinov2"], extractor(small_photos)["dinov2"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the fast FID Inception"):
+        extract_features(small_photos, model=extractor, progress=False, precision="bf16")
