@@ -94,6 +94,7 @@ class ScoreOptions:
     diversity_pairs: int = 100
     distributed: bool = True
     copy_pairs: bool = False
+    precision: str = "fp32"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def _accumulate(samples, targets, opts, plan, rank, world):
         accumulator = FeatureAccumulator(plan.model, mode=plan.mode, layer=plan.layer,
                                          keep_features=any(m in KEPT_FEATURE_METRICS for m in plan.feature_metrics),
                                          keep_logits="is" in plan.feature_metrics, batch_size=opts.batch_size,
-                                         distributed=opts.distributed)
+                                         distributed=opts.distributed, precision=opts.precision)
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
     keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
                                                                            2 * opts.diversity_pairs)
@@ -563,7 +564,7 @@ def _params(ref, done, opts, plan):
         })
     if plan.feature_metrics:
         params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": plan.layer,
-                       "weights_sha256": getattr(plan.model, "weights_sha256", None)})
+                       "weights_sha256": getattr(plan.model, "weights_sha256", None), "precision": opts.precision})
     if "kid" in plan.feature_metrics:
         subsets, subset_size, why_no_std = _kid_subsets(count, ref, opts)
         params.update({"kid_subsets": subsets, "kid_subset_size": subset_size, "kid_std": why_no_std})
@@ -612,6 +613,7 @@ def score_samples(
     diversity_pairs: int = 100,
     distributed: bool = True,
     copy_pairs: bool = False,
+    precision: str = "fp32",
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
@@ -641,16 +643,22 @@ def score_samples(
         beside its nearest reference image, read again from the folder, zip or dataset the reference file
         records (which samples can be shown: :mod:`genmetrics.plugin.copy_grid`). When that is impossible the
         reason is warned (``GenMetricsWarning``, once per process) and tagged ``<prefix>skipped.copy_pairs``.
+    precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, faster
+        on AVX-512-BF16 CPUs and GPUs, FID moves; see docs/performance.md); recorded in the ``precision`` param.
 
     Raises:
         ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
             reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`).
     """
     from genmetrics.registry import load
+    from genmetrics.stats.inception_fast import check_precision
 
-    opts = ScoreOptions(metrics, prefix, check_value_range(value_range), mode, model, lpips_net,
-                        lpips_backbone_weights, num_samples, batch_size, device, seed, allow_mismatch, kid_subsets,
-                        kid_subset_size, is_splits, diversity_pairs, distributed, copy_pairs)
+    opts = ScoreOptions(metrics=metrics, prefix=prefix, value_range=check_value_range(value_range), mode=mode,
+                        model=model, lpips_net=lpips_net, lpips_backbone_weights=lpips_backbone_weights,
+                        num_samples=num_samples, batch_size=batch_size, device=device, seed=seed,
+                        allow_mismatch=allow_mismatch, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                        is_splits=is_splits, diversity_pairs=diversity_pairs, distributed=distributed,
+                        copy_pairs=copy_pairs, precision=check_precision(precision))
     rank, world = rank_and_world() if distributed else (0, 1)
     error = done = None
     try:

@@ -51,8 +51,8 @@ def main():
               "fraction": result["fraction"]}
     if args.cmmd:
         start = time.perf_counter()
-        report["cmmd"] = cmmd(samples[: args.n // 4], references[: args.m // 4], chunk_size=args.chunk)
-        report["cmmd_quarter_sets_s"] = round(time.perf_counter() - start, 1)
+        report["cmmd"] = cmmd(samples, references, chunk_size=args.chunk)
+        report["cmmd_s"] = round(time.perf_counter() - start, 1)
         report["peak_after_cmmd_mib"] = round(peak_rss_mib(), 1)
     print(json.dumps(report, indent=1))
 

