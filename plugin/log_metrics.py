@@ -88,7 +88,8 @@ def log_gen_metrics(
     background work are raised by the next call and by `flush()`.
 
     `score_options` go to `score_samples` (mode, model, lpips_net, lpips_backbone_weights, batch_size,
-    device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs, distributed). `client`
+    device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs, distributed,
+    precision). `client`
     is an `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
 
     Inside an initialised ``torch.distributed`` process group (multi-GPU training) every rank calls it with its
