@@ -87,9 +87,10 @@ class FeatureExtractor(nn.Module):
         return parameter.device if parameter is not None else torch.device("cpu")
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised batch (N, 3, H, W) uint8 or float [0, 1] -> the network's input, on its device."""
+        """Normalised batch (N, 3, H, W) uint8 or float [0, 1] -> the network's input, on its device (preprocessed
+        there: on a GPU, ``clean`` resizes with :func:`~genmetrics.stats.resize_pil.resize_pil_bicubic`)."""
         device = self._device()
-        return self.spec.preprocess(images.to(device) if self.mode != "clean" else images, self.mode).to(device)
+        return self.spec.preprocess(images.to(device), self.mode).to(device)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
