@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-__all__ = ["fid_weights_path", "inception", "photos", "make_photo_folder"]
+__all__ = ["fid_weights_path", "inception", "photos", "make_photo_folder", "write_idx"]
 
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "cat", "colorwheel")
 
@@ -49,3 +49,13 @@ def make_photo_folder(root, images, ext="png"):
     for i, img in enumerate(images):
         Image.fromarray(img).save(os.path.join(root, f"{i:04d}.{ext}"))
     return str(root)
+
+
+def write_idx(path, array):
+    """Write `array` in MNIST's idx format: magic (0x08 = uint8, ndim), big-endian int32 dims, raw bytes."""
+    import struct
+
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}i", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())

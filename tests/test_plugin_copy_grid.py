@@ -11,7 +11,7 @@ import shutil
 import mlflow
 import numpy as np
 import pytest
-from fixtures_data import make_photo_folder
+from fixtures_data import make_photo_folder, write_idx
 from fixtures_plugin_scoring import TinyExtractor, tiny_images
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -182,24 +182,14 @@ def test_shard_rows_map_to_their_source_images(built, reference_images, tmp_path
         reopen_source({"source": "in-memory array"})
 
 
-def _write_idx(path, array):
-    """MNIST's idx format: magic (0x08 = uint8, ndim), big-endian int32 dims, raw bytes."""
-    import struct
-
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
-        f.write(struct.pack(f">{array.ndim}i", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
 def test_a_standard_dataset_is_found_again_from_its_recorded_root(tmp_path, monkeypatch):
     """MNIST (native idx files, grayscale read as RGB) built with a relative root, scored from another folder."""
     digits = tiny_images(20, seed=3, size=28)[..., 0]
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, part in (("train", digits[:2]), ("t10k", digits)):
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", part)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(len(part)) % 10)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", part)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(len(part)) % 10)
     monkeypatch.chdir(tmp_path)
     built = registry.build("mnist", "mnist-test.h5", root="data", split="test", model=TinyExtractor(), features=True,
                            progress=False)

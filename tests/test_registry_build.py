@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures_data import make_photo_folder
+from fixtures_data import make_photo_folder, write_idx
 from genmetrics import registry
 from genmetrics.registry import read_refstats, write_refstats
 from genmetrics.stats import extract_features
@@ -201,16 +201,6 @@ def test_cli_build_test_split_and_merge(cifar_root, no_md5, fid_weights_path, ci
     assert "overlap" in capsys.readouterr().err
 
 
-def _write_idx(path, array):
-    """MNIST's idx format: magic (0x08 = uint8, ndim), big-endian int32 dims, raw bytes."""
-    import struct
-
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
-        f.write(struct.pack(f">{array.ndim}i", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
 def test_dataset_adapters_read_native_files(tmp_path, cifar_images):
     from genmetrics.registry.datasets import dataset_source
 
@@ -219,8 +209,8 @@ def test_dataset_adapters_read_native_files(tmp_path, cifar_images):
     digits = cifar_images[:5, 2:30, 2:30, 0]
     for prefix, count in (("train", 3), ("t10k", 2)):
         part = digits[:3] if prefix == "train" else digits[3:]
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", part)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", part)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count))
     mnist = dataset_source("mnist", str(tmp_path), split="test")
     assert len(mnist) == 2 and mnist.default_resolution == 28
     batch = mnist.batch(0, 2)
