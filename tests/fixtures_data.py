@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-__all__ = ["fid_weights_path", "inception", "photos", "make_photo_folder", "write_idx"]
+__all__ = ["fid_weights_path", "inception", "head_state_dict", "inception_with_head_path", "inception_with_head",
+           "photos", "make_photo_folder", "write_idx"]
 
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "cat", "colorwheel")
 
@@ -25,6 +26,35 @@ def inception(fid_weights_path):
     from genmetrics.stats import load_inception
 
     return load_inception(fid_weights_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def head_state_dict(inception):
+    """pytorch-fid's state dict layout: the offline pool3 weights plus a seeded random 1008-way ``fc`` head
+    (pytorch-fid's own file, with the real head, is not available offline)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return {**inception.state_dict(), "fc.weight": torch.randn(1008, 2048, generator=generator) * 0.1,
+            "fc.bias": torch.randn(1008, generator=generator)}
+
+
+@pytest.fixture(scope="session")
+def inception_with_head_path(head_state_dict, tmp_path_factory):
+    """`head_state_dict` saved as a pytorch-fid-style .pth file (the peers load the same file)."""
+    import torch
+
+    path = tmp_path_factory.mktemp("is-head") / "pt_inception-with-test-head.pth"
+    torch.save(head_state_dict, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def inception_with_head(inception_with_head_path):
+    """Our FID Inception with the test head (logits for the Inception Score), on the CPU."""
+    from genmetrics.stats import load_inception
+
+    return load_inception(inception_with_head_path, device="cpu")
 
 
 @pytest.fixture(scope="session")

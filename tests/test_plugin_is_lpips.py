@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from genmetrics.plugin import log_gen_metrics, score_samples
-from genmetrics.stats import LPIPS, extract_features, inception_score_from_logits, load_inception, lpips_diversity
+from genmetrics.stats import LPIPS, extract_features, inception_score_from_logits, lpips_diversity
 
 IS_SPLITS = 2
 DIVERSITY_PAIRS = 6
@@ -38,29 +38,12 @@ def small_photos(photos):
 
 
 @pytest.fixture(scope="module")
-def inception_with_head_path(tmp_path_factory, inception):
-    """pytorch-fid-style state dict: the offline pool3 weights plus a seeded random fc head (1008 x 2048)."""
-    generator = torch.Generator().manual_seed(0)
-    state = dict(inception.state_dict())
-    state["fc.weight"] = torch.randn(1008, 2048, generator=generator) * 0.1
-    state["fc.bias"] = torch.randn(1008, generator=generator)
-    path = tmp_path_factory.mktemp("is-head") / "pt_inception-random-head.pth"
-    torch.save(state, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def alexnet_path(tmp_path_factory):
     """A seeded random torchvision AlexNet state dict (torchvision's key layout)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("lpips-backbone") / "alexnet-random.pth"
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def inception_with_head(inception_with_head_path):
-    return load_inception(inception_with_head_path, device="cpu")
 
 
 def _reference_is(logits, splits):

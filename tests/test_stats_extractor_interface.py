@@ -41,16 +41,11 @@ def test_table_is_declared_consistently():
 
 
 @pytest.fixture(scope="module")
-def dinov2_s_file(tmp_path_factory):
-    """A random ViT-S/14 state dict in the release layout, and the network it came from."""
-    torch.manual_seed(0)
+def dinov2_s_file(dinov2_file):
+    """The tests' random ViT-S/14 state dict (release layout), and a network built from it independently."""
     network = build_dinov2("dinov2-vit-s-14")
-    with torch.no_grad():
-        for p in network.parameters():
-            p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
-    torch.save(network.state_dict(), path)
-    return str(path), network
+    network.load_state_dict(torch.load(dinov2_file, weights_only=True))
+    return dinov2_file, network.eval()
 
 
 def test_dinov2_from_argument_and_environment(dinov2_s_file, small_photos, monkeypatch):

