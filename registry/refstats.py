@@ -37,8 +37,8 @@ import tempfile
 
 import numpy as np
 
-from .refstats_checks import (RefStatsFormatError, check_arrays, check_dataset, check_dim, check_full, check_layout,
-                              read_attributes)
+from .refstats_checks import (RefStatsFormatError, check_arrays, check_count, check_dataset, check_dim, check_full,
+                              check_layout, read_attributes)
 
 from genmetrics.stats.defaults import PROVENANCE_KEYS, weights_identity
 
@@ -339,7 +339,9 @@ def _read_moments(f, path):
         if name in f:
             check_dataset(f[name], name, dim, path)
     arrays = {name: f[name][()] for name in _MOMENT_ARRAYS if name in f}
-    return meta, arrays, int(f["n"][()]), "features" in f
+    n = int(f["n"][()])
+    check_count(meta, n, path)
+    return meta, arrays, n, "features" in f
 
 
 def read_refstats(path, lazy_features=True, full=False):

@@ -41,7 +41,7 @@ import numpy as np
 
 __all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "MAX_MAGNITUDE",
            "STRING_ATTRIBUTES", "INT_ATTRIBUTES", "check_layout", "read_attributes", "check_dataset", "check_dim",
-           "check_arrays", "check_psd", "check_full"]
+           "check_arrays", "check_count", "check_psd", "check_full"]
 
 MAX_DIM = 16384  # feature dimension: sigma then takes 2 GiB
 MAX_FEATURE_BYTES = 64 << 30  # stored features, uncompressed (ImageNet train at D=2048, float32: 10.5 GB)
@@ -128,6 +128,13 @@ def read_attributes(f, where):
         if name == "num_samples" and not 0 <= value < MAX_COUNT:
             _fail(where, "attributes", f"attribute 'num_samples' is {value}, expected 0 <= num_samples < 2**53")
     return meta
+
+
+def check_count(meta, n, where):
+    """The ``num_samples`` attribute, when given, equals ``n`` (both known, i.e. non-zero)."""
+    if n and meta.get("num_samples") and meta["num_samples"] != n:
+        _fail(where, "attributes", f"attribute 'num_samples' is {meta['num_samples']} but the moments are of "
+                                   f"n = {n} samples")
 
 
 def _expected_shape(name, dset, dim):

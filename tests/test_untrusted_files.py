@@ -156,6 +156,7 @@ def test_bomb_features_are_refused_from_their_stored_size(valid):
     (_replace("sigma", np.zeros((DIM, DIM), np.int64)), "dtypes", "float64"),
     (lambda f: f.attrs.__setitem__("num_samples", "abc"), "attributes", "'num_samples' is 'abc', expected an integer"),
     (lambda f: f.attrs.__setitem__("num_samples", 2.7), "attributes", "expected an integer"),
+    (lambda f: f.attrs.__setitem__("num_samples", 41), "attributes", "'num_samples' is 41 but the moments are of n = 40"),
     (lambda f: f.attrs.__setitem__("mode", np.bytes_(b"\xffclean\xfe")), "attributes", "'mode' is not valid UTF-8"),
     (lambda f: f.attrs.__setitem__("mode", np.arange(3)), "attributes", "shape (3,), expected a scalar"),
     (lambda f: f.attrs.__setitem__("format_version", 1.0), "attributes", "'format_version' is 1.0"),
