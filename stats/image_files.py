@@ -17,6 +17,9 @@ from .threads import thread_map
 __all__ = ["IMAGE_EXTENSIONS", "is_image_source", "list_image_files", "iter_image_files", "load_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+#: Largest zip member read (its uncompressed size, as the archive declares it; zipfile never reads past
+#: that): a member of a crafted archive cannot make the reader allocate more than this.
+MAX_ZIP_MEMBER_BYTES = 256 << 20
 
 
 def _is_image_name(name):
@@ -97,9 +100,18 @@ def iter_image_files(path, names=None, chunk=64):
     else:
         with zipfile.ZipFile(path) as archive:
             for start in range(0, len(names), chunk):
-                blobs = [(name, archive.read(name)) for name in names[start:start + chunk]]
+                blobs = [(name, _read_member(archive, name, path)) for name in names[start:start + chunk]]
                 yield from thread_map(lambda item: _as_batch(load_image(io.BytesIO(item[1]), f"{path}:{item[0]}")),
                                       blobs)
+
+
+def _read_member(archive, name, path):
+    """The bytes of one zip member, refused when it declares more than :data:`MAX_ZIP_MEMBER_BYTES`."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_ZIP_MEMBER_BYTES:
+        raise ValueError(f"image {path}:{name} unpacks to {size} bytes, more than the {MAX_ZIP_MEMBER_BYTES >> 20} MiB "
+                         f"an image file may take; remove it from the archive")
+    return archive.read(name)
 
 
 def _as_batch(array):

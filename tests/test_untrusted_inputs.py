@@ -38,6 +38,23 @@ def test_a_decompression_bomb_png_names_the_file(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_zip_member_that_unpacks_huge_is_refused_before_reading(tmp_path, monkeypatch):
+    """A zip bomb member (here: zeros compressing 1000x) is refused from its declared size, naming it."""
+    import zipfile
+
+    from genmetrics.stats import image_files
+
+    monkeypatch.setattr(image_files, "MAX_ZIP_MEMBER_BYTES", 1 << 20)  # the real cap is 256 MiB
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+        z.write(tmp_path / "ok.png", "a.png")
+        z.writestr("b.png", bytes(4 << 20))
+    assert os.path.getsize(archive) < 64 << 10
+    with pytest.raises(ValueError, match=r"bomb.zip:b.png unpacks to 4194304 bytes, more than the 1 MiB"):
+        list(iter_image_files(str(archive)))
+
+
 def test_a_fifo_named_png_in_an_image_folder_is_skipped(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
