@@ -107,7 +107,8 @@ def kernel_inception_distance(
     Each subset draws `subset_size` rows without replacement from each side with
     ``numpy.random.default_rng(seed)`` (first from features1, then from features2), so results are
     reproducible. If either side has fewer rows than `subset_size`, the subset size is clipped to the
-    smaller side (with a warning): KID stays unbiased but its variance grows.
+    smaller side (with a warning): KID stays unbiased but its variance grows. When every subset is the whole
+    of both sets (``subset_size >= N1 == N2``) they cannot differ: MMD^2_u is computed once, std = 0.
     Accepts numpy arrays or torch tensors (any device; the computation runs there in float64).
     """
     _check_features(features1, "features1")
@@ -128,6 +129,8 @@ def kernel_inception_distance(
     x_all = torch.as_tensor(features1)
     y_all = torch.as_tensor(features2).to(x_all.device)
     center = _center(x_all, y_all)
+    if subset_size == n1 == n2:  # every subset a permutation of the whole sets: one value, no spread
+        return float(_mmd_unbiased(x_all.to(torch.float64), y_all.to(torch.float64), degree, gamma, coef0, center)), 0.0
     rng = np.random.default_rng(seed)
     values = np.empty(subsets, dtype=np.float64)
     for i in range(subsets):

@@ -43,7 +43,7 @@ def test_full_size_subsets_equal_torch_fidelity_and_clean_fid(feature_sets):
     fidelity = kid_features_to_metric(torch.from_numpy(real), torch.from_numpy(fake), kid_subsets=3,
                                       kid_subset_size=150, rng_seed=1, **FIDELITY_KWARGS)
     assert mean == pytest.approx(fidelity["kernel_inception_distance_mean"], rel=1e-6)
-    assert std == pytest.approx(0.0, abs=1e-6 * abs(mean))
+    assert std == 0.0  # the subsets cannot differ: computed once
     np.random.seed(0)
     assert mean == pytest.approx(cleanfid_kernel_distance(real, fake, num_subsets=2, max_subset_size=150), rel=1e-6)
 
