@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import hashlib
 import os
+import time
 import urllib.parse
 import urllib.request
 import warnings
@@ -261,10 +262,14 @@ def _parse_manifest(text, location):
 
 
 _PARSED = {}
+#: Seconds a remote manifest fetched by this process is reused before it is fetched again (a training loop
+#: that loads a ref at every evaluation does not request the manifest each time).
+REMOTE_MANIFEST_TTL = 300.0
 
 
 def _entries_of(location):
-    """Entries of one manifest; local files are re-read only when their modification time changes."""
+    """Entries of one manifest; local files are re-read only when their modification time changes, remote ones
+    after :data:`REMOTE_MANIFEST_TTL` seconds."""
     local = not _is_url(location) or urllib.parse.urlsplit(location).scheme.lower() == "file"
     if local:
         path = location
@@ -279,7 +284,12 @@ def _entries_of(location):
         entries = _parse_manifest(_read_text(location), location)
         _PARSED[location] = (stamp, entries)
         return entries
-    return _parse_manifest(_read_text(location), location)
+    fetched_at, entries = _PARSED.get(location, (None, None))
+    if isinstance(fetched_at, float) and time.monotonic() - fetched_at < REMOTE_MANIFEST_TTL:
+        return entries
+    entries = _parse_manifest(_read_text(location), location)
+    _PARSED[location] = (time.monotonic(), entries)
+    return entries
 
 
 def load_manifests():

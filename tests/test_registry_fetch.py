@@ -309,6 +309,22 @@ def test_verify_detects_a_damaged_cached_file(http_server, home, tmp_path, monke
         registry.verify("toy-train-32")
 
 
+def test_a_remote_manifest_is_fetched_once_per_ttl(http_server, home, monkeypatch):
+    """Resolving refs repeatedly (a training loop loading its reference at every evaluation) requests a remote
+    manifest once per REMOTE_MANIFEST_TTL, not once per call."""
+    from genmetrics.registry import manifest
+
+    http_server.files["/team/manifest.yaml"] = json.dumps(
+        {"format_version": 1, "entries": [_entry("toy.npz", sha256="0" * 64)]}).encode()
+    monkeypatch.setenv("GENMETRICS_MANIFEST", http_server.url + "/team/manifest.yaml")
+    for _ in range(3):
+        assert resolve("toy-train-32").name == "toy"
+    assert len(http_server.get_requests("/team/manifest.yaml")) == 1
+    monkeypatch.setattr(manifest, "REMOTE_MANIFEST_TTL", 0.0)
+    resolve("toy-train-32")
+    assert len(http_server.get_requests("/team/manifest.yaml")) == 2
+
+
 def test_remote_user_manifest_is_cached_for_offline_use(http_server, home, monkeypatch):
     data, x = _npz_bytes(dim=8)
     http_server.files["/team/toy.npz"] = data
