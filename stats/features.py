@@ -182,9 +182,9 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
     progress: show a tqdm progress bar (images processed) on stderr.
     fast: run an FIDInception through its fast form (BatchNorm folded, fused convolutions, channels-last;
       float32 like the module, features equal to ~1e-6 relative); False runs the module as it is.
-    precision: "fp32" (exact, default) or "bf16": the fast Inception in bfloat16, ~1.4x faster on an
-      AVX-512-BF16 CPU, pool3 features ~3 % off and FID moved as docs/performance.md reports (opt-in;
-      reference statistics are always built in fp32).
+    precision: "fp32" (exact, default) or "bf16": the fast Inception in bfloat16, 1.8x faster on an
+      AVX-512-BF16 CPU, pool3 features ~2-3 % off and FID ~0.7 % (docs/performance.md; opt-in, reference
+      statistics are always built in fp32).
     Returns float32 CPU tensors, rows in input order.
     """
     _check_mode(mode)
