@@ -2,7 +2,7 @@
 import logging
 import os
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_PREFIX, METRICS
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_PREFIX, METRICS, PRECISIONS
 
 from .cli_checks import non_negative_float, positive_int
 
@@ -21,6 +21,9 @@ def _add_common(parser):
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per Inception batch (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="arithmetic of the FID Inception: fp32 (exact, default) or bf16 (opt-in, faster on "
+                             "CPUs with AVX-512-BF16 and on GPUs, FID moves by ~0.7 %%; recorded in the precision param)")
 
 
 def add_parser(subparsers):
@@ -55,7 +58,8 @@ def _options(args):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"--metrics: unknown metric(s) {', '.join(unknown)}; choose among {','.join(METRICS)}")
-    return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size)
+    return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size,
+                precision=args.precision)
 
 
 def _setup(args):

@@ -228,7 +228,8 @@ def test_cli_score_killed_midway_then_rerun(mlflow_server, scorer_env, tiny_refe
     run_id = _new_run(client, "deferred-cli-kill")
     steps = [0, 1, 2]
     _log_steps(client, run_id, steps)
-    args = ["score", run_id, "--reference", tiny_reference, "--metrics", "kid", "--tracking-uri", mlflow_server.uri]
+    args = ["score", run_id, "--reference", tiny_reference, "--metrics", "kid", "--tracking-uri", mlflow_server.uri,
+            "--precision", "bf16"]
     scorer = _start_cli(args, scorer_env, tmp_path / "score1.log")
     try:
         _wait_for(lambda: client.get_metric_history(run_id, "gen/kid") or scorer.poll() is not None, 240,
@@ -244,6 +245,7 @@ def test_cli_score_killed_midway_then_rerun(mlflow_server, scorer_env, tiny_refe
         mlflow.set_tracking_uri(previous_uri)
     assert _history_steps(client, run_id, "gen/kid") == steps
     assert _scored_steps(client, run_id) == steps
+    assert client.get_run(run_id).data.params["gen/precision"] == "bf16"  # the opt-in reached the scorer
 
 
 def test_watch_scores_new_samples_once_across_a_restart(mlflow_server, scorer_env, tiny_reference, inception,
