@@ -277,6 +277,10 @@ def reopen_source(meta) -> ImageSource:
     if not location:
         raise SourceUnavailableError("the statistics file records no source_images (it was built from an array "
                                      "or an iterable of batches, imported, or built before this attribute existed)")
+    if root and str(location).lower().startswith("lsun"):
+        raise SourceUnavailableError(f"the reference images are LSUN ({location}), whose torchvision loader unpickles "
+                                     f"a '_cache_*' file from the working directory; they are not reopened on a "
+                                     f"statistics file's word")
     try:
         source = dataset_source(location, root, meta.get("split")) if root else FileSource(location)
     except (OSError, ValueError, ImportError, RuntimeError) as error:

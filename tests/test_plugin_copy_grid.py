@@ -180,6 +180,10 @@ def test_shard_rows_map_to_their_source_images(built, reference_images, tmp_path
     assert len(reopen_source(merged.meta)) == 30
     with pytest.raises(SourceUnavailableError, match="no source_images"):
         reopen_source({"source": "in-memory array"})
+    lsun = tmp_path / "lsun-root"  # LSUN is never opened for a file: torchvision would unpickle ./_cache_<root>
+    with pytest.raises(SourceUnavailableError, match="unpickles a '_cache_\\*' file"):
+        reopen_source({"source_images": "lsun_bedroom", "source_root": str(lsun), "split": "train"})
+    assert not lsun.exists() and not any(name.startswith("_cache_") for name in os.listdir("."))
 
 
 def test_a_standard_dataset_is_found_again_from_its_recorded_root(tmp_path, monkeypatch):
