@@ -155,6 +155,9 @@ def _image_provenance(statistics, args):
         modes = [side.provenance["mode"] for side in statistics.values() if side.provenance["mode"]]
         mode = args.mode or next(iter(modes), DEFAULT_MODE)
     else:
+        if args.mode not in (None, *spec.modes):
+            raise ValueError(f"--extractor {spec.name} preprocesses in its own mode ({', '.join(spec.modes)}); "
+                             f"leave out --mode {args.mode}")
         mode = spec.check_mode(args.mode)
         if args.precision != "fp32":
             raise ValueError(f"--precision {args.precision} exists for the FID Inception only, not for {spec.name}")

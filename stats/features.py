@@ -181,7 +181,8 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
     device: None = the model's device (CUDA if available for the default model).
     progress: show a tqdm progress bar (images processed) on stderr.
     fast: run an FIDInception through its fast form (BatchNorm folded, fused convolutions, channels-last;
-      float32 like the module, features equal to ~1e-6 relative); False runs the module as it is.
+      float32 like the module, features equal to ~1e-6 relative); False runs the module as it is. A
+      FeatureExtractor runs its network as loaded (``load_extractor(..., fast=False)`` keeps the module).
     precision: "fp32" (exact, default) or "bf16": the fast Inception in bfloat16, 1.8x faster on an
       AVX-512-BF16 CPU, pool3 features ~2-3 % off and FID ~0.7 % (docs/performance.md; opt-in, reference
       statistics are always built in fp32).

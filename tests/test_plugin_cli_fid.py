@@ -188,6 +188,8 @@ def test_other_extractors_precision_and_cmmd(photo_folders, dinov2_file, fid_wei
     assert float(capsys.readouterr().out.split("FD (dinov2-vit-s-14): ")[1].split()[0]) == pytest.approx(fd, abs=2e-6)
     assert main(["fid", first, dinov2_h5, "--extractor", "dinov2-vit-s-14", "--precision", "bf16"]) == 2
     assert "--precision bf16 exists for the FID Inception only" in capsys.readouterr().err
+    assert main(["fid", first, second, "--extractor", "dinov2-vit-s-14", "--mode", "clean"]) == 2
+    assert "preprocesses in its own mode (legacy_tensorflow); leave out --mode clean" in capsys.readouterr().err
 
     # bf16 (opt-in) against the exact Inception on the same folders.
     exact = ["fid", first, second, "--weights", fid_weights_path, "--device", "cpu", "--mode", "legacy_pytorch"]
