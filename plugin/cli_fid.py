@@ -182,5 +182,4 @@ def _cmmd(sides, extractor):
     if not extractor.startswith("clip-"):
         raise ValueError(f"--cmmd is defined on CLIP embeddings, but the features are {extractor}'s; pass "
                          f"--extractor clip-vit-l-14-336px (the paper's) or statistics built with it")
-    a, b = (np.asarray(side.features, np.float64) for side in sides)
-    return cmmd(a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True))
+    return cmmd(np.asarray(sides[0].features), np.asarray(sides[1].features), normalize=True)

@@ -432,11 +432,7 @@ def _cmmd(stats, ref):
     """CMMD (Jayasumana et al. 2024) between the L2-normalised CLIP embeddings of samples and reference."""
     from genmetrics.stats import cmmd
 
-    def unit(x):
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-        return x / x.norm(dim=1, keepdim=True)
-
-    return {"cmmd": cmmd(unit(ref.features), unit(stats.features))}
+    return {"cmmd": cmmd(np.asarray(ref.features), stats.features, normalize=True)}
 
 
 def _copies(stats, ref, prefix):

@@ -10,8 +10,8 @@ authors' reference code (google-research ``cmmd/distance.py``) does, so numbers 
 ``n (n - 1)``), the unbiased estimate of the squared MMD; it can be slightly negative.
 
 The paper uses sigma = 10 and scale = 1000 on L2-normalised CLIP ViT-L/14@336px image embeddings (the
-``clip_l2`` layer of :mod:`genmetrics.stats.clip`); this function takes the embeddings as given and does
-not normalise them. Computed in float64 in blocks (:mod:`genmetrics.stats.pairwise`), memory
+``clip_l2`` layer of :mod:`genmetrics.stats.clip`); this function takes the embeddings as given unless
+``normalize=True``, which divides each row by its L2 norm (in float64) first. Computed in float64 in blocks (:mod:`genmetrics.stats.pairwise`), memory
 ``O(chunk_size^2)`` beyond the inputs.
 """
 from typing import Optional
@@ -52,7 +52,7 @@ def _check_positive(value, name, default):
 
 
 def cmmd(x, y, sigma: float = 10.0, scale: float = 1000.0, unbiased: bool = False,
-         chunk_size: int = DEFAULT_CHUNK_SIZE, device: Optional[str] = None) -> float:
+         chunk_size: int = DEFAULT_CHUNK_SIZE, device: Optional[str] = None, normalize: bool = False) -> float:
     """CMMD between embedding sets x (n, d) and y (m, d) (see the module docstring for the formula).
 
     Args:
@@ -63,6 +63,8 @@ def cmmd(x, y, sigma: float = 10.0, scale: float = 1000.0, unbiased: bool = Fals
         unbiased: exclude the kernel diagonals from the within-set means (needs n, m >= 2).
         chunk_size: rows per block of the blocked kernel sums (memory ~ chunk_size^2 float64).
         device: where the blocks are computed (default: x's device).
+        normalize: L2-normalise each row (float64) first, for raw CLIP embeddings (the ``clip`` layer or
+            CLIP statistics files).
 
     Example:
         >>> cmmd(clip_l2_real, clip_l2_generated)  # doctest: +SKIP
@@ -71,6 +73,8 @@ def cmmd(x, y, sigma: float = 10.0, scale: float = 1000.0, unbiased: bool = Fals
     _check_positive(sigma, "sigma", 10.0)
     _check_positive(scale, "scale", 1000.0)
     x, y = as_feature_matrix(x, "x"), as_feature_matrix(y, "y")
+    if normalize:
+        x, y = (t.to(torch.float64) / t.to(torch.float64).norm(dim=1, keepdim=True) for t in (x, y))
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features per row but y has {y.shape[1]}; use the same embedding")
     n, m = x.shape[0], y.shape[0]

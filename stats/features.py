@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .accumulator import _is_feature_extractor
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
 from .image_input import count_images, iter_image_batches
 from .inception import FIDInception, load_inception
@@ -140,17 +141,11 @@ def _network(model, fast, precision):
     return model.network if _is_feature_extractor(model) else model
 
 
-def _is_feature_extractor(model):
-    from .extractor import FeatureExtractor
-
-    return isinstance(model, FeatureExtractor)
-
-
 def _preparation(model, mode, device):
     """normalised batch -> network input on `device`: the extractor's own preprocessing for a FeatureExtractor
     (its mode), else :func:`~genmetrics.stats.preprocess.preprocess` in `mode`."""
     if _is_feature_extractor(model):
-        return lambda batch: model.prepare(batch)
+        return model.prepare
     return lambda batch: preprocess(batch, mode, device=device)
 
 

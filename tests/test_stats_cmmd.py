@@ -53,6 +53,12 @@ def test_other_sigma_scale_and_float32_torch_input(embeddings):
     assert isinstance(ours, float)
 
 
+def test_normalize_divides_each_row_by_its_norm(embeddings):
+    x, y = (3.0 * e + 0.5 for e in embeddings)  # not unit rows
+    unit = [e / np.linalg.norm(e, axis=1, keepdims=True) for e in (x, y)]
+    assert cmmd(x.astype(np.float32), y, normalize=True) == pytest.approx(direct_cmmd(*unit), rel=1e-6)
+
+
 def test_a_set_with_itself_is_zero(embeddings):
     x, _ = embeddings
     assert abs(cmmd(x, x)) < 1e-9
