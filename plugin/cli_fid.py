@@ -108,14 +108,18 @@ def run_fid(args):
             raise ValueError(
                 f"{flag} needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass "
                 f"image folders, or statistics built with features (genmetrics stats build ... --features)")
-    model = mode = None
-    if not any(map(_is_image_source, sources)):
-        statistics[args.b].check_comparable(statistics[args.a], args.allow_mismatch, names=(args.a, args.b))
-    else:
+    images = None  # extractor, mode and layer of the image sides, when there are any
+    if any(map(_is_image_source, sources)):
         images = _image_provenance(statistics, args)
         for source, side in statistics.items():
             side.check_comparable(images, args.allow_mismatch, names=("images", source))
-        model, mode = _load_model(images, args), images["mode"]
+    else:
+        statistics[args.b].check_comparable(statistics[args.a], args.allow_mismatch, names=(args.a, args.b))
+    extractor = (images or statistics[args.a].provenance)["feature_extractor"] or FEATURE_EXTRACTOR
+    if args.cmmd and not extractor.startswith("clip-"):
+        raise ValueError(f"--cmmd is defined on CLIP embeddings, but the features are {extractor}'s; pass "
+                         f"--extractor clip-vit-l-14-336px (the paper's) or statistics built with it")
+    model, mode = (_load_model(images, args), images["mode"]) if images else (None, None)
     sides = [statistics[s] if s in statistics else _image_side(s, model, mode, args) for s in sources]
     for label, side in zip("AB", sides):
         print(f"{label} = {side.describe()}", file=sys.stderr)
@@ -128,10 +132,9 @@ def run_fid(args):
     # The Fréchet distance is symmetric: put a side with a cached square root first.
     first, second = sorted(sides, key=lambda side: side.sqrt_sigma is None)
     fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
-    extractor = sides[0].provenance["feature_extractor"] or FEATURE_EXTRACTOR
     print(f"FID: {fid:.6f}" if extractor == FEATURE_EXTRACTOR else f"FD ({extractor}): {fid:.6f}")
     if args.cmmd:
-        print(f"CMMD: {_cmmd(sides, extractor):.6g}")
+        print(f"CMMD: {_cmmd(sides):.6g}")
     if args.kid:
         sizes = {len(sides[0].features), len(sides[1].features)}
         whole = len(sizes) == 1 and args.kid_subset_size >= min(sizes)  # every subset would be the whole set
@@ -173,13 +176,10 @@ def _load_model(images, args):
     return load_extractor(images["feature_extractor"], weights=args.weights, device=args.device, mode=images["mode"])
 
 
-def _cmmd(sides, extractor):
-    """CMMD (sigma 10, scale 1000) between the sides' L2-normalised features; a CLIP space only."""
+def _cmmd(sides):
+    """CMMD (sigma 10, scale 1000) between the sides' L2-normalised (CLIP) features."""
     import numpy as np
 
     from genmetrics.stats import cmmd
 
-    if not extractor.startswith("clip-"):
-        raise ValueError(f"--cmmd is defined on CLIP embeddings, but the features are {extractor}'s; pass "
-                         f"--extractor clip-vit-l-14-336px (the paper's) or statistics built with it")
     return cmmd(np.asarray(sides[0].features), np.asarray(sides[1].features), normalize=True)
