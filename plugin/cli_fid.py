@@ -92,6 +92,22 @@ def _image_side(source, model, mode, args):
     return side
 
 
+def _frechet_order(sides):
+    """(first, second, features2) for frechet_distance, which is symmetric: a side with fewer samples than
+    feature dimensions and its features goes second (the Gram form; the smaller such side), else a side with a
+    cached square root goes first. Features are read only for such a small side."""
+    import numpy as np
+
+    small = [side for side in sides if side.has_features and side.n < side.dim]
+    if small:
+        second = min(small, key=lambda side: side.n)
+        features = np.asarray(second.features)
+        if len(features) == second.n:
+            return sides[1] if second is sides[0] else sides[0], second, features
+    first, second = sorted(sides, key=lambda side: side.sqrt_sigma is None)
+    return first, second, None
+
+
 def run_fid(args):
     """Images are listed (an empty or unreadable folder refused) and statistics read before the network loads."""
     from genmetrics.stats.image_files import list_image_files  # torch-free
@@ -129,9 +145,9 @@ def run_fid(args):
             f"same extractor layer (Inception pool3: 2048)"
         )
 
-    # The Fréchet distance is symmetric: put a side with a cached square root first.
-    first, second = sorted(sides, key=lambda side: side.sqrt_sigma is None)
-    fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma)
+    first, second, features2 = _frechet_order(sides)
+    fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma,
+                           features2=features2)
     print(f"FID: {fid:.6f}" if extractor == FEATURE_EXTRACTOR else f"FD ({extractor}): {fid:.6f}")
     if args.cmmd:
         print(f"CMMD: {_cmmd(sides):.6g}")

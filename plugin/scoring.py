@@ -397,7 +397,9 @@ def _fid(stats, ref):
 
     if stats.n < 2:
         raise ValueError(f"FID needs at least 2 samples, got {stats.n}")
-    return {"fid": float(frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, sqrt_sigma1=ref.sqrt_sigma))}
+    kept = stats.features if stats.features is not None and len(stats.features) == stats.n else None
+    return {"fid": float(frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, sqrt_sigma1=ref.sqrt_sigma,
+                                          features2=kept))}  # kept features: the Gram form below D samples
 
 
 def _kid_subsets(count, ref, opts):

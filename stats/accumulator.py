@@ -7,7 +7,7 @@ own loops share it, the way torchmetrics' ``update()/compute()`` metrics are use
     for images in loader:                                          # any input of image_input
         acc.update(images)
     stats = acc.compute()                                          # FeatureStats
-    fid = frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov)
+    fid = frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, features2=stats.features)
 
 State: float64 :class:`~genmetrics.stats.moments.GaussianMoments` of the ``layer`` features (always),
 the float32 features themselves (``keep_features``, for KID / PRDC) and the float64 logits

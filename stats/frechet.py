@@ -18,10 +18,21 @@ singular (fewer samples than dimensions) does it fall back to the symmetric root
 reference alone, so it can be cached (the registry stores it as ``sqrt_sigma``) and a FID against a fixed
 reference costs two matrix products and one ``eigvalsh``.
 
-Checks (each a ``ValueError`` naming the input): sigma1 (when factored here) and A S2 A must have no
+Gram form, when the N2 features behind S2 are given and N2 < D: with F = Xc / sqrt(N2 - 1) (Xc the centred
+features, S2 = F^T F), A S2 A = (A F^T)(F A) has the same non-zero eigenvalues as the N2 x N2 matrix
+F A A F^T = F S1 F^T, so
+
+    Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(F S1 F^T)),
+
+which needs no root of S1 and no D x D eigenproblem: O(N2 D^2) instead of O(D^3). It is also more
+accurate: the D x D form has D - N2 + 1 eigenvalues that are zero but come out as rounding noise, and
+their square roots add up (a set's distance to itself: ~1e-7 of Tr(S) there, ~2e-10 here at N2 = 500, D = 2048).
+
+Checks (each a ``ValueError`` naming the input): sigma1 (when factored here) and A S2 A (F S1 F^T) must have no
 eigenvalue below -tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float precision
 (a covariance that is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy
-|A|_F^2 = Tr(S1) (cheap, catches a root of other statistics); the result must be finite and not
+|A|_F^2 = Tr(S1) (cheap, catches a root of other statistics); given features must have mean mu2 and
+|F|_F^2 = Tr(S2) to 1e-6 relative (O(N2 D), catches features of other samples); the result must be finite and not
 negative beyond its rounding bound. The distance is homogeneous (scaling the features by a scales it by
 a^2), so inputs far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an
 exact power of two first and the result scaled back: large-magnitude features give a finite FID.
@@ -31,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checks import ArrayLike, _as_float64_numpy, _check_mean_cov, _check_same_dim
+from .checks import ArrayLike, _as_float64_numpy, _check_array, _check_features, _check_mean_cov, _check_same_dim
 
 __all__ = ["frechet_distance", "sqrtm_psd"]
 
@@ -102,6 +113,43 @@ def _check_root(root, sigma, rtol):
                          f"Tr(sigma1) = {trace:.6g}); pass sqrtm_psd(sigma1), or drop the cached root")
 
 
+def _sigma1_factor(sigma1, sqrt_sigma1, k, rtol):
+    """F with F F^T = sigma1: the cached root (checked, scaled by 2^-k like sigma1) or a factor computed here."""
+    if sqrt_sigma1 is None:
+        return _psd_factor(sigma1, rtol)
+    root = _as_float64_numpy(sqrt_sigma1)
+    root = np.ldexp(root, -k) if k else root
+    _check_root(root, sigma1, rtol)
+    return root
+
+
+_FEATURES_RTOL = 1e-6  # features stored in float32 reproduce float64 moments to ~1e-7
+
+
+def _gram_factor(features2, mu2, sigma2, k):
+    """F = 2^-k Xc / sqrt(N2 - 1) with F^T F = sigma2 (already scaled by 4^-k), checked against mu2 and
+    Tr(sigma2); None when N2 >= D (the D x D form is then as cheap; the features are not read)."""
+    _check_array(features2, "features2")
+    if features2.ndim != 2 or features2.shape[1] != mu2.shape[0]:
+        raise ValueError(f"features2 must be the (N2, {mu2.shape[0]}) features behind mu2/sigma2, got shape "
+                         f"{tuple(features2.shape)}")
+    if features2.shape[0] >= features2.shape[1]:
+        return None
+    _check_features(features2, "features2")
+    x = _as_float64_numpy(features2)
+    x = np.ldexp(x, -k) if k else x
+    mean = x.mean(axis=0)
+    gram = (x - mean) / np.sqrt(x.shape[0] - 1)
+    trace, expected = float(np.sum(gram * gram)), float(np.trace(sigma2))
+    spread = np.sqrt(max(trace, expected))
+    if (float(np.abs(mean - mu2).max()) > _FEATURES_RTOL * (float(np.abs(mu2).max()) + spread)
+            or abs(trace - expected) > _FEATURES_RTOL * max(trace, expected)):
+        raise ValueError(f"features2 are not the features mu2/sigma2 were computed from ({x.shape[0]} rows with "
+                         f"Tr(cov) {trace:.6g} vs Tr(sigma2) {expected:.6g}, largest mean difference "
+                         f"{float(np.abs(mean - mu2).max()):.3g}); pass the same samples' features, or none")
+    return gram
+
+
 def _power_of_two_scale(mu1, mu2, sigma1, sigma2):
     """k with |mu1 - mu2| 2^-k and sigma 4^-k near 1 when outside 2^+-300 (exact rescaling), else 0."""
     exponent = max(2 * np.frexp(np.abs(mu1 - mu2).max())[1],
@@ -110,16 +158,20 @@ def _power_of_two_scale(mu1, mu2, sigma1, sigma2):
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike,
-                     sqrt_sigma1: Optional[ArrayLike] = None) -> float:
+                     sqrt_sigma1: Optional[ArrayLike] = None, features2: Optional[ArrayLike] = None) -> float:
     """Squared Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2), as a float.
 
     Inputs are numpy arrays or torch tensors (any float dtype), computed in float64. ``sqrt_sigma1``, if
     given, must be ``sqrtm_psd(sigma1)`` (e.g. cached with the reference statistics); it saves factoring
-    sigma1. Mathematically >= 0; values within rounding of 0 may be slightly negative.
+    sigma1 (the Gram form needs no factor). ``features2``, if given, are the (N2, D) features mu2 and sigma2 were computed from (e.g.
+    ``FeatureStats.features``); when N2 < D the trace term is computed in the N2 x N2 Gram form (see the
+    module docstring: faster and more accurate), else they are not needed and not read.
+    Mathematically >= 0; values within rounding of 0 may be slightly negative.
 
     Raises:
         ValueError: shapes or values that are not Gaussian statistics (non-finite, not symmetric, not
-            positive semi-definite, a cached root of another matrix), or a result that overflows float64.
+            positive semi-definite, a cached root of another matrix, features of other samples), or a
+            result that overflows float64.
     """
     rtol = _rounding_rtol((mu1, sigma1, mu2, sigma2), np.shape(mu1)[-1] if np.ndim(mu1) else 1)
     mu1, sigma1, mu2, sigma2 = (_as_float64_numpy(a) for a in (mu1, sigma1, mu2, sigma2))
@@ -127,15 +179,16 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     _check_mean_cov(mu2, sigma2, "mu2/sigma2")
     _check_same_dim(mu1, mu2, "mu1", "mu2")
     k = _power_of_two_scale(mu1, mu2, sigma1, sigma2)
-    mu1, mu2, sigma1, sigma2 = np.ldexp(mu1, -k), np.ldexp(mu2, -k), np.ldexp(sigma1, -2 * k), np.ldexp(sigma2, -2 * k)
-    if sqrt_sigma1 is None:
-        factor = _psd_factor(sigma1, rtol)
+    if k:
+        mu1, mu2, sigma1, sigma2 = np.ldexp(mu1, -k), np.ldexp(mu2, -k), np.ldexp(sigma1, -2 * k), np.ldexp(sigma2, -2 * k)
+    gram = None if features2 is None else _gram_factor(features2, mu2, sigma2, k)
+    if gram is not None:
+        inner, what = gram @ sigma1 @ gram.T, "sigma1 (seen through the features of sigma2)"
     else:
-        factor = np.ldexp(_as_float64_numpy(sqrt_sigma1), -k)
-        _check_root(factor, sigma1, rtol)
-    inner = factor.T @ sigma2 @ factor
+        factor = _sigma1_factor(sigma1, sqrt_sigma1, k, rtol)
+        inner, what = factor.T @ sigma2 @ factor, "sigma2 (seen through sigma1's square root)"
     eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
-    _check_psd(eigenvalues, rtol, "sigma2 (seen through sigma1's square root)")
+    _check_psd(eigenvalues, rtol, what)
     diff = mu1 - mu2
     parts = (diff @ diff, np.trace(sigma1), np.trace(sigma2), np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
     return _checked_result(parts, eigenvalues, rtol, k)

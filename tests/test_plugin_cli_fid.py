@@ -127,6 +127,24 @@ def _write_h5(path, x, mode, with_features=True):
     return write_refstats(path, stats)
 
 
+def test_a_side_with_fewer_samples_than_dimensions_goes_second_with_its_features():
+    from genmetrics.plugin.cli_fid import _frechet_order
+    from genmetrics.registry import ReferenceStats
+    from genmetrics.stats import sqrtm_psd
+
+    rng = np.random.default_rng(2)
+    big, small = rng.normal(size=(100, 16)), rng.normal(size=(10, 16))
+    with pytest.warns(UserWarning, match="n=10"):
+        sides = [ReferenceStats.from_moments(GaussianMoments.from_features(x), features=x) for x in (small, big)]
+    sides[1].sqrt_sigma = sqrtm_psd(sides[1].sigma)
+    first, second, features = _frechet_order(sides)
+    assert (first, second) == (sides[1], sides[0]) and np.array_equal(features, small)
+    fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, features2=features)
+    assert fid == pytest.approx(frechet_distance(sides[0].mu, sides[0].sigma, sides[1].mu, sides[1].sigma), rel=1e-6)
+    sides[0].features = None  # no features: the side with a cached root goes first
+    assert _frechet_order(sides) == (sides[1], sides[0], None)
+
+
 def test_h5_statistics_with_features_and_provenance_checks(npz_pair, tmp_path, capsys):
     _, b_npz, _, _ = npz_pair
     rng = np.random.default_rng(1)

@@ -1,4 +1,5 @@
-"""frechet_distance: equals pytorch-fid and clean-fid, closed forms, symmetry, cached square root, bad input."""
+"""frechet_distance: equals pytorch-fid and clean-fid, closed forms, symmetry, cached square root, the Gram
+form from features, bad input."""
 import warnings
 
 import numpy as np
@@ -87,6 +88,71 @@ def test_cached_square_root_and_torch_inputs():
     assert frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=root) == pytest.approx(direct, rel=1e-12)
     as_torch = [torch.from_numpy(a) for a in (mu1, sigma1, mu2, sigma2)]
     assert frechet_distance(*as_torch) == pytest.approx(direct, rel=1e-12)
+
+
+def _features(n, dim, seed, scale=1.0, shift=0.0):
+    """Correlated non-negative float32 features and their float64 moments (mean, unbiased cov)."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    x = np.abs(rng.normal(size=(n, dim)) @ mixing * scale + shift).astype(np.float32)
+    moments = GaussianMoments.from_features(x)
+    return x, moments.mean, moments.cov
+
+
+def _centred(x):
+    return (x - x.mean(axis=0, dtype=np.float64)) / np.sqrt(len(x) - 1)
+
+
+@pytest.mark.parametrize("n1, n2, dim", [(3000, 200, 256), (100, 60, 256), (500, 255, 256)])
+def test_gram_form_equals_the_exact_value_and_pytorch_fid(n1, n2, dim):
+    x1, mu1, sigma1 = _features(n1, dim, seed=11)
+    x2, mu2, sigma2 = _features(n2, dim, seed=12, scale=1.2, shift=0.05)
+    # With S = F^T F on both sides, Tr((S1 S2)^(1/2)) is the sum of the singular values of F1 F2^T.
+    trace_sqrt = np.linalg.svd(_centred(x1) @ _centred(x2).T, compute_uv=False).sum()
+    exact = (mu1 - mu2) @ (mu1 - mu2) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    gram = frechet_distance(mu1, sigma1, mu2, sigma2, features2=x2)
+    assert gram == pytest.approx(exact, rel=1e-9)  # the D x D form: ~1e-8 here
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(exact, rel=1e-6)
+    assert pytorch_fid_frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(exact, rel=1e-6)
+    root = sqrtm_psd(sigma1)
+    on_torch = frechet_distance(*(torch.from_numpy(a) for a in (mu1, sigma1, mu2, sigma2)), sqrt_sigma1=root,
+                                features2=torch.from_numpy(x2))
+    assert on_torch == pytest.approx(gram, rel=1e-12)
+
+
+def test_gram_form_closed_forms():
+    # A set's distance to itself is 0: Tr((S S)^(1/2)) = Tr(S). The D x D form, whose D - N + 1 zero
+    # eigenvalues come out as rounding noise, is ~100x further from 0.
+    x, mu, sigma = _features(100, 512, seed=13)
+    gram = frechet_distance(mu, sigma, mu, sigma, features2=x)
+    dense = frechet_distance(mu, sigma, mu, sigma)
+    assert abs(gram) < 1e-9 * np.trace(sigma)
+    assert abs(gram) < abs(dense)
+    # Against the identity, Tr(S2^(1/2)) is the sum of the singular values of Xc / sqrt(N - 1).
+    x, mu, sigma = _features(40, 128, seed=14)
+    singular = np.linalg.svd(_centred(x), compute_uv=False)
+    expected = mu @ mu + 128 + np.trace(sigma) - 2 * singular.sum()
+    got = frechet_distance(np.zeros(128), np.eye(128), mu, sigma, features2=x)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_gram_form_refuses_features_of_other_samples():
+    x, mu, sigma = _features(50, 64, seed=15)
+    _, mu1, sigma1 = _features(500, 64, seed=16)
+    with pytest.raises(ValueError, match="features2 are not the features mu2/sigma2 were computed from"):
+        frechet_distance(mu1, sigma1, mu, sigma, features2=x[:40])
+    with pytest.raises(ValueError, match="features2 are not the features"):
+        frechet_distance(mu1, sigma1, mu, sigma, features2=x + 1.0)
+    with pytest.raises(ValueError, match=r"features2 must be the \(N2, 64\) features"):
+        frechet_distance(mu1, sigma1, mu, sigma, features2=x[:, :32])
+    nan = x.copy()
+    nan[3, 3] = np.nan
+    with pytest.raises(ValueError, match="features2 contains NaN"):
+        frechet_distance(mu1, sigma1, mu, sigma, features2=nan)
+    # N2 >= D: the D x D form is used and the features are not read (a list would not even be an array).
+    big, mu_big, sigma_big = _features(80, 64, seed=17)
+    assert frechet_distance(mu1, sigma1, mu_big, sigma_big, features2=big[:, ::-1].copy()) == pytest.approx(
+        frechet_distance(mu1, sigma1, mu_big, sigma_big), rel=1e-12)
 
 
 def test_bad_inputs_are_clear_errors():
