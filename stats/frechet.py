@@ -26,14 +26,15 @@ F A A F^T = F S1 F^T, so
 
 which needs no root of S1 and no D x D eigenproblem: O(N2 D^2) instead of O(D^3). It is also more
 accurate: the D x D form has D - N2 + 1 eigenvalues that are zero but come out as rounding noise, and
-their square roots add up (a set's distance to itself: ~1e-7 of Tr(S) there, ~2e-10 here at N2 = 500, D = 2048).
+their square roots add up (a set's distance to itself: ~1e-7 of Tr(S) there, ~2e-10 here at N2 = 500,
+D = 2048).
 
-Checks (each a ``ValueError`` naming the input): sigma1 (when factored here) and A S2 A (F S1 F^T) must have no
-eigenvalue below -tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float precision
-(a covariance that is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy
+Checks (each a ``ValueError`` naming the input): sigma1 (when factored here) and A S2 A (or F S1 F^T) must
+have no eigenvalue below -tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float
+precision (a covariance that is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy
 |A|_F^2 = Tr(S1) (cheap, catches a root of other statistics); given features must have mean mu2 and
-|F|_F^2 = Tr(S2) to 1e-6 relative (O(N2 D), catches features of other samples); the result must be finite and not
-negative beyond its rounding bound. The distance is homogeneous (scaling the features by a scales it by
+|F|_F^2 = Tr(S2) to 1e-6 relative (O(N2 D), catches features of other samples); the result must be finite
+and not negative beyond its rounding bound. The distance is homogeneous (scaling the features by a scales it by
 a^2), so inputs far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an
 exact power of two first and the result scaled back: large-magnitude features give a finite FID.
 """
@@ -163,9 +164,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 
     Inputs are numpy arrays or torch tensors (any float dtype), computed in float64. ``sqrt_sigma1``, if
     given, must be ``sqrtm_psd(sigma1)`` (e.g. cached with the reference statistics); it saves factoring
-    sigma1 (the Gram form needs no factor). ``features2``, if given, are the (N2, D) features mu2 and sigma2 were computed from (e.g.
-    ``FeatureStats.features``); when N2 < D the trace term is computed in the N2 x N2 Gram form (see the
-    module docstring: faster and more accurate), else they are not needed and not read.
+    sigma1 (the Gram form needs no factor). ``features2``, if given, are the (N2, D) features mu2 and
+    sigma2 were computed from (e.g. ``FeatureStats.features``); when N2 < D the trace term is computed in
+    the N2 x N2 Gram form (see the module docstring: faster and more accurate), else they are not read.
     Mathematically >= 0; values within rounding of 0 may be slightly negative.
 
     Raises:
@@ -180,7 +181,8 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     _check_same_dim(mu1, mu2, "mu1", "mu2")
     k = _power_of_two_scale(mu1, mu2, sigma1, sigma2)
     if k:
-        mu1, mu2, sigma1, sigma2 = np.ldexp(mu1, -k), np.ldexp(mu2, -k), np.ldexp(sigma1, -2 * k), np.ldexp(sigma2, -2 * k)
+        mu1, mu2 = np.ldexp(mu1, -k), np.ldexp(mu2, -k)
+        sigma1, sigma2 = np.ldexp(sigma1, -2 * k), np.ldexp(sigma2, -2 * k)
     gram = None if features2 is None else _gram_factor(features2, mu2, sigma2, k)
     if gram is not None:
         inner, what = gram @ sigma1 @ gram.T, "sigma1 (seen through the features of sigma2)"
