@@ -367,6 +367,8 @@ def section_frechet(ctx, results):
         lambda: frechet_distance(mu1, sigma1, mu3, sigma3, sqrt_sigma1=root), "1000")
     row("1000 samples: genmetrics, features2 (Gram form)",
         lambda: frechet_distance(mu1, sigma1, mu3, sigma3, features2=few), "1000")
+    row("1000 samples: genmetrics, features2 and cached sqrt_sigma1 (as scoring)",
+        lambda: frechet_distance(mu1, sigma1, mu3, sigma3, sqrt_sigma1=root, features2=few), "1000")
     row("1000 samples: scipy.linalg.sqrtm", lambda: bench_frechet._scipy_sqrtm_frechet(mu1, sigma1, mu3, sigma3),
         "1000")
     sqrtm = {r["against"]: r for r in rows if "sqrtm" in r["path"]}

@@ -29,14 +29,15 @@ accurate: the D x D form has D - N2 + 1 eigenvalues that are zero but come out a
 their square roots add up (a set's distance to itself: ~1e-7 of Tr(S) there, ~2e-10 here at N2 = 500,
 D = 2048).
 
-Checks (each a ``ValueError`` naming the input): sigma1 (when factored here) and A S2 A (or F S1 F^T) must
-have no eigenvalue below -tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float
-precision (a covariance that is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy
-|A|_F^2 = Tr(S1) (cheap, catches a root of other statistics); given features must have mean mu2 and
-|F|_F^2 = Tr(S2) to 1e-6 relative (O(N2 D), catches features of other samples); the result must be finite
-and not negative beyond its rounding bound. The distance is homogeneous (scaling the features by a scales it by
-a^2), so inputs far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an
-exact power of two first and the result scaled back: large-magnitude features give a finite FID.
+Checks (each a ``ValueError`` naming the input): sigma1 (when factored here; for the Gram form by a
+Cholesky factorisation or a cached root) and A S2 A (or F S1 F^T) must have no eigenvalue below
+-tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float precision (a covariance that
+is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy |A|_F^2 = Tr(S1) (cheap,
+catches a root of other statistics); given features must have mean mu2 and |F|_F^2 = Tr(S2) to 1e-6
+relative (O(N2 D), catches features of other samples); the result must be finite and not negative beyond
+its rounding bound. The distance is homogeneous (scaling the features by a scales it by a^2), so inputs
+far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an exact power of two
+first and the result scaled back: large-magnitude features give a finite FID.
 """
 from typing import Optional
 
@@ -124,6 +125,19 @@ def _sigma1_factor(sigma1, sqrt_sigma1, k, rtol):
     return root
 
 
+def _check_sigma1_psd(sigma1, sqrt_sigma1, k, rtol):
+    """The Gram form sees sigma1 only along the samples' directions, so its PSD is checked here: a cached
+    root as in the D x D form, else a Cholesky factorisation (D^3 / 3, ~0.1 s at D = 2048), else, for a
+    singular sigma1, its eigenvalues."""
+    if sqrt_sigma1 is not None:
+        _sigma1_factor(sigma1, sqrt_sigma1, k, rtol)
+        return
+    try:
+        np.linalg.cholesky(sigma1)
+    except np.linalg.LinAlgError:
+        _check_psd(np.linalg.eigvalsh(sigma1), rtol, "sigma1")
+
+
 _FEATURES_RTOL = 1e-6  # features stored in float32 reproduce float64 moments to ~1e-7
 
 
@@ -185,6 +199,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         sigma1, sigma2 = np.ldexp(sigma1, -2 * k), np.ldexp(sigma2, -2 * k)
     gram = None if features2 is None else _gram_factor(features2, mu2, sigma2, k)
     if gram is not None:
+        _check_sigma1_psd(sigma1, sqrt_sigma1, k, rtol)
         inner, what = gram @ sigma1 @ gram.T, "sigma1 (seen through the features of sigma2)"
     else:
         factor = _sigma1_factor(sigma1, sqrt_sigma1, k, rtol)

@@ -149,6 +149,15 @@ def test_gram_form_refuses_features_of_other_samples():
     nan[3, 3] = np.nan
     with pytest.raises(ValueError, match="features2 contains NaN"):
         frechet_distance(mu1, sigma1, mu, sigma, features2=nan)
+    # sigma1 not PSD only outside the span of the samples (which the N2 x N2 matrix never sees): refused.
+    centred = x - x.mean(axis=0, dtype=np.float64)
+    outside = np.linalg.svd(centred, full_matrices=True)[2][-1]  # orthogonal to every centred sample
+    assert np.abs(centred @ outside).max() < 1e-9 * np.abs(centred).max()
+    not_psd = sigma1 - 2 * np.linalg.eigvalsh(sigma1).max() * np.outer(outside, outside)
+    with pytest.raises(ValueError, match="sigma1 is not positive semi-definite"):
+        frechet_distance(mu1, not_psd, mu, sigma, features2=x)
+    with pytest.raises(ValueError, match="sqrt_sigma1 is not the square root of sigma1"):
+        frechet_distance(mu1, not_psd, mu, sigma, sqrt_sigma1=sqrtm_psd(sigma1), features2=x)
     # N2 >= D: the D x D form is used and the features are not read (a list would not even be an array).
     big, mu_big, sigma_big = _features(80, 64, seed=17)
     assert frechet_distance(mu1, sigma1, mu_big, sigma_big, features2=big[:, ::-1].copy()) == pytest.approx(
