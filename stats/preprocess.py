@@ -127,10 +127,7 @@ def preprocess(images, mode="clean", device=None):
     _check_mode(mode)
     if mode == "clean":
         target = torch.device(device) if device is not None else images.device
-        if target.type == "cuda":
-            x = resize_clean(images.to(target), backend="torch")
-        else:
-            x = resize_clean(images, backend="pil").to(target)
+        x = resize_clean(images.to(target)).to(target)  # resize_clean's rule: the matrix form on CUDA, else PIL
         return (x - 128.0) / 128.0
     images = images.to(device) if device is not None else images
     if mode == "legacy_tensorflow":
