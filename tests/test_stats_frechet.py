@@ -13,14 +13,20 @@ from pytorch_fid.fid_score import calculate_frechet_distance as pytorch_fid_frec
 from genmetrics.stats import GaussianMoments, fid_infinity, frechet_distance, sqrtm_psd
 
 
-def _gaussian_stats(n, dim, seed, scale=1.0, shift=0.0):
+def _features(n, dim, seed, scale=1.0, shift=0.0, dtype=np.float32):
+    """Correlated non-negative features (like pool3) in `dtype` and their float64 moments (mean, unbiased cov)."""
     rng = np.random.default_rng(seed)
     mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
-    x = np.abs(rng.normal(size=(n, dim)) @ mixing * scale + shift)  # non-negative, correlated, like pool3
+    x = np.abs(rng.normal(size=(n, dim)) @ mixing * scale + shift).astype(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rank-deficient cases are intended here
         moments = GaussianMoments.from_features(x)
-        return moments.mean, moments.cov
+        return x, moments.mean, moments.cov
+
+
+def _gaussian_stats(n, dim, seed, scale=1.0, shift=0.0):
+    """(mean, cov) of float64 :func:`_features`."""
+    return _features(n, dim, seed, scale, shift, dtype=np.float64)[1:]
 
 
 # (n1, n2, dim): well conditioned, and rank-deficient covariances (n < D) on one or both sides.
@@ -88,15 +94,6 @@ def test_cached_square_root_and_torch_inputs():
     assert frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=root) == pytest.approx(direct, rel=1e-12)
     as_torch = [torch.from_numpy(a) for a in (mu1, sigma1, mu2, sigma2)]
     assert frechet_distance(*as_torch) == pytest.approx(direct, rel=1e-12)
-
-
-def _features(n, dim, seed, scale=1.0, shift=0.0):
-    """Correlated non-negative float32 features and their float64 moments (mean, unbiased cov)."""
-    rng = np.random.default_rng(seed)
-    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
-    x = np.abs(rng.normal(size=(n, dim)) @ mixing * scale + shift).astype(np.float32)
-    moments = GaussianMoments.from_features(x)
-    return x, moments.mean, moments.cov
 
 
 def _centred(x):
