@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -49,16 +50,26 @@ class _OneLine(logging.Formatter):
         return f"genmetrics {self.command}: {record.levelname.lower()}: {message}"
 
 
+def launcher_rank():
+    """This process's rank as ``torchrun`` (or another launcher setting ``RANK``) numbers it; 0 without one."""
+    rank = os.environ.get("RANK", "0").strip()
+    return int(rank) if rank.isdigit() else 0
+
+
 @contextlib.contextmanager
 def one_line_messages(command):
     """Within the block, every warning, and the ``genmetrics`` logger's warnings, show as one line prefixed with
-    the command (restored after: ``main`` may be called in a process that has its own logging)."""
+    the command (restored after: ``main`` may be called in a process that has its own logging). Under a launcher
+    such as ``torchrun`` only rank 0 shows warnings (every rank would repeat them); errors show on every rank."""
+    quiet = launcher_rank() > 0
+
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"genmetrics {command}: warning: {message}", file=sys.stderr)
+        if not quiet:
+            print(f"genmetrics {command}: warning: {message}", file=sys.stderr)
 
     logger = logging.getLogger("genmetrics")
     saved = warnings.showwarning, logger.propagate
-    _HANDLER.setLevel(logging.WARNING)
+    _HANDLER.setLevel(logging.ERROR if quiet else logging.WARNING)
     _HANDLER.setFormatter(_OneLine(command))
     warnings.showwarning = show
     logger.addHandler(_HANDLER)

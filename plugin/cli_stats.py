@@ -106,7 +106,26 @@ def _list(args):
         print(f"{cached} {entry.ref:<{width}}  {n:>10} images  {entry.provider or '':<10} {pin}")
     print(f"{len(entries)} entries; * = in the cache. Refs may omit the mode (default clean) and the version "
           f"(default newest), e.g. cifar10-train-32")
+    if any(not entry.sha256 for entry in entries):
+        print(UNPINNED)
     return 0
+
+
+#: What "unpinned" means for the user, printed by `stats list` and `stats info`.
+UNPINNED = ("unpinned = the manifest has no sha256 (upstream publishes none): the first download's hash is recorded "
+            "and later downloads must match it (trust on first use: nothing checks that first download). To pin, "
+            "check a fetched file, then add the entry with `sha256: <hex>` (the `source_sha256` that `genmetrics "
+            "stats verify REF` prints) to your own manifest named by GENMETRICS_MANIFEST.")
+
+
+def _pin_state(result):
+    """`stats info`'s line for the manifest's sha256: the hash, or what being unpinned means here."""
+    if result["sha256"]:
+        return f"{result['sha256']} (pinned by {result['manifest']})"
+    recorded = result.pop("recorded_sha256", None)
+    if recorded:
+        return f"unpinned; {recorded} recorded at the first fetch (trust on first use)"
+    return "unpinned; not fetched yet: the first fetch records its hash (trust on first use)"
 
 
 def _info(args):
@@ -117,12 +136,16 @@ def _info(args):
         print(json.dumps(result, indent=2, default=str))
         return 0
     attributes = result.pop("attributes", None)
+    if "sha256" in result:
+        result["sha256"] = _pin_state(result)
     for key, value in result.items():
         print(f"{key:>16}: {value}")
     if attributes:
         print("      attributes:")
         for key in sorted(attributes):
             print(f"{key:>24}: {attributes[key]}")
+    if "unpinned" in str(result.get("sha256")):
+        print(UNPINNED)
     return 0
 
 
@@ -201,6 +224,11 @@ def _build(args):
                   batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
                   checkpoint_every=args.checkpoint_every, version=args.version, sqrt_sigma=args.sqrt_sigma,
                   extractor=args.extractor)
-    print(f"{stats.path}: n={stats.n} mode={stats.meta.get('mode')} extractor={stats.meta.get('feature_extractor')} "
-          f"shard={stats.meta.get('shard')}")
+    from .cli import launcher_rank
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if launcher_rank() == 0:  # under torchrun every rank gets the statistics; rank 0 wrote the file and reports
+        part = f"shard={stats.meta.get('shard')}" if args.shard else f"ranks={world}"
+        print(f"{args.output}: n={stats.n} mode={stats.meta.get('mode')} "
+              f"extractor={stats.meta.get('feature_extractor')} {part}")
     return 0

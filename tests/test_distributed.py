@@ -111,5 +111,9 @@ def test_torchrun_build_equals_the_single_process_build(tmp_path, fid_weights_pa
     assert np.allclose(ddp.mu, alone.mu, rtol=1e-6, atol=1e-7)
     assert np.abs(ddp.sigma - alone.sigma).max() <= 1e-6 * np.abs(alone.sigma).max()
     assert np.allclose(ddp.features, alone.features, rtol=1e-5, atol=1e-6)  # rank order = file order
-    assert sorted(p.name for p in tmp_path.iterdir() if ".h5" in p.name and not p.name.endswith(".lock")) == [
-        "alone.h5", "ddp.h5"]  # no shard files, no checkpoints left
+    assert sorted(p.name for p in tmp_path.iterdir() if ".h5" in p.name) == [
+        "alone.h5", "ddp.h5"]  # no shard files, no checkpoints, no lock files left
+    # rank 0 alone reports, with the file name and the number of ranks
+    assert done.stdout.splitlines() == [f"{out}: n={len(photos)} mode=clean extractor=inception-v3-compat ranks=2"]
+    warned = [line for line in done.stderr.splitlines() if "genmetrics stats build: warning:" in line]
+    assert warned and len(warned) == len(set(warned)), warned  # each warning once (rank 0), not once per rank

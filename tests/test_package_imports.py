@@ -25,6 +25,14 @@ def test_registry_loads_no_mlflow_and_no_plugin():
     assert not {m for m in loaded if m.startswith("genmetrics.plugin")}
 
 
+@pytest.mark.parametrize("statement", ["import genmetrics.registry",
+                                       "from genmetrics.plugin.cli import main; main(['stats', 'list'])"])
+def test_the_registry_and_its_listing_load_no_torch(statement):
+    """Listing or fetching references needs no torch (its import costs seconds on a busy machine)."""
+    loaded = _modules_after(statement)
+    assert "torch" not in loaded and "torchvision" not in loaded
+
+
 def test_shared_names_load_without_torch():
     loaded = _modules_after("from genmetrics.stats.defaults import MODES, DEFAULT_METRICS")
     assert "torch" not in loaded and "numpy" not in loaded

@@ -100,3 +100,16 @@ def test_warnings_and_logged_warnings_are_one_line_each(capsys):
     assert capsys.readouterr().err.splitlines() == ["genmetrics stats build: warning: a library warning",
                                                     "genmetrics stats build: warning: skipping is: no classifier head"]
     assert (warnings.showwarning, logger.propagate) == (showwarning, propagate)  # restored for the caller's process
+
+
+def test_listing_says_what_unpinned_means_and_how_to_pin(capsys, tmp_path, monkeypatch):
+    """Upstream statistics have no published hash: `stats list` and `stats info` say what that means (trust on
+    first use) and how to pin, instead of a bare ``sha256: None``."""
+    monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
+    assert main(["stats", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert " unpinned" in listing and "trust on first use" in listing and "GENMETRICS_MANIFEST" in listing
+    assert main(["stats", "info", "cifar10-train-32"]) == 0
+    info = capsys.readouterr().out
+    assert "sha256: unpinned; not fetched yet: the first fetch records its hash (trust on first use)" in info
+    assert "sha256: None" not in info and "`sha256: <hex>`" in info

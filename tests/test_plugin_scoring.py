@@ -176,3 +176,18 @@ def test_real_inception(photos, inception):
     assert 0 < abs(reduced.metrics["gen/fid"]) < 0.05 * other.metrics["gen/fid"]
     with pytest.raises(ValueError, match="precision must be one of"):
         score_samples(images, reference=reference, model=inception, metrics=["fid"], precision="half")
+
+
+def test_images_on_the_wrong_scale_are_refused_before_any_network_loads(monkeypatch, reference):
+    """A float array on the 0..255 scale fails at the first batch, before the Inception or LPIPS is loaded."""
+    from genmetrics import stats
+    from genmetrics.plugin import scoring
+
+    loaded = []
+    monkeypatch.setattr(stats, "load_inception", lambda *args, **kwargs: loaded.append("inception"))
+    monkeypatch.setattr(scoring, "_lpips_model", lambda *args, **kwargs: loaded.append("lpips"))
+    scoring._default_inception.cache_clear()
+    on_255_scale = tiny_images(8, seed=3).transpose(0, 3, 1, 2).astype(np.float32)
+    with pytest.raises(ValueError, match=r"outside \[0, 1\].*divide 0..255 floats by 255"):
+        score_samples(on_255_scale, reference=reference, device="cpu")
+    assert loaded == []
