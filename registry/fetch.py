@@ -3,27 +3,35 @@
 Cache layout under ``$GENMETRICS_HOME/stats/`` (default ``~/.cache/genmetrics/stats``):
 
 - ``<name>-<split>-<resolution>-<mode>@<version>.h5``: the statistics (format v1), what `load` reads;
-- ``sources/<ref>/<file>``: the downloaded upstream file (an ``.npz`` source is kept so that `verify`
-  can re-check its hash and an offline machine can convert it);
-- ``<ref>.h5.sha256``: the hash of the .h5 as fetch wrote it (`verify` detects later damage);
+- ``sources/<ref>/source-<k>.<format>``: the file downloaded from the entry's k-th source (an ``.npz``
+  source is kept so that `verify` can re-check its hash and an offline machine can convert it). Every name
+  in the cache is made from the entry's ref (a checked plain name) and the source's position and format,
+  never from the URL;
+- ``<ref>.h5.sha256``: the hash of the .h5 as fetch wrote it (`verify` detects later damage, and
+  :func:`verified_entry` accepts the file as the entry only while its bytes still have this hash);
 - ``<ref>.source.sha256``: for unpinned entries (``sha256: null``), the source's hash recorded on the first
   fetch; a later download with another hash is refused.
+
+URLs are stored (the ``source`` and ``manifest`` attributes, the ``.source.sha256`` record) and printed
+without userinfo, query string and fragment (:func:`genmetrics.stats.download.redact_url`): a signed URL's
+token is used for the download only.
 
 Every step holds a file lock (``<ref>.h5.lock``), so concurrent processes fetch and convert once; all files
 appear by atomic rename. With ``GENMETRICS_OFFLINE=1`` only the cache is used.
 """
 import json
 import os
-import urllib.parse
 
 from genmetrics.stats.download import (ChecksumMismatchError, DownloadError, NetworkUnavailableError, OfflineError,
-                                       download, file_sha256, genmetrics_home, offline, writable_dir)
+                                       cached_file_sha256, download, file_sha256, genmetrics_home, offline,
+                                       redact_url, writable_dir)
 
 from .manifest import load_manifests, resolve
 from .npz_import import read_npz
 from .refstats import ReferenceStats, RefStatsFormatError, read_refstats, read_refstats_isolated, write_refstats
 
-__all__ = ["stats_dir", "cache_path", "fetch", "load", "verify", "info", "list_entries"]
+__all__ = ["stats_dir", "cache_path", "fetch", "load", "verify", "info", "list_entries", "verified_entry",
+           "expected_source_sha256"]
 
 
 def stats_dir():
@@ -36,9 +44,12 @@ def cache_path(entry):
     return os.path.join(stats_dir(), f"{entry.ref}.h5")
 
 
-def _source_path(entry, source):
-    name = os.path.basename(urllib.parse.urlsplit(source.url).path) or f"source.{source.format}"
-    return os.path.join(stats_dir(), "sources", entry.ref, name)
+def _source_path(entry, index):
+    """Where the file of the entry's source number `index` (0-based) is kept: ``sources/<ref>/source-<k>.<fmt>``.
+
+    Made from names we checked (the ref, the position, the format), never from the URL: a URL ending in
+    ``/..`` must not name a file outside the entry's folder."""
+    return os.path.join(stats_dir(), "sources", entry.ref, f"source-{index + 1}.{entry.sources[index].format}")
 
 
 def _record_path(entry):
@@ -61,11 +72,12 @@ def _write_text(path, text):
 
 
 def _record_sha256(entry, sha256, url):
-    _write_text(_record_path(entry), json.dumps({"sha256": sha256, "url": url, "ref": entry.ref}))
+    _write_text(_record_path(entry), json.dumps({"sha256": sha256, "url": redact_url(url), "ref": entry.ref}))
 
 
-def _expected_sha256(entry):
-    """The pinned hash, else the one recorded at the first fetch, else None."""
+def expected_source_sha256(entry):
+    """The hash the entry's source file must have: the manifest's pin, else the one recorded at the first fetch
+    of an unpinned entry, else None (never fetched)."""
     return entry.sha256 or _recorded_sha256(entry)
 
 
@@ -97,9 +109,9 @@ def fetch(ref, progress=True, sqrt_sigma=True):
         if os.path.isfile(final):
             return final
         errors, mismatch, no_network = [], False, False
-        for source in entry.sources:
+        for index in range(len(entry.sources)):
             try:
-                _fetch_source(entry, source, final, progress, sqrt_sigma)
+                _fetch_source(entry, index, final, progress, sqrt_sigma)
                 return final
             except _SourceSkipped:
                 continue
@@ -111,17 +123,16 @@ def fetch(ref, progress=True, sqrt_sigma=True):
                 errors.append(str(error))
                 no_network = no_network or isinstance(error, NetworkUnavailableError)
         if offline():
-            first = entry.sources[0]
             raise OfflineError(
                 f"GENMETRICS_OFFLINE=1 and {entry.ref} is not in the cache. On a machine with network run "
-                f"`genmetrics stats fetch {entry.ref}` and copy {final} here, or download {first.url} and put it "
-                f"at {_source_path(entry, first)}"
+                f"`genmetrics stats fetch {entry.ref}` and copy {final} here, or download "
+                f"{redact_url(entry.sources[0].url)} and put it at {_source_path(entry, 0)}"
             )
         error_type = ChecksumMismatchError if mismatch else DownloadError
         hint = ""
         if no_network:
-            hint = (f". Without network: download {entry.sources[0].url} elsewhere and put it at "
-                    f"{_source_path(entry, entry.sources[0])}; GENMETRICS_OFFLINE=1 skips the download attempts")
+            hint = (f". Without network: download {redact_url(entry.sources[0].url)} elsewhere and put it at "
+                    f"{_source_path(entry, 0)}; GENMETRICS_OFFLINE=1 skips the download attempts")
         raise error_type(f"could not fetch {entry.ref}: " + " | ".join(errors) + hint)
 
 
@@ -129,14 +140,15 @@ class _SourceSkipped(Exception):
     """Offline, and this source is not on disk."""
 
 
-def _fetch_source(entry, source, final, progress, sqrt_sigma):
-    """Download one source, validate and convert it into `final`, then record its hash (unpinned entries).
+def _fetch_source(entry, index, final, progress, sqrt_sigma):
+    """Download the entry's source number `index`, validate and convert it into `final`, then record its hash
+    (unpinned entries).
 
     A file that fails validation or conversion is deleted (it must not be taken for the entry later)."""
-    src = _source_path(entry, source)
+    source, src = entry.sources[index], _source_path(entry, index)
     if offline() and not os.path.isfile(src):
         raise _SourceSkipped()
-    expected = _expected_sha256(entry)
+    expected = expected_source_sha256(entry)
     got = download(source.url, src, sha256=expected, progress=progress, max_bytes=source.size)
     try:
         _convert(entry, source, src, got, final, sqrt_sigma)
@@ -144,7 +156,7 @@ def _fetch_source(entry, source, final, progress, sqrt_sigma):
         for path in (src, final):
             if os.path.isfile(path):
                 os.remove(path)
-        raise RefStatsFormatError(f"{source.url} is not valid {source.format} statistics ({error}); "
+        raise RefStatsFormatError(f"{redact_url(source.url)} is not valid {source.format} statistics ({error}); "
                                   f"the file was discarded") from None
     if expected is None:
         _record_sha256(entry, got, source.url)
@@ -153,8 +165,8 @@ def _fetch_source(entry, source, final, progress, sqrt_sigma):
 
 def _entry_meta(entry, url, sha256):
     meta = {"dataset": entry.name, "split": entry.split, "resolution": entry.resolution, "mode": entry.mode,
-            "version": entry.version, "registry_ref": entry.ref, "source": url, "source_sha256": sha256,
-            "manifest": entry.manifest}
+            "version": entry.version, "registry_ref": entry.ref, "source": redact_url(url), "source_sha256": sha256,
+            "manifest": redact_url(entry.manifest)}
     if entry.num_samples is not None:
         meta["num_samples"] = entry.num_samples
     for key in ("provider", "citation", "license", "description"):
@@ -169,12 +181,12 @@ def _convert(entry, source, src, sha256, final, sqrt_sigma):
         stats = read_refstats_isolated(src)  # every check once, where the file enters (PSD, root, features)
         if stats.meta.get("mode") != entry.mode:
             os.remove(src)
-            raise RefStatsFormatError(f"{source.url} holds statistics of mode {stats.meta.get('mode')!r} but the "
-                                      f"manifest entry {entry.ref} says {entry.mode!r}; fix the manifest")
+            raise RefStatsFormatError(f"{redact_url(source.url)} holds statistics of mode {stats.meta.get('mode')!r} "
+                                      f"but the manifest entry {entry.ref} says {entry.mode!r}; fix the manifest")
         os.replace(src, final)
         return
     meta = _entry_meta(entry, source.url, sha256)
-    stats = read_npz(src, source=source.url, **{k: v for k, v in meta.items() if k != "source"})
+    stats = read_npz(src, **meta)
     if sqrt_sigma:
         from genmetrics.stats import sqrtm_psd
 
@@ -261,10 +273,11 @@ def verify(ref_or_path):
             raise ChecksumMismatchError(f"{path} has sha256 {report['sha256']} but had {written} when fetch wrote it: "
                                         f"the cached file changed or is damaged; delete it and fetch it again")
     if entry is not None:
-        expected = _expected_sha256(entry)
+        expected = expected_source_sha256(entry)
         report.update(ref=entry.ref, expected_sha256=expected, pinned=entry.sha256 is not None)
-        source = next((s for s in entry.sources if os.path.isfile(_source_path(entry, s))), None)
-        checked = path if entry.sources[0].format == "h5" else (_source_path(entry, source) if source else None)
+        kept = next((p for p in (_source_path(entry, i) for i in range(len(entry.sources))) if os.path.isfile(p)),
+                    None)
+        checked = path if entry.sources[0].format == "h5" else kept
         if checked is not None and expected is not None:
             got = file_sha256(checked)
             if got != expected:
@@ -284,11 +297,50 @@ def info(ref_or_path):
         result.update(ref=entry.ref, name=entry.name, split=entry.split, resolution=entry.resolution,
                       mode=entry.mode, version=entry.version, num_samples=entry.num_samples,
                       sha256=entry.sha256, recorded_sha256=_recorded_sha256(entry),
-                      sources=[s.url for s in entry.sources], provider=entry.provider, citation=entry.citation,
-                      license=entry.license, manifest=entry.manifest)
+                      sources=[redact_url(s.url) for s in entry.sources], provider=entry.provider,
+                      citation=entry.citation, license=entry.license, manifest=redact_url(entry.manifest))
     result.update(path=path, cached=os.path.isfile(path))
     if os.path.isfile(path):
         stats = read_refstats(path)
-        result.update(attributes=stats.meta, n=stats.n, dim=stats.dim, has_features=stats.has_features,
+        shown = {k: redact_url(v) if k in ("source", "manifest") and isinstance(v, str) else v
+                 for k, v in stats.meta.items()}  # files written before URLs were redacted may hold a token
+        result.update(attributes=shown, n=stats.n, dim=stats.dim, has_features=stats.has_features,
                       has_moments=stats.sum is not None, has_sqrt_sigma=stats.sqrt_sigma is not None)
     return result
+
+
+def _recorded_file_sha256(path):
+    """The hash fetch recorded when it wrote the cached .h5 at `path` (``<path>.sha256``), or None."""
+    try:
+        with open(path + ".sha256", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def verified_entry(path):
+    """The manifest entry whose cached .h5 `path` is, when its bytes verify; else None.
+
+    Facts only, nothing the file says about itself: `path` is the cache file of an entry (``stats/<ref>.h5``,
+    a name fetch made), and the file's sha256, computed now (once per path, size and modification time), equals
+    the hash fetch recorded when it wrote the file and, when every source of the entry is an .h5 (the cached
+    file is the download itself), the manifest's pinned or first-fetch hash. A file anywhere else, a changed
+    file, or a ref the manifests no longer know gives None. Provenance params use it for ``reference``.
+    """
+    if not path or not os.path.isfile(path):
+        return None
+    name = os.path.basename(path)
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(stats_dir()) or not name.endswith(".h5"):
+        return None
+    try:
+        entry = resolve(name[:-len(".h5")])
+    except (ValueError, KeyError, OSError, RuntimeError):  # not a ref, unknown, or a manifest unreadable now
+        return None
+    if not os.path.isfile(cache_path(entry)) or not os.path.samefile(cache_path(entry), path):
+        return None
+    sha256 = cached_file_sha256(path)
+    if sha256 != _recorded_file_sha256(path):
+        return None
+    if all(s.format == "h5" for s in entry.sources) and sha256 != expected_source_sha256(entry):
+        return None
+    return entry

@@ -4,7 +4,9 @@ The packaged ``manifest.yaml`` is read first, then every manifest named by ``GEN
 (``os.pathsep``-separated local paths, ``file://`` or ``http(s)://`` URLs), in order; an entry with the
 same ``<name>-<split>-<resolution>-<mode>@<version>`` in a later manifest replaces the earlier one.
 Relative source URLs in a manifest are resolved against the manifest's own location. A remote manifest
-is cached in ``$GENMETRICS_HOME/manifests/`` and that copy is used when offline or unreachable.
+is cached in ``$GENMETRICS_HOME/manifests/`` and that copy is used when offline or unreachable. A manifest
+URL is used whole (a signed URL's token included) but named in messages and in the entries' ``manifest``
+field without userinfo, query string and fragment (:func:`genmetrics.stats.download.redact_url`).
 
 Schema (format_version 1)::
 
@@ -31,6 +33,7 @@ import urllib.request
 import warnings
 
 from genmetrics.stats.defaults import DEFAULT_MODE, MODES
+from genmetrics.stats.download import redact_url
 
 from .refs import check_name, parse_ref
 
@@ -95,12 +98,20 @@ class ManifestEntry:
         return f"{self.key}@{self.version}"
 
 
+def _in_authority(previous, part):
+    """On POSIX, whether `part` continues the authority of the URL `previous` that a ':' split: a port
+    (``host:8080/...``) or a password (``user:secret@host/...``)."""
+    if os.pathsep != ":" or not _is_url(previous) or urllib.parse.urlsplit(previous).path:
+        return False
+    return part[:1].isdigit() or "@" in part.split("/", 1)[0]
+
+
 def _split_locations(text):
-    """Split on os.pathsep, keeping URLs whole (on POSIX ':' also follows 'http', 'file' and a host)."""
+    """Split on os.pathsep, keeping URLs whole (on POSIX ':' also follows 'http', 'file', a user and a host)."""
     parts, out = text.split(os.pathsep), []
     for part in parts:
         glue = out and (out[-1].lower() in ("http", "https", "file") and part.startswith("//")
-                        or _is_url(out[-1]) and part[:1].isdigit() and os.pathsep == ":")  # host:port
+                        or _in_authority(out[-1], part))
         if glue:
             out[-1] += os.pathsep + part
         else:
@@ -125,8 +136,8 @@ def _read_text(location):
     if scheme not in ("http", "https"):
         path = os.path.expanduser(location)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"manifest {location} (from ${MANIFEST_ENV}) does not exist; fix the path "
-                                    f"or remove it from ${MANIFEST_ENV}")
+            raise FileNotFoundError(f"manifest {redact_url(location)} (from ${MANIFEST_ENV}) does not exist; fix the "
+                                    f"path or remove it from ${MANIFEST_ENV}")
         with open(path, encoding="utf-8") as f:
             return f.read()
     return _read_remote(location)
@@ -155,10 +166,11 @@ def _read_remote(url):
             problem = str(error)
     if os.path.isfile(cached):
         if not offline():
-            warnings.warn(f"manifest {url} is unreachable ({problem}); using the cached copy {cached}", stacklevel=4)
+            warnings.warn(f"manifest {redact_url(url)} is unreachable ({problem}); using the cached copy {cached}",
+                          stacklevel=4)
         with open(cached, encoding="utf-8") as f:
             return f.read()
-    raise RuntimeError(f"cannot read manifest {url} ({problem}) and no cached copy exists at {cached}; "
+    raise RuntimeError(f"cannot read manifest {redact_url(url)} ({problem}) and no cached copy exists at {cached}; "
                        f"check the URL in ${MANIFEST_ENV} or the network")
 
 
@@ -176,8 +188,8 @@ def _resolve_source_url(url, location, where):
     if _is_remote(location):
         if url.startswith(("/", "~", "\\")) and not url.startswith("//") or not _is_remote(
                 urllib.parse.urljoin(location, url)):
-            raise ValueError(f"{where}: source {url!r} is not an http(s) URL; a remote manifest may only name "
-                             f"http(s) sources (use a local manifest for local files)")
+            raise ValueError(f"{where}: source {redact_url(url)!r} is not an http(s) URL; a remote manifest may "
+                             f"only name http(s) sources (use a local manifest for local files)")
         return urllib.parse.urljoin(location, url)
     if _is_url(url) or os.path.isabs(os.path.expanduser(url)):
         return url
@@ -187,7 +199,7 @@ def _resolve_source_url(url, location, where):
 
 
 def _parse_entry(raw, index, location):
-    where = f"manifest {location}, entry {index}"
+    where = f"manifest {redact_url(location)}, entry {index}"
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a mapping with name, split, resolution, mode, version, sources")
     missing = [k for k in ("name", "split", "resolution", "mode", "version", "sources") if raw.get(k) is None]
@@ -227,7 +239,7 @@ def _parse_entry(raw, index, location):
     resolution = raw["resolution"]
     return ManifestEntry(name=str(raw["name"]), split=str(raw["split"]), resolution=resolution, mode=raw["mode"],
                          version=version, sources=tuple(parsed), sha256=sha256.lower() if sha256 else None,
-                         num_samples=num_samples, manifest=location, **extra)
+                         num_samples=num_samples, manifest=redact_url(location), **extra)
 
 
 def _refuse_aliases(text, location, loader):
@@ -244,19 +256,20 @@ def _refuse_aliases(text, location, loader):
 def _parse_manifest(text, location):
     import yaml
 
+    shown = redact_url(location)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        _refuse_aliases(text, location, loader)
+        _refuse_aliases(text, shown, loader)
         data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as error:
-        raise ValueError(f"manifest {location} is not valid YAML: {error}") from error
+        raise ValueError(f"manifest {shown} is not valid YAML: {error}") from error
     if not isinstance(data, dict) or "entries" not in data:
-        raise ValueError(f"manifest {location} must be a mapping with format_version and entries")
+        raise ValueError(f"manifest {shown} must be a mapping with format_version and entries")
     version = data.get("format_version")
     if not isinstance(version, int):
-        raise ValueError(f"manifest {location}: format_version must be an integer, got {version!r}")
+        raise ValueError(f"manifest {shown}: format_version must be an integer, got {version!r}")
     if version > MANIFEST_FORMAT_VERSION:
-        raise ValueError(f"manifest {location} has format_version {version}, newer than this genmetrics reads "
+        raise ValueError(f"manifest {shown} has format_version {version}, newer than this genmetrics reads "
                          f"({MANIFEST_FORMAT_VERSION}); upgrade mlflow-genmetrics")
     return [_parse_entry(raw, i, location) for i, raw in enumerate(data["entries"] or [])]
 

@@ -27,10 +27,16 @@ sha256. It
   with :class:`NetworkUnavailableError` (`clear_unreachable` forgets, e.g. once the network is back).
 
 ``file://`` URLs and plain paths are copied (same checks, same atomic rename).
+
+No message names a URL with its secrets: the userinfo (``user:password@``), the query string (e.g. a signed
+URL's token) and the fragment are left out of every error (:func:`redact_url`), while the request itself
+uses the whole URL.
 """
+import contextlib
 import functools
 import hashlib
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -38,7 +44,7 @@ import urllib.request
 from dataclasses import dataclass, replace
 
 __all__ = ["genmetrics_home", "offline", "download", "fetch_bytes", "file_sha256", "cached_file_sha256", "Limits",
-           "writable_dir", "clear_unreachable", "DownloadError", "ChecksumMismatchError", "OfflineError",
+           "redact_url", "writable_dir", "clear_unreachable", "DownloadError", "ChecksumMismatchError", "OfflineError",
            "NetworkUnavailableError", "CacheNotWritableError", "HOME_ENV", "OFFLINE_ENV"]
 
 HOME_ENV = "GENMETRICS_HOME"
@@ -86,6 +92,50 @@ class Limits:
 
         return cls(number("DEADLINE", cls.deadline), number("MIN_RATE", cls.min_rate),
                    number("RATE_WINDOW", cls.rate_window), number("MAX_BYTES", cls.max_bytes, int))
+
+
+def redact_url(url):
+    """`url` as it may be stored or printed: without userinfo (``user:password@``), query string and fragment.
+
+    ``https://u:p@host:8443/a/b.npz?sig=TOKEN#x`` -> ``https://host:8443/a/b.npz``. Text that is not a URL
+    with a scheme (a local path, a Windows drive path) is returned unchanged.
+    """
+    text = os.fspath(url)
+    parts = urllib.parse.urlsplit(text)
+    if len(parts.scheme) < 2:
+        return text
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _secrets_of(url):
+    """The parts of `url` that `redact_url` leaves out and that a message must not show (longest first)."""
+    parts = urllib.parse.urlsplit(os.fspath(url))
+    if len(parts.scheme) < 2:
+        return []
+    found = [parts.netloc.rpartition("@")[0] + "@", "?" + parts.query, "#" + parts.fragment]
+    return sorted({s for s in found if len(s) > 1}, key=len, reverse=True)
+
+
+def _redact_text(text, url):
+    """`text` with `url` and each of its secret parts (userinfo, query string, fragment) left out."""
+    text = text.replace(os.fspath(url), redact_url(url))
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "")
+    return text
+
+
+@contextlib.contextmanager
+def _errors_without_secrets(url):
+    """Re-raise a :class:`DownloadError` raised inside with `url`'s secrets removed from its message (and
+    its chained exception dropped: requests' messages repeat the URL with its query string)."""
+    try:
+        yield
+    except DownloadError as error:
+        error.args = tuple(_redact_text(a, url) if isinstance(a, str) else a for a in error.args)
+        if isinstance(getattr(error, "summary", None), str):
+            error.summary = _redact_text(error.summary, url)
+        error.__cause__, error.__suppress_context__ = None, True
+        raise
 
 
 def genmetrics_home():
@@ -198,6 +248,12 @@ def download(url, dest, sha256=None, progress=True, retries=5, backoff=0.5, time
     timeout in seconds; ``limits`` (default `Limits.from_env()`) bound the whole transfer, and
     ``max_bytes`` (e.g. a size from a manifest) replaces its size cap. See the module docstring.
     """
+    with _errors_without_secrets(url):
+        return _download(url, dest, sha256, progress, retries, backoff, timeout, max_bytes, limits)
+
+
+def _download(url, dest, sha256, progress, retries, backoff, timeout, max_bytes, limits):
+    """`download` (its errors may still name the whole URL)."""
     import filelock
 
     dest = os.path.abspath(os.fspath(dest))
@@ -266,7 +322,7 @@ def fetch_bytes(url, max_bytes=1 << 20, timeout=30, limits=None):
     import tempfile
 
     limits = replace(limits or Limits.from_env(), max_bytes=int(max_bytes))
-    with tempfile.TemporaryDirectory(prefix="genmetrics-fetch-") as tmp:
+    with _errors_without_secrets(url), tempfile.TemporaryDirectory(prefix="genmetrics-fetch-") as tmp:
         part = os.path.join(tmp, "body.part")
         _http_to_part(url, part, False, _Transfer(0, 0.0, timeout, limits))
         with open(part, "rb") as f:
@@ -317,7 +373,7 @@ def _http_to_part(url, part, progress, transfer):
         except _RetryableStatus as error:
             failures.append(str(error))
         except requests.TooManyRedirects as error:
-            last = getattr(error.response, "url", None) or url
+            last = redact_url(getattr(error.response, "url", None) or url)  # a redirect may carry its own token
             raise DownloadError(f"downloading {url} failed: a redirect loop (too many redirects, the last to {last}); "
                                 f"fix the URL or the server") from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
@@ -339,9 +395,10 @@ def _http_to_part(url, part, progress, transfer):
 
 
 def _first_line(error):
-    """`Type: first line` of an exception (requests' messages repeat nested reprs)."""
+    """`Type: first line` of an exception (requests' messages repeat nested reprs), without query strings
+    (requests names the URL it asked for, e.g. ``... with url: /a.npz?sig=...``)."""
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+    return re.sub(r"\?[^\s'\")]*", "", f"{type(error).__name__}: {lines[0] if lines else ''}")[:300]
 
 
 class _RetryableStatus(Exception):

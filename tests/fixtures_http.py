@@ -2,7 +2,8 @@
 
     srv.files["/a.h5"] = b"..."                  # serve these bytes at srv.url + "/a.h5"
     srv.faults["/a.h5"] = [("status", 500)]      # consumed one per request, in order
-    srv.requests                                  # [(path, headers dict), ...] as received
+    srv.requests                                  # [(path, headers dict), ...] as received (path without query)
+    srv.queries                                   # [(path, query string), ...] as received
 
 Faults: ("status", code) answers that status with no body; ("truncate", nbytes) announces the full
 length, sends nbytes of the body and drops the connection; ("bytes", data) serves `data` instead of the
@@ -44,9 +45,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head):
         srv = self.server.owner
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         with srv.lock:
             srv.requests.append((path, dict(self.headers.items())))
+            srv.queries.append((path, query))
             faults = srv.faults.get(path)
             fault = faults.pop(0) if faults else None
             body = srv.files.get(path)
@@ -139,6 +141,7 @@ class FileServer:
         self.files = {}
         self.faults = {}
         self.requests = []
+        self.queries = []
         self.stalls = {}
         self.stalls_answered = 0
         self.lock = threading.Lock()

@@ -3,6 +3,8 @@ instead of statistics, conversion failures, read-only caches (issue 11, items 10
 import io
 import json
 import os
+import socket
+import traceback
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from fixtures_readonly import run_without_write_override
 from genmetrics import registry
 from genmetrics.registry.fetch import cache_path
 from genmetrics.registry.manifest import load_manifests, resolve
-from genmetrics.stats.download import DownloadError, Limits, download, fetch_bytes
+from genmetrics.stats.download import DownloadError, Limits, clear_unreachable, download, fetch_bytes, redact_url
 
 CAPTIVE_PORTAL = b"<!DOCTYPE html><html><body>Please log in to the hotel Wi-Fi</body></html>"
 FAST = Limits(deadline=20, min_rate=2000, rate_window=0.5, max_bytes=1 << 20)
@@ -135,7 +137,7 @@ def test_wrong_shapes_and_conversion_errors_try_the_next_source(http_server, hom
     http_server.faults["/loop.npz"] = [("redirect", "/loop.npz")] * 100
     np.testing.assert_allclose(registry.load("toy-train-32").mu, x.mean(axis=0), atol=1e-12)
     assert registry.info("toy-train-32")["recorded_sha256"] == sha256_of(data)
-    assert not os.path.exists(home / "stats" / "sources" / "toy-train-32-clean@1" / "shapes.npz")
+    assert not os.path.exists(home / "stats" / "sources" / "toy-train-32-clean@1" / "source-3.npz")  # shapes.npz
 
 
 def test_h5_source_with_another_mode_tries_the_next_source(http_server, home, tmp_path, monkeypatch):
@@ -224,3 +226,42 @@ def test_a_read_only_cache_is_a_one_line_error_and_its_files_are_still_used(http
     assert done.stderr.strip().splitlines()[-1] == (
         f"genmetrics stats fetch: error: cannot write to the genmetrics cache folder {home}/stats (Permission "
         f"denied); make it writable or set GENMETRICS_HOME to a writable folder (files already there are still used)")
+
+
+# ---------------------------------------------------------------- issue 19 item 11: no secrets in messages
+
+
+def test_redact_url_strips_userinfo_query_and_fragment():
+    assert redact_url("https://u:p@host:8443/a/b.npz?sig=T&x=1#f") == "https://host:8443/a/b.npz"
+    assert redact_url("file:///tmp/a.npz?x=1") == "file:///tmp/a.npz"
+    for text in ("/tmp/a?b.npz", "C:\\stats\\a.npz", "relative/a.npz", "http://host/a.npz"):
+        assert redact_url(text) == text
+
+
+def _closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("fault", ["404", "500", "redirect", "refused", "cap", "sha256"])
+def test_download_errors_name_the_url_without_its_secrets(http_server, tmp_path, fault):
+    """Every kind of failure names the URL without userinfo, token and fragment, in the message and in the
+    whole printed traceback (requests' own messages repeat the query string: they are not chained)."""
+    http_server.files["/f"] = os.urandom(5000)
+    http_server.faults["/f"] = {"500": [("status", 500)] * 3,
+                                "redirect": [("redirect", "/f?sig=next-s3cr3t-token")] * 100}.get(fault, [])
+    base = f"http://127.0.0.1:{_closed_port()}" if fault == "refused" else http_server.url
+    path = "/missing" if fault == "404" else "/f"
+    url = base.replace("http://", "http://alice:pa55word@") + path + "?sig=s3cr3t-token#part"
+    limits = Limits(deadline=20, min_rate=2000, rate_window=0.5, max_bytes=100 if fault == "cap" else 1 << 20)
+    try:
+        with pytest.raises(DownloadError) as error:
+            download(url, str(tmp_path / "f"), sha256="0" * 64 if fault == "sha256" else None, progress=False,
+                     retries=2, backoff=0.01, limits=limits)
+    finally:
+        clear_unreachable()
+    printed = "".join(traceback.format_exception(error.type, error.value, error.tb))
+    assert f"{base}{path}" in str(error.value)
+    assert "s3cr3t" not in printed and "pa55word" not in printed and "#part" not in printed, printed
+    assert not (tmp_path / "f").exists()

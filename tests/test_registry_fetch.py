@@ -337,3 +337,94 @@ def test_remote_user_manifest_is_cached_for_offline_use(http_server, home, monke
     count = len(http_server.requests)
     np.testing.assert_allclose(registry.load("toy-train-32").mu, x.mean(0), atol=1e-12)
     assert len(http_server.requests) == count  # neither the manifest nor the file was requested again
+
+
+# ---------------------------------------------------------------- issue 19: cache names, secrets in URLs
+
+
+def _cache_files(home):
+    """Every file under `home` but the lock files, as paths relative to it."""
+    return sorted(os.path.relpath(os.path.join(root, f), home) for root, _, files in os.walk(home)
+                  for f in files if not f.endswith(".lock"))
+
+
+@pytest.mark.parametrize("tail", ["/..", "/.", "/"])
+def test_a_source_url_ending_in_a_dot_segment_stays_in_its_entry_folder(http_server, home, tmp_path, monkeypatch,
+                                                                         tail):
+    """Item 7: the kept source is named by us (the entry's ref, the source's place in the list), never by the
+    URL's last segment: a URL ending in `/..` used to write the file over the cache's `sources` folder."""
+    data, _ = _npz_bytes(dim=8)
+    for path in ("/", "/stats", "/stats/", "/stats/..", "/stats/."):  # whatever the client makes of the dots
+        http_server.files[path] = data
+    url = http_server.url + "/stats" + tail
+    _manifest(tmp_path, monkeypatch, [_entry(url, sha256=sha256_of(data)),
+                                      _entry(url, sha256=sha256_of(data), name="other")])
+    registry.fetch("toy-train-32", progress=False)
+    registry.fetch("other-train-32", progress=False)  # the sources folder still takes the next entry
+    assert _cache_files(home) == ["stats/other-train-32-clean@1.h5", "stats/other-train-32-clean@1.h5.sha256",
+                                  "stats/sources/other-train-32-clean@1/source-1.npz",
+                                  "stats/sources/toy-train-32-clean@1/source-1.npz",
+                                  "stats/toy-train-32-clean@1.h5", "stats/toy-train-32-clean@1.h5.sha256"]
+    assert registry.verify("toy-train-32")["source_sha256"] == sha256_of(data)
+
+
+SECRETS = ("s3cr3t-token", "pa55word")
+
+
+def _signed(srv, path):
+    """`path` on `srv` as a signed URL: userinfo, a token in the query string and a fragment."""
+    return srv.url.replace("http://", "http://alice:pa55word@") + path + "?sig=s3cr3t-token&expires=9#part"
+
+
+def _assert_no_secret(text, where):
+    assert not any(secret in text for secret in SECRETS), f"a secret is in {where}: {text}"
+
+
+def test_a_signed_source_url_is_used_but_never_stored(http_server, home, tmp_path, monkeypatch):
+    """Item 11: the token and the userinfo reach the server, but neither the .h5's `source` attribute, the
+    record of an unpinned entry's hash, nor any other file in the cache holds them."""
+    data, _ = _npz_bytes(dim=8)
+    http_server.files["/toy.npz"] = data
+    _manifest(tmp_path, monkeypatch, [_entry(_signed(http_server, "/toy.npz"), sha256=None)])
+    path = registry.fetch("toy-train-32", progress=False)
+    assert http_server.queries == [("/toy.npz", "sig=s3cr3t-token&expires=9")]
+    assert http_server.get_requests("/toy.npz")[0]["Authorization"].startswith("Basic ")
+    assert registry.load(path).meta["source"] == http_server.url + "/toy.npz"
+    for name in _cache_files(home):
+        _assert_no_secret(name, "a file name")
+        with open(home / name, "rb") as f:
+            _assert_no_secret(f.read().decode("latin-1"), name)
+    _assert_no_secret(json.dumps(registry.info("toy-train-32"), default=str), "stats info")
+
+
+def test_errors_about_a_signed_source_url_print_no_secret(http_server, home, tmp_path, monkeypatch):
+    """Item 11: a 404, a failed conversion (an HTML page) and a hash mismatch name the URL without its token."""
+    data, _ = _npz_bytes(dim=8)
+    http_server.files["/page.npz"] = b"<!DOCTYPE html><html>log in</html>"
+    http_server.files["/other.npz"] = _npz_bytes(dim=8, seed=4)[0]
+    urls = [_signed(http_server, p) for p in ("/missing.npz", "/page.npz", "/other.npz")]
+    _manifest(tmp_path, monkeypatch, [dict(_entry(urls[0], sha256=sha256_of(data)),
+                                           sources=[{"url": u, "format": "npz"} for u in urls])])
+    with pytest.raises(DownloadError) as error:
+        registry.fetch("toy-train-32", progress=False)
+    message = str(error.value)
+    assert f"{http_server.url}/missing.npz failed: HTTP 404" in message and "/page.npz" in message
+    assert f"sha256 mismatch for {http_server.url}/other.npz" in message
+    _assert_no_secret(message, "the error")
+
+
+def test_a_signed_manifest_url_is_not_stored_or_printed(http_server, home, monkeypatch):
+    """Item 11: a manifest named by a signed URL: the entries' `manifest` (stored in fetched files, shown by
+    `stats info`) and the error for an unreadable manifest name it without the token."""
+    data, _ = _npz_bytes(dim=8)
+    http_server.files["/team/toy.npz"] = data
+    http_server.files["/team/manifest.yaml"] = json.dumps(
+        {"format_version": 1, "entries": [_entry("toy.npz", sha256=sha256_of(data))]}).encode()
+    monkeypatch.setenv("GENMETRICS_MANIFEST", _signed(http_server, "/team/manifest.yaml"))
+    stats = registry.load("toy-train-32")
+    assert stats.meta["manifest"] == http_server.url + "/team/manifest.yaml"
+    _assert_no_secret(json.dumps(registry.info("toy-train-32"), default=str), "stats info")
+    monkeypatch.setenv("GENMETRICS_MANIFEST", _signed(http_server, "/team/gone.yaml"))
+    with pytest.raises(RuntimeError, match="cannot read manifest") as error:
+        resolve("toy-train-32")
+    _assert_no_secret(str(error.value), "the error")
