@@ -539,6 +539,31 @@ def _package_versions():
     return versions
 
 
+def _reference_params(ref):
+    """The reference's params: what we computed or verified, never what its file claims (DESIGN, 0.3 "Trust").
+
+    A file: ``reference_sha256`` is computed from its bytes; ``reference`` is the registry ref (with the
+    entry's version and source hash) only when the file verifies as that entry's cached file
+    (:func:`genmetrics.registry.fetch.verified_entry`), else the file's path, and the ref its attributes
+    claim is logged as ``reference_claimed_ref``. Statistics in memory (no file) are named by their metadata,
+    which the caller gave, and log no hash.
+    """
+    from genmetrics.registry.fetch import expected_source_sha256, verified_entry
+    from genmetrics.stats.download import cached_file_sha256
+
+    params = {"reference_num_samples": ref.n or None}
+    if not (ref.path and os.path.isfile(ref.path)):
+        return dict(params, reference=ref.reference_id, reference_version=ref.meta.get("version"))
+    params["reference_sha256"] = cached_file_sha256(ref.path)
+    entry = verified_entry(ref.path)
+    if entry is not None:
+        return dict(params, reference=entry.ref, reference_version=entry.version,
+                    reference_source_sha256=expected_source_sha256(entry))
+    claimed = ref.reference_id
+    path = os.path.abspath(ref.path)
+    return dict(params, reference=path, reference_claimed_ref=claimed if claimed not in (ref.path, path) else None)
+
+
 def _params(ref, done, opts, plan):
     """Provenance that is stable for a run (str -> str, keys prefixed). ``metrics``: the metrics computed
     (skipped ones left out; their reasons are ``skipped.<metric>`` tags); ``metrics_requested``: the set asked
@@ -553,13 +578,7 @@ def _params(ref, done, opts, plan):
     if len(done.counts) > 1:
         params.update({"world_size": len(done.counts), "rank_num_samples": ",".join(map(str, done.counts))})
     if ref is not None:
-        params.update({
-            "reference": ref.reference_id,
-            "reference_version": ref.provenance and ref.meta.get("version"),
-            "reference_sha256": ref.file_sha256(),
-            "reference_source_sha256": ref.meta.get("source_sha256"),
-            "reference_num_samples": ref.n or None,
-        })
+        params.update(_reference_params(ref))
     if plan.feature_metrics:
         params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": plan.layer,
                        "weights_sha256": getattr(plan.model, "weights_sha256", None), "precision": opts.precision})
