@@ -24,6 +24,10 @@ def _add_common(parser):
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic of the FID Inception: fp32 (exact, default) or bf16 (opt-in, faster on "
                              "CPUs with AVX-512-BF16 and on GPUs, FID moves by ~0.7 %%; recorded in the precision param)")
+    parser.add_argument("--reference-images", default=None, metavar="PATH",
+                        help="folder, zip or dataset root of the reference's images: the copy-pairs grid shows a "
+                             "reference image only from here, verified against the statistics file (default: the "
+                             "image index instead; paths written in the statistics file are never opened)")
 
 
 def add_parser(subparsers):
@@ -59,7 +63,7 @@ def _options(args):
         if unknown:
             raise ValueError(f"--metrics: unknown metric(s) {', '.join(unknown)}; choose among {','.join(METRICS)}")
     return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size,
-                precision=args.precision)
+                precision=args.precision, reference_images=args.reference_images)
 
 
 def _setup(args):

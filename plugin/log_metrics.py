@@ -77,9 +77,11 @@ def log_gen_metrics(
     time of this call); provenance params (once per run; a param that later changes value is logged
     as a tag of the same key, since MLflow params are immutable) and tags; with `log_grid` a grid of
     up to 64 samples via ``log_image(key=prefix + "samples", step=step)`` and, when metric ``copy`` flags
-    samples and the reference file records its images, the flagged samples beside their nearest reference
-    images via ``log_image(key=prefix + "copy_pairs", step=step)`` (see `genmetrics.plugin.copy_grid`; the tag
-    ``copy.pairs`` names its rows, ``skipped.copy_pairs`` why there is none). A tracking server that is
+    samples, the flagged samples beside their nearest reference images via ``log_image(key=prefix +
+    "copy_pairs", step=step)``: the reference images only when `reference_images` names where they are (and
+    each is the one the statistics file recorded), else a placeholder with the image's index (see
+    `genmetrics.plugin.copy_grid`; the tag ``copy.pairs`` names its rows, ``skipped.copy_pairs`` why there is
+    no grid). A tracking server that is
     down never raises here: writes are retried, then spooled and replayed (see `genmetrics.plugin.spool`).
 
     Returns the metrics dict (keys exactly the logged metric keys, e.g. ``gen/fid``). With
@@ -89,7 +91,7 @@ def log_gen_metrics(
 
     `score_options` go to `score_samples` (mode, model, lpips_net, lpips_backbone_weights, batch_size,
     device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs, distributed,
-    precision). `client`
+    precision, reference_images). `client`
     is an `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
 
     Inside an initialised ``torch.distributed`` process group (multi-GPU training) every rank calls it with its

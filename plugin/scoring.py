@@ -95,6 +95,7 @@ class ScoreOptions:
     distributed: bool = True
     copy_pairs: bool = False
     precision: str = "fp32"
+    reference_images: object = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -499,9 +500,9 @@ def _compute(done, ref, opts, plan):
 def _copy_pairs(samples, done, ref, opts, plan, world):
     """The grid of flagged samples beside their nearest reference images (:mod:`.copy_grid`), or None.
 
-    Only when asked (``copy_pairs``) and copies were flagged. Never raises: when it cannot be made (reference
-    images not recorded, moved, deleted or changed; no flagged sample available) the reason is warned once per
-    process and tagged ``<prefix>skipped.copy_pairs``; when made, ``<prefix>copy.pairs`` names its rows.
+    Only when asked (``copy_pairs``) and copies were flagged. Never raises: when it cannot be made (no flagged
+    sample available) the reason is warned once per process and tagged ``<prefix>skipped.copy_pairs``; when made,
+    ``<prefix>copy.pairs`` names its rows (reference images shown only from ``reference_images``, verified).
     """
     from genmetrics.registry.datasets import SourceUnavailableError
     from genmetrics.stats.messages import warn_once
@@ -511,8 +512,8 @@ def _copy_pairs(samples, done, ref, opts, plan, world):
     if not opts.copy_pairs or plan.copies is None or not len(plan.copies["indices"]):
         return None
     try:
-        grid, rows = copy_pairs(plan.copies, ref.meta, samples if world == 1 else None, done.kept,
-                                opts.value_range, opts.num_samples, opts.batch_size)
+        grid, rows = copy_pairs(plan.copies, ref, samples if world == 1 else None, done.kept,
+                                opts.value_range, opts.num_samples, opts.batch_size, opts.reference_images)
     except SourceUnavailableError as exc:
         grid, rows = None, str(exc)
     except Exception as exc:  # noqa: BLE001 - the grid is an illustration: scoring must not fail for it
@@ -631,6 +632,7 @@ def score_samples(
     distributed: bool = True,
     copy_pairs: bool = False,
     precision: str = "fp32",
+    reference_images=None,
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
@@ -657,9 +659,14 @@ def score_samples(
         combined (:mod:`genmetrics.stats.distributed`) and every rank returns the same result; a failure on
         one rank raises on every rank. False = this rank's samples only. No effect outside a process group.
     copy_pairs: when metric ``copy`` flags samples, also build `ScoreResult.copy_pairs`, each flagged sample
-        beside its nearest reference image, read again from the folder, zip or dataset the reference file
-        records (which samples can be shown: :mod:`genmetrics.plugin.copy_grid`). When that is impossible the
-        reason is warned (``GenMetricsWarning``, once per process) and tagged ``<prefix>skipped.copy_pairs``.
+        beside its nearest reference image, or beside a placeholder labelled with that image's index when the
+        image is not shown (:mod:`genmetrics.plugin.copy_grid`). When no flagged sample can be shown the reason
+        is warned (``GenMetricsWarning``, once per process) and tagged ``<prefix>skipped.copy_pairs``.
+    reference_images: where the reference images are, for the copy-pairs grid: the folder or zip the reference
+        was built from, or the root of its standard dataset (or a ``genmetrics.registry.datasets.ImageSource``).
+        Only then is any reference image read, only inside that location, and only an image whose sha256 is the
+        one the statistics file recorded at build is shown. Paths written in the statistics file are never
+        opened.
     precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, 1.8x
         faster on an AVX-512-BF16 CPU, FID moves by ~0.7 %; docs/performance.md); recorded in the ``precision``
         param.
@@ -676,7 +683,8 @@ def score_samples(
                         num_samples=num_samples, batch_size=batch_size, device=device, seed=seed,
                         allow_mismatch=allow_mismatch, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                         is_splits=is_splits, diversity_pairs=diversity_pairs, distributed=distributed,
-                        copy_pairs=copy_pairs, precision=check_precision(precision))
+                        copy_pairs=copy_pairs, precision=check_precision(precision),
+                        reference_images=reference_images)
     rank, world = rank_and_world() if distributed else (0, 1)
     error = done = None
     try:

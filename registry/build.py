@@ -2,10 +2,10 @@
 
 The images are read in a fixed order and processed in chunks of ``checkpoint_every`` images, through the
 one image normaliser and the streaming accumulator (``genmetrics.stats.FeatureAccumulator``: Inception
-pool3 features, float64 moments n, sum, outer_sum). After each chunk the moments (and the features
-so far, with ``features=True``) are checkpointed atomically to ``<output>.ckpt.npz``; an interrupted
-build called again with the same arguments resumes after the last finished chunk and gives the same arrays
-as an uninterrupted one (same chunks, same order). A finished build removes its checkpoint. A checkpoint
+pool3 features, float64 moments n, sum, outer_sum). After each chunk the moments (and the features so far,
+with ``features=True``, and their images' digests) are checkpointed atomically to ``<output>.ckpt.npz``; an
+interrupted build called again with the same arguments resumes after the last finished chunk and gives the
+same arrays as an uninterrupted one (same chunks, same order). A finished build removes its checkpoint. A checkpoint
 made from other images or arguments is discarded with a warning, and a second build of the same output
 fails at once while the first holds ``<output>.lock`` (see ``registry.checkpoint``).
 
@@ -102,10 +102,12 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
       its mode and default layer (`mode` is ignored), and comparisons enforce them.
 
     Provenance: ``source`` describes the images for people; a folder, zip or standard dataset also records
-    ``source_images`` (its absolute path, or the dataset name) and, for a dataset, ``source_root``, so that the
-    images can be found again (``registry.datasets.reopen_source``; the copy-detection grid of
-    ``log_gen_metrics`` shows flagged samples beside their nearest reference image this way). The ``features``
-    rows are in source order within ``shard_range`` (shards, torchrun builds and merges alike).
+    ``source_images`` (its absolute path, or the dataset name) and, for a dataset, ``source_root`` (descriptive:
+    nothing opens them) and, with `features`, ``image_sha256``: per feature row the sha256 of its image (file
+    bytes, or decoded pixels for a standard dataset; ``registry.datasets``). The copy-detection grid of
+    ``log_gen_metrics`` shows a reference image only when the caller names where the images are
+    (``reference_images=``) and the image read there has the recorded digest. The ``features`` rows are in
+    source order within ``shard_range`` (shards, torchrun builds and merges alike).
     """
     from genmetrics.stats import FeatureAccumulator
 
@@ -142,7 +144,8 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
         meta.update(src.locator or {})
     try:
         with output_lock(target):
-            run = _Run(target, meta, accumulator, features, checkpoint_every)
+            run = _Run(target, meta, accumulator, features, checkpoint_every,
+                       digests=features and getattr(src, "locator", None) is not None)
             if group is None:
                 _run_chunks(src, source, (index, count), run, progress, on_checkpoint, value_range)
             else:
@@ -188,13 +191,16 @@ def _finish_ranks(run, output, sqrt_sigma):
     from genmetrics.stats.distributed import all_gather_rows, all_reduce_moments, check_all_ranks, rank_and_world
 
     local_features = torch.from_numpy(run.kept_features()) if run.keep_features and run.moments.n else None
+    local_digests = torch.from_numpy(run.kept_digests()) if run.keep_digests and run.moments.n else None
     moments = all_reduce_moments(run.moments)
     features = all_gather_rows(local_features) if run.keep_features else None
+    digests = all_gather_rows(local_digests) if run.keep_digests else None
     total = run.meta.get("total_images")
     meta = dict(run.meta, shard="0/1", num_samples=moments.n, **({"shard_range": f"0:{total}"} if total else {}))
     stats, error = None, None
     try:
-        stats = run.statistics(moments, None if features is None else features.numpy(), meta, sqrt_sigma)
+        stats = run.statistics(moments, None if features is None else features.numpy(), meta, sqrt_sigma,
+                               None if digests is None else digests.numpy())
         if rank_and_world()[0] == 0:
             write_refstats(output, stats)
     except Exception as exc:  # noqa: BLE001 - every rank must learn of it
@@ -226,7 +232,7 @@ def _build_indexed(src, start, stop, run, progress, on_checkpoint):
             position = start + run.done
             end = min(position + run.chunk, stop)
             images = src.batch(position, end)
-            run.add(images)
+            run.add(images, digests=src.digests(position, end, images) if run.keep_digests else None)
             bar.update(end - position)
             if on_checkpoint:
                 on_checkpoint(run.done, stop - start)
@@ -277,13 +283,16 @@ def _size_of(images, value_range):
 
 
 class _Run:
-    """Moments (and features) of one build, checkpointed to ``<target>.ckpt.npz`` after every chunk."""
+    """Moments (and features, and their images' digests) of one build, checkpointed to ``<target>.ckpt.npz``
+    after every chunk; features and digests are appended to side files."""
 
-    def __init__(self, target, meta, accumulator, keep_features, chunk):
+    def __init__(self, target, meta, accumulator, keep_features, chunk, digests=False):
         self.target, self.meta, self.keep_features, self.chunk = target, meta, keep_features, chunk
+        self.keep_digests = bool(digests)
         self.accumulator = accumulator  # keeps no features itself: they go to the side file
         self.ckpt = target + ".ckpt.npz"
         self.features_file = target + ".ckpt.features"
+        self.digests_file = target + ".ckpt.sha256"
         self.done = 0
         self.first_size = None
         self.stream_sha256 = ""  # sha256 of the first `done` images of an iterable source
@@ -305,24 +314,28 @@ class _Run:
         return self.accumulator.moments
 
     def _features_cover(self, state):
-        """Kept features hold the checkpoint's rows (rows written after it are cut); else drop the checkpoint."""
-        if not self.keep_features:
-            return True
-        needed = state["done"] * (state["moments"].dim if state["moments"] else 0) * 4
-        if not os.path.isfile(self.features_file) or os.path.getsize(self.features_file) < needed:
-            warnings.warn(f"{self.features_file} is missing or short; starting the build over", GenMetricsWarning,
-                          stacklevel=4)
-            os.remove(self.ckpt)
-            return False
-        with open(self.features_file, "r+b") as f:
-            f.truncate(needed)
+        """Kept features (and digests) hold the checkpoint's rows (rows written after it are cut); else drop the
+        checkpoint."""
+        sides = []
+        if self.keep_features:
+            sides.append((self.features_file, state["done"] * (state["moments"].dim if state["moments"] else 0) * 4))
+        if self.keep_digests:
+            sides.append((self.digests_file, state["done"] * 32))
+        for path, needed in sides:
+            if not os.path.isfile(path) or os.path.getsize(path) < needed:
+                warnings.warn(f"{path} is missing or short; starting the build over", GenMetricsWarning, stacklevel=4)
+                os.remove(self.ckpt)
+                return False
+        for path, needed in sides:
+            with open(path, "r+b") as f:
+                f.truncate(needed)
         return True
 
     def check_stream(self, digest):
         """The images skipped on resume must be those checkpointed; else drop the checkpoint and say so."""
         if digest.hexdigest() == self.stream_sha256:
             return
-        for leftover in (self.ckpt, self.features_file):
+        for leftover in (self.ckpt, self.features_file, self.digests_file):
             if os.path.exists(leftover):
                 os.remove(leftover)
         raise ValueError(f"the images given now differ from the first {self.done} images of the interrupted build "
@@ -330,29 +343,35 @@ class _Run:
                          f"their start")
 
     def _reset_features(self):
-        if self.keep_features:
-            open(self.features_file, "wb").close()
-        elif os.path.exists(self.features_file):
-            os.remove(self.features_file)
+        for path, keep in ((self.features_file, self.keep_features), (self.digests_file, self.keep_digests)):
+            if keep:
+                open(path, "wb").close()
+            elif os.path.exists(path):
+                os.remove(path)
 
-    def add(self, images, stream_sha256=""):
-        """Extract and accumulate a chunk of images, keep its features, then checkpoint."""
+    def add(self, images, stream_sha256="", digests=None):
+        """Extract and accumulate a chunk of images, keep its features (and the images' `digests`, (n, 32)
+        uint8), then checkpoint."""
         feats = self.accumulator.update(images)[self.accumulator.layer]
         if self.first_size is None:
             self.first_size = _size_of(images, self.accumulator.value_range)
         if self.keep_features:
-            with open(self.features_file, "ab") as f:
-                f.write(np.ascontiguousarray(feats.numpy()).tobytes())
-                f.flush()
-                os.fsync(f.fileno())
+            _append(self.features_file, np.ascontiguousarray(feats.numpy()).tobytes())
+        if self.keep_digests:
+            if digests is None or len(digests) != feats.shape[0]:
+                raise RuntimeError(f"{0 if digests is None else len(digests)} image digests for {feats.shape[0]} "
+                                   f"images; the source changed while it was read")
+            _append(self.digests_file, np.ascontiguousarray(digests, dtype=np.uint8).tobytes())
         self.done += int(feats.shape[0])
         save_checkpoint(self.ckpt, self.moments, self.done, self.fingerprint, self.first_size, stream_sha256)
 
-    def statistics(self, moments, features, meta, sqrt_sigma):
-        """ReferenceStats of `moments` (and features) with `meta`; at least 2 images."""
+    def statistics(self, moments, features, meta, sqrt_sigma, digests=None):
+        """ReferenceStats of `moments` (and features, and their images' digests) with `meta`; at least 2 images."""
         if moments.n < 2:
             raise ValueError(f"statistics need at least 2 images, got {moments.n}; add images")
         stats = ReferenceStats.from_moments(moments, features=features, meta=meta)
+        if digests is not None:
+            stats.image_sha256 = digests
         if sqrt_sigma:
             from genmetrics.stats import sqrtm_psd
 
@@ -362,15 +381,24 @@ class _Run:
     def finish(self, sqrt_sigma):
         """Write this build's statistics to its target, remove the checkpoint; returns the file read back."""
         features = self.kept_features() if self.keep_features and self.moments.n else None
+        digests = self.kept_digests() if self.keep_digests and self.moments.n else None
         self.meta["num_samples"] = self.moments.n
-        write_refstats(self.target, self.statistics(self.moments, features, self.meta, sqrt_sigma))
+        write_refstats(self.target, self.statistics(self.moments, features, self.meta, sqrt_sigma, digests))
         self.remove_checkpoint()
         return read_refstats(self.target)
 
     def remove_checkpoint(self):
-        for leftover in (self.ckpt, self.features_file):
+        for leftover in (self.ckpt, self.features_file, self.digests_file):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+    def kept_digests(self):
+        """The digests file as (n, 32) uint8, refused unless it has one row per accumulated image."""
+        size = os.path.getsize(self.digests_file)
+        if size != self.moments.n * 32:
+            raise RuntimeError(f"{self.digests_file} holds {size // 32} image digests but {self.moments.n} images were "
+                               f"accumulated; the build was disturbed: delete it and {self.ckpt} and build again")
+        return np.fromfile(self.digests_file, dtype=np.uint8).reshape(self.moments.n, 32)
 
     def kept_features(self):
         """The features file as (n, D) float32, refused unless it has n rows whose mean is the moments' mean."""
@@ -385,3 +413,11 @@ class _Run:
             raise RuntimeError(f"the features in {self.features_file} do not average to the accumulated mean; the "
                                f"build was disturbed: delete it and {self.ckpt} and build again")
         return features
+
+
+def _append(path, data):
+    """Append `data` to side file `path`, flushed to disk (a checkpoint written next counts on it)."""
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

@@ -4,17 +4,19 @@ Every source has a length and ``batch(start, stop)`` returning images ``start..s
 (an array (N, H, W, C)/(N, C, H, W) or a list of (1, 3, H, W) uint8 tensors), so a build can be split into
 disjoint shards and resumed at any image index.
 
-Sources that can be found again (folders, zips, standard datasets) say how in ``locator``: the optional
-attributes a build records so that the reference images can be re-read later (the copy-detection grid does):
+Sources that can be found again (folders, zips, standard datasets) record, at build, what identifies them:
 
-- ``source_images``: the absolute path of the folder or zip, or the dataset name (``cifar10``, ...) for a
-  standard dataset;
-- ``source_root``: the dataset's root folder (absolute; standard datasets only, where it marks the kind).
+- ``source_images`` / ``source_root`` (``locator``): the absolute path of the folder or zip, or the dataset
+  name (``cifar10``, ...) and its root folder. Descriptive provenance only: nothing ever opens them;
+- per feature row, the sha256 of its image (:meth:`ImageSource.digests`, the file's ``image_sha256`` dataset):
+  of the image file's bytes (folders, zips) or of its decoded pixels (standard datasets, :func:`pixel_digest`).
 
-:func:`reopen_source` opens such a source again from a file's attributes and checks it against the file's
-``source_listing_sha256``; :func:`source_indices` maps the file's feature rows to image indices of the
-source (through ``shard_range``: shards and merges keep their rows in source order). Arrays and iterables of
-batches leave no locator, so their images cannot be found again.
+To read reference images again (the copy-detection grid does), the *caller* names where they are:
+:func:`open_reference_images` opens that folder, zip or dataset root, never a path from the file;
+:func:`source_indices` maps the file's feature rows to image indices (through ``shard_range``: shards and
+merges keep their rows in source order), and :meth:`ImageSource.read_image` reads one image with the digest
+of what it read, from inside that location only (a symlink leading out of it is refused), so that the caller
+can compare it with the recorded one. Arrays and iterables of batches record neither.
 
 Standard datasets are read from their native files under ``root`` by torchvision's own classes
 (``download=False``: nothing is downloaded at build time); grayscale datasets (MNIST, Fashion-MNIST) are
@@ -27,13 +29,42 @@ import numpy as np
 import torch
 
 __all__ = ["ImageSource", "ArraySource", "FileSource", "TorchvisionSource", "dataset_source", "DATASETS",
-           "image_source", "SourceUnavailableError", "reopen_source", "source_indices", "image_name"]
+           "image_source", "SourceUnavailableError", "ImageOutsideError", "open_reference_images", "source_indices",
+           "image_name", "pixel_digest"]
+
+
+def pixel_digest(image):
+    """sha256 digest (32 bytes) of one decoded image, a uint8 (3, H, W) array: of ``"3xHxW:"`` and its bytes."""
+    import hashlib
+
+    array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    shape = "x".join(str(d) for d in array.shape)
+    return hashlib.sha256(shape.encode("ascii") + b":" + array.tobytes()).digest()
+
+
+def _digest_rows(digests):
+    """A list of 32-byte digests -> (n, 32) uint8."""
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 32)
+
+
+class ImageOutsideError(ValueError):
+    """An image to read lies outside the location the caller named (a symlink leading out of it)."""
+
+
+def _inside(root, path):
+    """Real path of `path` when it is a regular file inside folder `root` (real paths); else ImageOutsideError."""
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ImageOutsideError(f"{path} leads outside {root} (to {real}), so it is not read")
+    if not os.path.isfile(real):
+        raise ImageOutsideError(f"{path} is not a regular file, so it is not read")
+    return real
 
 
 class ImageSource:
     """Base: ``len(source)`` images, ``batch(start, stop)``, a ``description`` for provenance, and a
-    ``locator`` (``{"source_images": ..., "source_root": ...}``, see the module docstring) when the images can be
-    found again, else None."""
+    ``locator`` (``{"source_images": ..., "source_root": ...}``, see the module docstring) for sources that can
+    be named again, else None."""
 
     description = ""
     locator = None
@@ -46,6 +77,21 @@ class ImageSource:
 
     def batch(self, start, stop):
         raise NotImplementedError
+
+    def digests(self, start, stop, images):
+        """(stop - start, 32) uint8: the sha256 of each image ``start..stop-1``; `images` is ``batch(start, stop)``
+        (already read). Here: of the decoded pixels (:func:`pixel_digest`)."""
+        from genmetrics.stats.image_input import iter_image_batches
+
+        return _digest_rows([pixel_digest(image.numpy()) for batch in iter_image_batches(images) for image in batch])
+
+    def read_image(self, index):
+        """(uint8 (1, 3, H, W) tensor, 32-byte digest) of image `index`, the digest computed as :meth:`digests`
+        does, from what was read."""
+        from genmetrics.stats.image_input import iter_image_batches
+
+        batch = next(iter_image_batches(self.batch(index, index + 1)))
+        return batch, pixel_digest(batch[0].numpy())
 
 
 class ArraySource(ImageSource):
@@ -87,6 +133,45 @@ class FileSource(ImageSource):
 
         return list(iter_image_files(self.path, self.names[start:stop]))
 
+    def digests(self, start, stop, images=None):
+        """(stop - start, 32) uint8: the sha256 of each image file's bytes (folder file or zip member)."""
+        import hashlib
+
+        return _digest_rows([hashlib.sha256(data).digest() for data in self._file_bytes(self.names[start:stop])])
+
+    def read_image(self, index):
+        """(uint8 (1, 3, H, W) tensor, sha256 of the file's bytes) of image `index`, decoded from the bytes that
+        were hashed. In a folder the file must be a regular file inside it (real paths: a symlink leading out
+        of the folder raises :class:`ImageOutsideError`); a zip's members are read from the archive."""
+        import hashlib
+        import io
+
+        import torch
+
+        from genmetrics.stats.image_files import load_image
+
+        name = self.names[index]
+        if os.path.isdir(self.path):
+            _inside(self.path, os.path.join(self.path, name))
+        (data,) = self._file_bytes([name])
+        image = load_image(io.BytesIO(data), f"{self.path}:{name}")
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None], hashlib.sha256(data).digest()
+
+    def _file_bytes(self, names):
+        """The bytes of the named files (folder: regular files only; zip: members within the size limit)."""
+        import zipfile
+
+        from genmetrics.stats.image_files import _open_regular, _read_member
+
+        if os.path.isdir(self.path):
+            out = []
+            for name in names:
+                with _open_regular(os.path.join(self.path, name)) as f:
+                    out.append(f.read())
+            return out
+        with zipfile.ZipFile(self.path) as archive:
+            return [_read_member(archive, name, self.path) for name in names]
+
 
 class TorchvisionSource(ImageSource):
     """A torchvision dataset: its ``data`` array when it has one (CIFAR, STL-10, MNIST), else item images."""
@@ -101,6 +186,14 @@ class TorchvisionSource(ImageSource):
 
     def __len__(self):
         return len(self.dataset)
+
+    def read_image(self, index):
+        """As :meth:`ImageSource.read_image`; a dataset of image files (``samples``, e.g. ImageFolder) is read
+        only when the file lies inside ``root`` (set by :func:`dataset_source`), else ImageOutsideError."""
+        samples = getattr(self.dataset, "samples", None)
+        if samples is not None and getattr(self, "root", None):
+            _inside(self.root, samples[index][0])
+        return super().read_image(index)
 
     def batch(self, start, stop):
         if self.data is not None:
@@ -236,6 +329,7 @@ def dataset_source(name, root, split=None):
     source = factory(root, split)
     source.default_name, source.default_split, source.default_resolution = key, split, resolution
     source.locator = {"source_images": key, "source_root": root}
+    source.root = root
     return source
 
 
@@ -257,41 +351,55 @@ def image_source(source, root=None, split=None):
 
 
 class SourceUnavailableError(RuntimeError):
-    """The images a statistics file was built from cannot be read again; the message says why."""
+    """The reference images cannot be read from the location the caller named; the message says why."""
 
 
-def reopen_source(meta) -> ImageSource:
-    """The image source a statistics file was built from, found again from its attributes `meta`.
+def _dataset_kind(meta):
+    """(name, split) of the standard dataset a statistics file says it was built from, or None for a folder/zip.
 
-    Reads ``source_images`` / ``source_root`` (and ``split`` for a standard dataset) and checks the source's
-    listing (:func:`genmetrics.registry.checkpoint.source_digest`: names, sizes and mtimes of files; the
-    bytes of an in-memory dataset) against ``source_listing_sha256``. Only open files you trust: the
-    attributes name what is read (a standard dataset is read by torchvision from ``source_root``).
+    A name outside :data:`DATASETS`, or a split that is not a plain name (it becomes a folder name under the
+    caller's root for ImageNet), raises SourceUnavailableError; LSUN is refused (its torchvision loader unpickles
+    a ``_cache_*`` file from the working directory).
+    """
+    import re
+
+    name, root = meta.get("source_images"), meta.get("source_root")
+    if not root:
+        return None
+    key = str(name).lower().replace("-", "_")
+    if key not in DATASETS:
+        raise SourceUnavailableError(f"the statistics file names an unknown standard dataset {str(name)[:80]!r}")
+    if key.startswith("lsun"):
+        raise SourceUnavailableError(f"the reference images are LSUN ({key}), whose torchvision loader unpickles a "
+                                     f"'_cache_*' file from the working directory; LSUN references are not read again")
+    split = str(meta.get("split") or DATASETS[key][1])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", split):
+        raise SourceUnavailableError(f"the statistics file's split {split[:80]!r} is not a plain name")
+    return key, split
+
+
+def open_reference_images(location, meta) -> ImageSource:
+    """The reference images at `location`, a folder, zip or dataset root named by the caller (or an ImageSource).
+
+    `meta` (a statistics file's attributes) only says how to read `location`: when it records a standard
+    dataset (``source_root`` set, ``source_images`` a name of :data:`DATASETS`), `location` is that dataset's
+    root, read by torchvision with the file's ``split`` (a plain name); otherwise `location` is a folder or zip of
+    image files. No path stored in `meta` is opened. Which image belongs to which feature row is for the caller
+    to check, against the file's ``image_sha256``.
 
     Raises:
-        SourceUnavailableError: no locator recorded, the path or dataset is gone, or the images changed.
+        SourceUnavailableError: `location` cannot be opened or holds no images, or the file names LSUN or an
+            unknown dataset.
     """
-    from .checkpoint import source_digest
-
-    location, root = meta.get("source_images"), meta.get("source_root")
-    if not location:
-        raise SourceUnavailableError("the statistics file records no source_images (it was built from an array "
-                                     "or an iterable of batches, imported, or built before this attribute existed)")
-    if root and str(location).lower().startswith("lsun"):
-        raise SourceUnavailableError(f"the reference images are LSUN ({location}), whose torchvision loader unpickles "
-                                     f"a '_cache_*' file from the working directory; they are not reopened on a "
-                                     f"statistics file's word")
+    if isinstance(location, ImageSource):
+        return location
+    path = os.path.abspath(os.path.expanduser(os.fspath(location)))
+    kind = _dataset_kind(meta)
     try:
-        source = dataset_source(location, root, meta.get("split")) if root else FileSource(location)
+        return dataset_source(kind[0], path, kind[1]) if kind else FileSource(path)
     except (OSError, ValueError, ImportError, RuntimeError) as error:
-        raise SourceUnavailableError(f"the reference images {location}{f' (root {root})' if root else ''} cannot "
-                                     f"be opened: {error}") from error
-    recorded = meta.get("source_listing_sha256")
-    if recorded and source_digest(source) != recorded:
-        raise SourceUnavailableError(f"the reference images {location} changed since the statistics were built "
-                                     f"(their listing no longer matches source_listing_sha256: files added, "
-                                     f"removed or modified)")
-    return source
+        what = f"the {kind[0]} dataset's root" if kind else "a folder or zip of images"
+        raise SourceUnavailableError(f"reference_images {path} cannot be opened as {what}: {error}") from error
 
 
 def source_indices(meta, rows):

@@ -9,7 +9,8 @@ since 0.2 no longer store the derived ``outer_sum``, which merging does not use)
 Shards must agree on dataset, split, resolution, mode, feature extractor, layer, weights, the shard
 count k, the total number of images and the sha256 of the source listing; no shard id may appear
 twice, and no two files' image ranges (``shard_range``, "start:stop" or a list of them) may overlap:
-either would count images twice. Features, when every shard has them, are concatenated in shard order.
+either would count images twice. Features, when every shard has them, are concatenated in shard order, and so
+are the images' digests (``image_sha256``) when every shard has them too.
 A merge covering all k shards is recorded as ``shard = "0/1"`` (complete; its ranges must then tile all
 images); a partial one lists its shard ids (e.g. ``"0/4,2/4"``) and ranges, and can be merged again with
 the rest.
@@ -109,9 +110,11 @@ def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> Refere
     moments = GaussianMoments.from_mean_cov(shards[0].n, shards[0].mu, shards[0].sigma)
     for stats in shards[1:]:
         moments.merge(GaussianMoments.from_mean_cov(stats.n, stats.mu, stats.sigma))
-    features = None
+    features = digests = None
     if all(s.has_features for s in shards):
         features = np.concatenate([np.asarray(s.features, dtype=np.float32) for s in shards])
+        if all(s.image_sha256 is not None for s in shards):  # one digest per feature row, in the same order
+            digests = np.concatenate([s.image_sha256 for s in shards])
     meta = {k: v for k, v in first.meta.items() if k not in ("format", "format_version", "created_at", "created_by",
                                                               "shard_range", "num_samples")}
     meta["shard"] = "0/1" if complete else ",".join(f"{i}/{k}" for i, k in sorted(seen))
@@ -119,6 +122,7 @@ def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> Refere
         meta["shard_range"] = ranges
     meta["merged_from"] = ", ".join(os.path.basename(s.path) for s in shards)
     merged = ReferenceStats.from_moments(moments, features=features, meta=meta)
+    merged.image_sha256 = digests
     if sqrt_sigma:
         from genmetrics.stats import sqrtm_psd
 

@@ -12,7 +12,14 @@ dataset            dtype / shape                   meaning
 ``outer_sum``      float64 (D, D)                  sum of x x^T (written by 0.1 only; derived)
 ``features``       float32/float16 (N, D)          optional; for KID / PRDC
 ``sqrt_sigma``     float64 (D, D)                  optional cached symmetric square root of sigma
+``image_sha256``   uint8 (N, 32)                   optional; per ``features`` row, the sha256 of its image
 =================  ==============================  ===========================================
+
+``image_sha256`` (written by builds with features from a folder, zip or standard dataset; absent in older
+files) is what the copy-detection grid checks an image against before showing it: the digest of the image
+file's bytes (folders and zips) or of its decoded pixels (standard datasets; see
+:func:`genmetrics.registry.datasets.pixel_digest`). It says *which* image a row was, never *where* it is:
+no path stored in a file is opened (the caller names where the reference images are).
 
 Since 0.2 the writer stores ``sigma``, ``sqrt_sigma`` and ``features`` chunked with byte shuffle and
 gzip (lossless, read back bit for bit by any HDF5 reader, so the format stays version 1 and 0.1 reads
@@ -38,7 +45,7 @@ import tempfile
 import numpy as np
 
 from .refstats_checks import (RefStatsFormatError, check_arrays, check_count, check_dataset, check_dim, check_full,
-                              check_layout, read_attributes)
+                              check_image_sha256, check_image_sha256_rows, check_layout, read_attributes)
 
 from genmetrics.stats.defaults import PROVENANCE_KEYS, weights_identity
 
@@ -69,7 +76,8 @@ class ReferenceStats:
 
     mu (D,), sigma (D, D) float64; n (int, 0 = unknown); optional ``features`` (N, D) float32 (read from
     the file on first access when loaded from disk), ``sqrt_sigma`` (D, D), ``sum``/``outer_sum``
-    (the exact moments: mu = sum / n, sigma = (outer_sum - n mu mu^T) / (n - 1)); ``meta`` holds every
+    (the exact moments: mu = sum / n, sigma = (outer_sum - n mu mu^T) / (n - 1)), optional ``image_sha256``
+    (N, 32) uint8, the sha256 of each feature row's image (read on first access); ``meta`` holds every
     root attribute of the file (bytes decoded to str, numpy scalars to Python ones); ``path`` the file it
     came from (or None).
 
@@ -79,7 +87,7 @@ class ReferenceStats:
     """
 
     def __init__(self, mu, sigma, n, features=None, sqrt_sigma=None, sum=None, outer_sum=None, meta=None,
-                 path=None):
+                 path=None, image_sha256=None):
         self.mu = np.asarray(mu, dtype=np.float64)
         self.sigma = np.asarray(sigma, dtype=np.float64)
         self.n = int(n)
@@ -90,6 +98,9 @@ class ReferenceStats:
         self.meta = {key: _decode(value) for key, value in (meta or {}).items()}
         self.path = path
         _check_arrays(self._arrays(), "the statistics", self.n)
+        self._image_sha256 = image_sha256
+        if image_sha256 is not None and not callable(image_sha256):
+            self._image_sha256 = self._checked_digests(image_sha256)
 
     @classmethod
     def from_moments(cls, moments, features=None, meta=None):
@@ -170,6 +181,27 @@ class ReferenceStats:
     @property
     def has_features(self):
         return self._features is not None
+
+    @property
+    def image_sha256(self):
+        """(N, 32) uint8: the sha256 digest of each feature row's image (see the module docstring), or None
+        (files built before it was recorded, or from arrays and iterables); read from the file on first access."""
+        if callable(self._image_sha256):
+            self._image_sha256 = self._image_sha256()
+        return self._image_sha256
+
+    @image_sha256.setter
+    def image_sha256(self, value):
+        self._image_sha256 = None if value is None else self._checked_digests(value)
+
+    def _checked_digests(self, digests):
+        """uint8 (N, 32) with one row per feature row (when the features are in memory)."""
+        rows = None
+        if self._features is not None and not callable(self._features):
+            rows = len(self._features)
+        elif self._features is None:
+            raise ValueError("image_sha256 needs features: it holds one digest per feature row")
+        return check_image_sha256(digests, rows, self.path or "the statistics")
 
     @property
     def dim(self):
@@ -271,6 +303,8 @@ def write_refstats(path, stats, features_dtype="float32", outer_sum=False):
                     _write_array(f, name, np.asarray(value, dtype=np.float64))
             if stats.features is not None:
                 _write_array(f, "features", np.asarray(stats.features, dtype=features_dtype))
+                if stats.image_sha256 is not None:  # incompressible: stored as it is
+                    f.create_dataset("image_sha256", data=np.asarray(stats.image_sha256, dtype=np.uint8))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -306,6 +340,7 @@ def _decode(value):
 
 
 _MOMENT_ARRAYS = ("mu", "sigma", "sum", "outer_sum", "sqrt_sigma")
+_ROW_ARRAYS = ("features", "image_sha256")  # one row per image; read on first access
 _READ_ERRORS = (OSError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
 
 
@@ -327,7 +362,7 @@ def _corrupt(path, error):
 
 
 def _read_moments(f, path):
-    """(meta, arrays, n, has_features) of an open file; everything is validated before it is read."""
+    """(meta, arrays, n, datasets present) of an open file; everything is validated before it is read."""
     check_layout(f, path)
     meta = read_attributes(f, path)
     _check_header(meta, path)
@@ -335,13 +370,14 @@ def _read_moments(f, path):
         raise RefStatsFormatError(f"{path} lacks the mu, sigma or n dataset; the file is incomplete, "
                                   f"fetch or build it again")
     dim = check_dim(f["mu"], path)
-    for name in ("n",) + _MOMENT_ARRAYS + ("features",):
+    for name in ("n",) + _MOMENT_ARRAYS + _ROW_ARRAYS:
         if name in f:
             check_dataset(f[name], name, dim, path)
+    check_image_sha256_rows(f, path)
     arrays = {name: f[name][()] for name in _MOMENT_ARRAYS if name in f}
     n = int(f["n"][()])
     check_count(meta, n, path)
-    return meta, arrays, n, "features" in f
+    return meta, arrays, n, {name for name in _ROW_ARRAYS if name in f}
 
 
 def read_refstats(path, lazy_features=True, full=False):
@@ -362,17 +398,19 @@ def read_refstats(path, lazy_features=True, full=False):
     path = _regular_file(path)
     try:
         with h5py.File(path, "r") as f:
-            meta, arrays, n, has_features = _read_moments(f, path)
+            meta, arrays, n, present = _read_moments(f, path)
     except RefStatsFormatError:
         raise
     except _READ_ERRORS as error:
         raise _corrupt(path, error) from error
     check_arrays(arrays, path, n)
+    has_features = "features" in present
     lazy = has_features and lazy_features and not full
     features = (lambda: _read_features(path)) if lazy else (_read_features(path) if has_features else None)
+    digests = (lambda: _read_image_sha256(path)) if "image_sha256" in present else None
     stats = ReferenceStats(arrays["mu"], arrays["sigma"], n, features=features,
                            sqrt_sigma=arrays.get("sqrt_sigma"), sum=arrays.get("sum"),
-                           outer_sum=arrays.get("outer_sum"), meta=meta, path=path)
+                           outer_sum=arrays.get("outer_sum"), meta=meta, path=path, image_sha256=digests)
     if full:
         check_full(stats, path)
     return stats
@@ -394,6 +432,22 @@ def _read_features(path):
     if not np.isfinite(features).all():
         raise RefStatsFormatError(f"{path}: features contain NaN or Inf values (check: finite); rebuild the file")
     return features.astype(np.float32, copy=False)
+
+
+def _read_image_sha256(path):
+    """The image_sha256 dataset as uint8 (N, 32), validated (dtype, shape, rows == feature rows) before reading."""
+    import h5py
+
+    try:
+        with h5py.File(_regular_file(path), "r") as f:
+            check_layout(f, path)
+            check_dataset(f["image_sha256"], "image_sha256", check_dim(f["mu"], path), path)
+            check_image_sha256_rows(f, path)
+            return f["image_sha256"][()]
+    except RefStatsFormatError:
+        raise
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
 
 
 def _check_header(meta, path):

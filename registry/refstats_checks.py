@@ -10,8 +10,9 @@ that give a wrong FID. The checks, in the order the reader runs them:
    name requires (``format_version``, ``version``, ``num_samples`` integers, ``resolution`` an integer or
    a string, the rest of :data:`STRING_ATTRIBUTES` strings);
 3. each dataset before it is read (:func:`check_dataset`): its dtype, its shape against D (from ``mu``)
-   and :data:`MAX_DIM`, and its storage: a contiguous dataset must be fully written, a chunked one must
-   hold at least 1/:data:`MAX_COMPRESSION_RATIO` of its declared bytes (a 16 KB file cannot declare
+   and :data:`MAX_DIM` (``image_sha256``: uint8 (N, 32), one row per ``features`` row,
+   :func:`check_image_sha256_rows`), and its storage: a contiguous dataset must be fully written, a chunked
+   one must hold at least 1/:data:`MAX_COMPRESSION_RATIO` of its declared bytes (a 16 KB file cannot declare
    gigabytes of zeros or unwritten chunks);
 4. values, on every read (:func:`check_arrays`, O(D^2), no D x D temporaries but one: ~0.05-0.15 s at
    D = 2048, about as long as reading the moments): finite and at most 1e100 in magnitude; sigma, outer_sum
@@ -41,13 +42,15 @@ import numpy as np
 
 __all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "MAX_MAGNITUDE",
            "STRING_ATTRIBUTES", "INT_ATTRIBUTES", "check_layout", "read_attributes", "check_dataset", "check_dim",
-           "check_arrays", "check_count", "check_psd", "check_full"]
+           "check_arrays", "check_count", "check_psd", "check_full", "check_image_sha256", "check_image_sha256_rows",
+           "DIGEST_SIZE"]
 
 MAX_DIM = 16384  # feature dimension: sigma then takes 2 GiB
 MAX_FEATURE_BYTES = 64 << 30  # stored features, uncompressed (ImageNet train at D=2048, float32: 10.5 GB)
 MAX_COMPRESSION_RATIO = 64  # float features compress ~1.1x; a higher ratio is zeros or a bomb
 MAX_COUNT = 1 << 53  # n and num_samples: whole numbers a float64 represents exactly
 MAX_MAGNITUDE = 1e100  # any stored value; products of two values and sums over n stay finite in float64
+DIGEST_SIZE = 32  # bytes of one sha256 digest: a row of the image_sha256 dataset
 STRING_ATTRIBUTES = ("format", "dataset", "split", "mode", "feature_extractor", "feature_layer", "weights_sha256",
                      "created_at", "created_by", "source")
 INT_ATTRIBUTES = ("format_version", "version", "num_samples")
@@ -144,6 +147,8 @@ def _expected_shape(name, dset, dim):
         return (dim,)
     if name == "features":
         return (dset.shape[0] if len(dset.shape) == 2 else -1, dim)
+    if name == "image_sha256":
+        return (dset.shape[0] if len(dset.shape) == 2 else -1, DIGEST_SIZE)
     return (dim, dim)
 
 
@@ -157,14 +162,17 @@ def check_dataset(dset, name, dim, where):
     if name == "features":
         if dset.dtype.kind != "f" or dset.dtype.itemsize not in (2, 4, 8):
             _fail(where, "dtypes", f"features have dtype {dset.dtype}, expected float16/32/64")
+    elif name == "image_sha256":
+        if dset.dtype != np.uint8:
+            _fail(where, "dtypes", f"image_sha256 has dtype {dset.dtype}, expected uint8 (one sha256 digest per row)")
     elif dset.dtype != np.float64:
         _fail(where, "dtypes", f"{name} has dtype {dset.dtype}, format v1 requires float64")
     if shape != _expected_shape(name, dset, dim):
         _fail(where, "shapes", f"{name} has shape {shape}, expected {_expected_shape(name, dset, dim)} (D={dim} from "
                                f"mu); the file is corrupt or mixes statistics of different features")
     nbytes = int(np.prod(shape, dtype=np.float64)) * dset.dtype.itemsize
-    if name == "features" and nbytes > MAX_FEATURE_BYTES:
-        _fail(where, "shapes", f"features declare {shape} ({nbytes / 2 ** 30:.1f} GiB), over the "
+    if name in ("features", "image_sha256") and nbytes > MAX_FEATURE_BYTES:
+        _fail(where, "shapes", f"{name} declare {shape} ({nbytes / 2 ** 30:.1f} GiB), over the "
                                f"{MAX_FEATURE_BYTES >> 30} GiB limit")
     _check_storage(dset, name, nbytes, where)
 
@@ -177,6 +185,29 @@ def _check_storage(dset, name, nbytes, where):
     if dset.chunks is not None and stored * MAX_COMPRESSION_RATIO < nbytes:
         _fail(where, "storage", f"{name} declares {nbytes} bytes but stores {stored} (more than "
                                 f"{MAX_COMPRESSION_RATIO}x compression: a decompression bomb or unwritten data)")
+
+
+def check_image_sha256_rows(f, where):
+    """An ``image_sha256`` dataset comes with ``features`` and has one row per feature row (before reading)."""
+    if "image_sha256" not in f:
+        return
+    if "features" not in f:
+        _fail(where, "shapes", "image_sha256 is stored without features (it holds one digest per feature row)")
+    rows, expected = f["image_sha256"].shape[0], f["features"].shape[0]
+    if rows != expected:
+        _fail(where, "shapes", f"image_sha256 has {rows} rows but features have {expected}; each feature row needs "
+                               f"the digest of its image")
+
+
+def check_image_sha256(digests, rows, where):
+    """In-memory ``image_sha256``: uint8 (rows, 32) (`rows`: the features' row count, None when unknown)."""
+    digests = np.asarray(digests)
+    if digests.dtype != np.uint8 or digests.ndim != 2 or digests.shape[1] != DIGEST_SIZE:
+        _fail(where, "dtypes", f"image_sha256 is {digests.dtype} {digests.shape}, expected uint8 (N, {DIGEST_SIZE})")
+    if rows is not None and digests.shape[0] != rows:
+        _fail(where, "shapes", f"image_sha256 has {digests.shape[0]} rows but features have {rows}; each feature "
+                               f"row needs the digest of its image")
+    return digests
 
 
 def check_dim(dset, where):

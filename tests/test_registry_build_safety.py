@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -243,3 +244,43 @@ def test_an_iterable_in_another_value_range_is_normalised_once(tmp_path):
     from_batches = registry.build((x[i:i + 3] for i in range(0, 8, 3)), str(tmp_path / "b.h5"), model=_PoolFeatures(),
                                   value_range=(-1, 1), progress=False, checkpoint_every=4)
     np.testing.assert_array_equal(from_batches.mu, from_array.mu)
+
+
+# ---------------------------------------------------------------- per-image digests (issue 19, item 1)
+
+
+def _file_digests(folder):
+    """sha256 of each image file's bytes, in the build's (sorted) order, as (n, 32) uint8."""
+    import hashlib
+
+    rows = [hashlib.sha256(open(os.path.join(folder, name), "rb").read()).digest() for name in sorted(os.listdir(folder))]
+    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), 32)
+
+
+def test_a_build_records_the_digest_of_each_feature_rows_image(folder, images, tmp_path):
+    """Folders and zips: the file's bytes, one row per feature row, through interruptions, shards and merges; a
+    checkpoint whose digests are missing is not resumed; arrays and builds without features record none."""
+    expected = _file_digests(folder)
+    np.testing.assert_array_equal(read_refstats(_build(folder, tmp_path / "full.h5").path).image_sha256, expected)
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in sorted(os.listdir(folder)):
+            z.write(os.path.join(folder, name), name)
+    np.testing.assert_array_equal(_build(str(archive), tmp_path / "zip.h5").image_sha256, expected)
+
+    out = tmp_path / "resumed.h5"
+    _interrupted(folder, out)
+    np.testing.assert_array_equal(_build(folder, out).image_sha256, expected)
+    _interrupted(folder, out)
+    os.remove(f"{out}.ckpt.sha256")  # e.g. a checkpoint left by a version that recorded no digests
+    with pytest.warns(UserWarning, match=r"resumed.h5.ckpt.sha256 is missing or short; starting the build over"):
+        np.testing.assert_array_equal(_build(folder, out).image_sha256, expected)
+    assert not [name for name in os.listdir(tmp_path) if ".ckpt" in name]
+
+    shards = [str(_build(folder, tmp_path / f"s{i}.h5", shard=(i, 2)).path) for i in range(2)]
+    np.testing.assert_array_equal(read_refstats(shards[1]).image_sha256, expected[N_IMAGES // 2:])
+    np.testing.assert_array_equal(registry.merge(shards, str(tmp_path / "m.h5")).image_sha256, expected)
+
+    assert _build(images, tmp_path / "array.h5").image_sha256 is None
+    assert registry.build(folder, str(tmp_path / "plain.h5"), model=_PoolFeatures(), progress=False).image_sha256 \
+        is None

@@ -234,6 +234,47 @@ def test_features_that_are_not_the_moments_fail_verify(valid, capsys):
     _verify_fails(valid, "features", capsys)
 
 
+# ---------------------------------------------------------------- per-image digests (issue 19, item 1)
+
+
+def _digests(rows=40):
+    return (np.arange(rows * 32) % 251).astype(np.uint8).reshape(rows, 32)
+
+
+def test_image_digests_are_read_on_first_use_and_kept_by_the_writer(valid, tmp_path):
+    assert read_refstats(valid).image_sha256 is None  # files written before they were recorded
+    _edit(valid, lambda f: f.create_dataset("image_sha256", data=_digests()))
+    stats = read_refstats(valid, full=True)
+    np.testing.assert_array_equal(stats.image_sha256, _digests())
+    copy = read_refstats(write_refstats(tmp_path / "copy.h5", stats))
+    np.testing.assert_array_equal(copy.image_sha256, _digests())
+    with pytest.raises(ValueError, match="image_sha256 needs features"):
+        ReferenceStats(stats.mu, stats.sigma, stats.n, image_sha256=_digests())
+    with pytest.raises(RefStatsFormatError, match="image_sha256 has 39 rows but features have 40"):
+        ReferenceStats(stats.mu, stats.sigma, stats.n, features=stats.features, image_sha256=_digests(39))
+
+
+@pytest.mark.parametrize("data, check, words", [
+    (_digests().astype(np.float32), "dtypes", "image_sha256 has dtype float32"),
+    (_digests(39), "shapes", "image_sha256 has 39 rows but features have 40"),
+    (np.zeros((40, 16), np.uint8), "shapes", "image_sha256 has shape (40, 16), expected (40, 32)"),
+    (np.zeros((40,), np.uint8), "shapes", "image_sha256 has shape (40,)"),
+])
+def test_crafted_image_digests_are_refused_before_they_are_read(valid, data, check, words, capsys):
+    _edit(valid, lambda f: f.create_dataset("image_sha256", data=data))
+    assert words in _refused(valid, check)
+    _verify_fails(valid, check, capsys)
+
+
+def test_image_digests_without_features_or_declaring_too_much_are_refused(valid, tmp_path):
+    _edit(valid, lambda f: (f.__delitem__("features"), f.create_dataset("image_sha256", data=_digests())))
+    assert "image_sha256 is stored without features" in _refused(valid, "shapes")
+    bomb = write_refstats(tmp_path / "bomb.h5", ReferenceStats.from_moments(
+        GaussianMoments.from_features(_features()), features=_features(), meta=META))
+    _edit(bomb, lambda f: f.create_dataset("image_sha256", shape=(40, 32), dtype="u1", chunks=(40, 32)))
+    assert "more than 64x compression" in _refused(bomb, "storage")  # declared, never written
+
+
 def test_a_fifo_named_like_a_statistics_file_is_refused(tmp_path):
     fifo = tmp_path / "stats.h5"
     os.mkfifo(fifo)
