@@ -23,7 +23,7 @@ def run_replay(args):
     """Replay; exit 0 when everything was delivered, 1 while something stays spooled (server down: run it
     again later), 2 when operations the server rejected for good sit in ``failed/`` (read the reasons,
     then delete or fix those files)."""
-    from .spool import get_sender, replay
+    from .spool import get_sender, redact_uri, replay
 
     left = replay(args.tracking_uri)
     if not left:
@@ -32,9 +32,11 @@ def run_replay(args):
     status = 0
     for uri, count in left.items():
         sender = get_sender(uri)
+        uri = redact_uri(uri)  # credentials in a tracking URI are never printed
         if count:
-            print(f"{uri}: {count} operation(s) still spooled in {sender.directory}: the server did not answer "
-                  f"({sender.last_error}); run `genmetrics replay` again when it is back")
+            print(f"{uri}: {count} operation(s) still spooled in {sender.directory}: not delivered "
+                  f"({sender.last_error}); run `genmetrics replay` again when the server is back"
+                  f"{sender.credentials_hint()}")
             status = 1
         failed = sender.failed()
         if failed:

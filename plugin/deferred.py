@@ -114,13 +114,13 @@ def _require_empty_spool(client):
     A step is scored only against a fully delivered run: spooled metrics would be invisible to the
     "already logged?" check and could otherwise be logged a second time.
     """
-    from .spool import replay
+    from .spool import redact_uri, replay
 
     left = replay(client.tracking_uri).get(client.tracking_uri, 0)
     if left:
         raise TrackingUnavailableError(
-            f"{left} genmetrics write(s) to {client.tracking_uri} are still spooled (the tracking server is "
-            "unavailable); scoring resumes, without duplicates, once they are delivered"
+            f"{left} genmetrics write(s) to {redact_uri(client.tracking_uri)} are still spooled (the tracking "
+            "server is unavailable); scoring resumes, without duplicates, once they are delivered"
         )
 
 

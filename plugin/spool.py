@@ -7,15 +7,26 @@ Ctrl-C left unscored) is an *operation*: a JSON-able dict (``op`` is ``log_batch
 accepts connections and never answers: MLflow's own retries are switched off during our requests and
 its request timeout is set to what is left (`mlflow_http_limits`; the user's MLFLOW_HTTP_REQUEST_*
 values are restored afterwards). When the server is down (`server_down`: a connection error, a timeout,
-an HTTP 5xx) it writes the operation to the spool directory
+an HTTP 5xx or 401) it writes the operation to the spool directory
 
-    $GENMETRICS_HOME/spool/<sha256(tracking uri)[:16]>/<sequence>-<id>.json   (+ <id>.png for images)
+    $GENMETRICS_HOME/spool/<sha256(redact_uri(tracking uri))[:16]>/<sequence>-<id>.json   (+ <id>.png for images)
 
 one file per operation, written atomically (temporary file, fsync, rename, fsync of the directory),
 with ``uri.txt`` naming the tracking URI. Spooled operations are replayed in order, automatically
 (before every new submit, and every few seconds by a daemon thread while the spool is not empty) and
 by ``genmetrics replay``. A failing tracking server never raises into the caller: `submit` returns
 False and logs a warning.
+
+Credentials and TLS. Every request of ours to the tracking server (the /health probe) goes through
+MLflow's own `http_request` with the host credentials MLflow would use (`get_default_host_creds`), so
+MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_CLIENT_CERT_PATH and
+MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN apply to it as to MLflow's client; an untrusted certificate
+spools the write with a warning that names the setting. A ``user:password@`` part of the tracking URI
+is never printed nor stored: messages, ``uri.txt``, ``failed/`` reasons and the spool folder's hash use
+the URI without it (`redact_uri`), so a later ``genmetrics replay`` takes the credentials from MLflow's
+settings (or from a ``--tracking-uri`` that holds them); until it has them, the server's 401 keeps the
+writes spooled. Everything under the spool is private to the user: folders 0700, files (lock files
+included) 0600, whatever the umask.
 
 Exactly once. An operation file is deleted only after the server accepted the operation. The gap
 between "accepted" and "deleted" (a crash, or a lost HTTP response: the server may have stored a
@@ -46,15 +57,17 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "server_down", "mlflow_http_limits",
-           "Sender", "get_sender", "replay"]
+__all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "redact_uri", "server_down",
+           "mlflow_http_limits", "Sender", "get_sender", "replay"]
 
 logger = logging.getLogger("genmetrics")
 
@@ -98,7 +111,36 @@ def spool_root():
 
 
 def spool_dir(tracking_uri):
-    return os.path.join(spool_root(), hashlib.sha256(tracking_uri.encode()).hexdigest()[:16])
+    """The spool folder of a tracking URI; the same with or without credentials in the URI."""
+    return os.path.join(spool_root(), hashlib.sha256(redact_uri(tracking_uri).encode()).hexdigest()[:16])
+
+
+def redact_uri(uri):
+    """`uri` without the ``user:password@`` part of its authority: the form we print and store."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"]+@")
+
+
+def _scrub(text):
+    """`text` with the ``user:password@`` part removed from every URL in it (MLflow's errors quote the URL)."""
+    return _URL_CREDENTIALS.sub(r"\1", str(text))
+
+
+def _private_dir(path):
+    """Create `path` (and missing parents) if needed; `path` itself ends up 0700 whatever the umask."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def _private_file(path):
+    """A new file at `path`, opened for binary writing, created 0600 (the umask can only remove bits)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def _causes(exc):
@@ -110,10 +152,20 @@ def _causes(exc):
     return seen
 
 
+def _http_status(exc):
+    """The HTTP status of a tracking server's answer that `exc` reports (MLflow's RestException or its
+    "failed with error code N" error), else None."""
+    status = getattr(exc, "get_http_status_code", None)
+    answered = type(exc).__name__ == "RestException" or "failed with error code" in str(exc)
+    return status() if status is not None and answered else None
+
+
 def server_down(exc):
-    """True when `exc` means the tracking server did not answer: a connection error, a timeout, or an
-    HTTP 5xx/429 answer. Everything else (an invalid key or value rejected by MLflow's client, a 4xx
-    such as INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST, a deleted run) is permanent."""
+    """True when `exc` means the write cannot get through now: a connection error (a TLS certificate that
+    is not trusted included), a timeout, an HTTP 5xx/429 answer, or 401 (credentials missing or wrong:
+    the write waits in the spool until they are right). Everything else (an invalid key or value rejected
+    by MLflow's client, a 4xx such as INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST, a deleted run)
+    is permanent."""
     import requests
 
     network = (TrackingUnavailable, requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
@@ -121,11 +173,24 @@ def server_down(exc):
     for cause in _causes(exc):
         if isinstance(cause, network):
             return True
-        status = getattr(cause, "get_http_status_code", None)
-        answered = type(cause).__name__ == "RestException" or "failed with error code" in str(cause)
-        if status is not None and answered and status() >= 500:
+        status = _http_status(cause)
+        if status is not None and (status >= 500 or status == 401):
             return True
     return False
+
+
+def _advice(exc):
+    """What the user can do about `exc` when it is a TLS verification failure or a 401, else ''."""
+    import requests
+
+    for cause in _causes(exc):
+        if isinstance(cause, requests.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(cause):
+            return ("; the server's TLS certificate is not trusted: set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA "
+                    "bundle that signed it (or MLFLOW_TRACKING_INSECURE_TLS=true to skip the check)")
+        if _http_status(cause) == 401:
+            return ("; the server refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    return ""
 
 
 _http_limits_lock = threading.Lock()
@@ -175,8 +240,9 @@ def _fsync_dir(path):
 
 
 def _write_atomic(path, data):
+    """Write `data` to `path` (0600) through a temporary file, fsync and rename."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
+    with _private_file(tmp) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -193,10 +259,15 @@ def _image_artifact_prefixes(key, step, timestamp):
     return [f"{sanitized}{sep}step{sep}{step}{sep}timestamp{sep}{timestamp}{sep}" for sep in ("+", "%")]
 
 
+def _first_line(exc):
+    """The first line of `exc`'s message (MLflow's messages can span many lines), without URL credentials."""
+    text = _scrub(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
 def _one_line(exc):
-    """`Type: first line of the message` (MLflow's messages can span many lines)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    """`Type: first line of the message`, and what to do about a TLS or 401 failure."""
+    return f"{type(exc).__name__}: {_first_line(exc)}"[:500] + _advice(exc)
 
 
 def _attachments(op):
@@ -213,6 +284,7 @@ class Sender:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
+        self.display_uri = redact_uri(tracking_uri)
         self.client = client or MlflowClient(tracking_uri=tracking_uri)
         self.policy = policy or RetryPolicy.from_env()
         self.directory = spool_dir(tracking_uri)
@@ -279,7 +351,7 @@ class Sender:
             if not paths:
                 return True
             try:
-                lock = FileLock(os.path.join(self.directory, "replay.lock"))
+                lock = FileLock(os.path.join(self.directory, "replay.lock"), mode=0o600)
                 lock.acquire(timeout=wait)
             except Timeout:  # another process is replaying this spool
                 return False
@@ -290,25 +362,31 @@ class Sender:
 
     # ---- execution -----------------------------------------------------------------------------
     def _probe(self, deadline):
-        """Fail fast when an http(s) tracking server does not answer (MLflow's own retries take minutes)."""
+        """Fail fast when an http(s) tracking server does not answer (MLflow's own retries take minutes).
+
+        The request goes through MLflow's `http_request` with MLflow's host credentials, so its TLS
+        settings (CA bundle, insecure mode, client certificate) and auth apply; no retries of its own.
+        """
         if not self.tracking_uri.startswith(("http://", "https://")):
             return
-        import requests
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
 
         timeout = max(0.1, min(self.policy.probe_timeout, deadline - time.monotonic()))
         try:
-            response = requests.get(self.tracking_uri.rstrip("/") + "/health", timeout=timeout)
-        except requests.RequestException as exc:
-            raise TrackingUnavailable(f"{self.tracking_uri} is unreachable: {exc}") from exc
+            response = http_request(get_default_host_creds(self.tracking_uri), "/health", "GET", max_retries=0,
+                                    timeout=timeout, raise_on_status=False)
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps network errors in MlflowException
+            raise TrackingUnavailable(f"{self.display_uri} is unreachable: {_first_line(exc)}") from exc
         if response.status_code >= 500:
-            raise TrackingUnavailable(f"{self.tracking_uri}/health answered {response.status_code}")
+            raise TrackingUnavailable(f"{self.display_uri}/health answered {response.status_code}")
 
     def _call(self, name, *args, **kwargs):
         """``self.client.<name>(...)`` with MLflow's own retries off and a request timeout that ends by the
         deadline of the current operation (TrackingUnavailable once it has passed)."""
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise TrackingUnavailable(f"{self.tracking_uri} did not answer within {self.policy.timeout:g} s "
+            raise TrackingUnavailable(f"{self.display_uri} did not answer within {self.policy.timeout:g} s "
                                       f"(GENMETRICS_LOG_TIMEOUT)")
         _set_request_timeout(left)
         return getattr(self.client, name)(*args, **kwargs)
@@ -427,27 +505,40 @@ class Sender:
 
         op = {"op": "log_samples", "run_id": run_id, "step": int(step), "id": uuid.uuid4().hex}
         op["npz"] = f"{op['id']}.npz"
-        os.makedirs(self.directory, exist_ok=True)
+        self._prepare(self.directory)
         tmp = os.path.join(self.directory, op["npz"] + ".tmp")
+        _private_file(tmp).close()  # write_samples_file truncates it and keeps its mode
         write_samples_file(tmp, samples, targets)
         os.replace(tmp, os.path.join(self.directory, op["npz"]))
         self._spool(op, None)
         return op
 
+    def _prepare(self, folder):
+        """Create the spool root, the spool and `folder` private (0700), and ``uri.txt`` without credentials
+        (rewritten when an older version stored them)."""
+        for path in dict.fromkeys([spool_root(), self.directory, folder]):
+            _private_dir(path)
+        uri_file = os.path.join(self.directory, "uri.txt")
+        try:
+            with open(uri_file, encoding="utf-8") as f:
+                stored = f.read()
+        except FileNotFoundError:
+            stored = None
+        if stored != self.display_uri:
+            _write_atomic(uri_file, self.display_uri.encode())
+
     def _write_op(self, folder, op, image):
         """Write `op` as ``<time>-<seq>-<id>.json`` (and `image` as ``<id>.png``) into `folder`; returns its path."""
-        os.makedirs(folder, exist_ok=True)
-        uri_file = os.path.join(self.directory, "uri.txt")
-        if not os.path.exists(uri_file):
-            _write_atomic(uri_file, self.tracking_uri.encode())
+        self._prepare(folder)
         if image is not None:
             from PIL import Image
 
             op = dict(op, png=f"{op['id']}.png")
             png_path = os.path.join(folder, op["png"])
             tmp = f"{png_path}.tmp.png"
-            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
-            with open(tmp, "rb") as f:
+            with _private_file(tmp) as f:
+                Image.fromarray(np.asarray(image, dtype=np.uint8)).save(f, format="PNG")
+                f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, png_path)
         path = os.path.join(folder, f"{time.time_ns():020d}-{next(self._sequence):06d}-{op['id']}.json")
@@ -515,12 +606,12 @@ class Sender:
                     pass
             sent += 1
         if sent:
-            logger.warning("genmetrics: replayed %d spooled operation(s) to %s", sent, self.tracking_uri)
+            logger.warning("genmetrics: replayed %d spooled operation(s) to %s", sent, self.display_uri)
         self._mark_up()
         return True
 
     def _move_failed(self, path, op, error):
-        os.makedirs(self.failed_dir, exist_ok=True)
+        self._prepare(self.failed_dir)
         target = os.path.join(self.failed_dir, os.path.basename(path))
         _write_atomic(target + ".error.txt", error.encode())
         os.replace(path, target)
@@ -539,7 +630,7 @@ class Sender:
         if not self._down:
             logger.warning(
                 "genmetrics: cannot log to %s (%s); spooling to %s and replaying when it is back "
-                "(or run `genmetrics replay`)", self.tracking_uri, error, self.directory)
+                "(or run `genmetrics replay`)", self.display_uri, self.last_error, self.directory)
         self._down = True
 
     def _mark_up(self):
@@ -563,7 +654,7 @@ class Sender:
             try:
                 self.replay()
             except Exception as exc:  # noqa: BLE001 - the daemon must survive anything
-                logger.warning("genmetrics: background replay failed: %s", exc)
+                logger.warning("genmetrics: background replay failed: %s", _scrub(exc))
 
     def close(self):
         """Stop the replay daemon after one last replay attempt; warn about what stays spooled."""
@@ -571,11 +662,19 @@ class Sender:
         try:
             self.replay()
         except Exception as exc:  # noqa: BLE001
-            logger.warning("genmetrics: final replay failed: %s", exc)
+            logger.warning("genmetrics: final replay failed: %s", _scrub(exc))
         left = len(self.pending())
         if left:
             logger.warning("genmetrics: %d operation(s) remain spooled in %s; run `genmetrics replay "
-                           "--tracking-uri %s` when the server is back", left, self.directory, self.tracking_uri)
+                           "--tracking-uri %s` when the server is back%s", left, self.directory, self.display_uri,
+                           self.credentials_hint())
+
+    def credentials_hint(self):
+        """How a later replay gets the credentials that were in the tracking URI ('' when there were none)."""
+        if self.display_uri == self.tracking_uri:
+            return ""
+        return (" (the credentials in the tracking URI are not stored: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD, or give them in --tracking-uri)")
 
 
 _senders = {}
@@ -601,18 +700,35 @@ def _close_senders():
 getattr(threading, "_register_atexit", atexit.register)(_close_senders)
 
 
+def _stored_uris():
+    """The tracking URI of every spool under `spool_root`, from its ``uri.txt``.
+
+    A spool that an older version kept under the hash of a URI with credentials (and whose ``uri.txt``
+    holds them) moves to its current folder, where ``uri.txt`` is rewritten without them.
+    """
+    uris = []
+    root = spool_root()
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        folder, uri_file = os.path.join(root, name), os.path.join(root, name, "uri.txt")
+        if not os.path.isfile(uri_file):
+            continue
+        with open(uri_file, encoding="utf-8") as f:
+            uri = f.read().strip()
+        target = spool_dir(uri)
+        if folder != target and not os.path.exists(target):
+            os.replace(folder, target)
+            _private_dir(target)
+            _write_atomic(os.path.join(target, "uri.txt"), redact_uri(uri).encode())
+        uris.append(uri)
+    return list(dict.fromkeys(uris))
+
+
 def replay(tracking_uri=None):
-    """Replay spooled operations (of one tracking URI, or of every spool) -> {uri: operations left}."""
-    if tracking_uri is not None:
-        uris = [tracking_uri]
-    else:
-        uris = []
-        root = spool_root()
-        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            uri_file = os.path.join(root, name, "uri.txt")
-            if os.path.isfile(uri_file):
-                with open(uri_file) as f:
-                    uris.append(f.read().strip())
+    """Replay spooled operations (of one tracking URI, or of every spool) -> {uri: operations left}.
+
+    The keys are the URIs as given (or as stored, without credentials); print them with `redact_uri`.
+    """
+    uris = [tracking_uri] if tracking_uri is not None else _stored_uris()
     left = {}
     for uri in uris:
         sender = get_sender(uri)

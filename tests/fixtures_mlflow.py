@@ -3,6 +3,11 @@
 The server runs in its own process session so that stopping it kills the whole group (gunicorn/uvicorn
 leave children otherwise). `stop()` and `start()` reuse the same port and store, so a test can take the
 tracking server down mid-training and bring it back.
+
+`mlflow_tls_proxy` puts HTTPS with a self-signed CA in front of that server (its ``ca`` holds the PEM
+files, ``ca.ca_path`` is what a client trusts); `mlflow_auth_proxy` puts plain HTTP that requires Basic
+credentials ``user``/``secret`` in front of it, and can be stopped and started again on its port (see
+fixtures_tls.py).
 """
 import os
 import signal
@@ -14,7 +19,7 @@ import time
 import pytest
 import requests
 
-__all__ = ["mlflow_server", "MlflowServer"]
+__all__ = ["mlflow_server", "MlflowServer", "mlflow_tls_proxy", "mlflow_auth_proxy"]
 
 
 def _free_port():
@@ -88,3 +93,27 @@ def mlflow_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_tls_proxy(mlflow_server, tmp_path_factory):
+    """https://127.0.0.1:<port> in front of `mlflow_server`; its certificate is signed by ``proxy.ca``."""
+    from fixtures_tls import ForwardingProxy, make_loopback_ca
+
+    ca = make_loopback_ca(tmp_path_factory.mktemp("tls"))
+    proxy = ForwardingProxy(mlflow_server.uri, tls=ca)
+    proxy.ca = ca
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def mlflow_auth_proxy(mlflow_server):
+    """http://127.0.0.1:<port> in front of `mlflow_server` that answers 401 without Basic ``user``/``secret``."""
+    from fixtures_tls import ForwardingProxy
+
+    proxy = ForwardingProxy(mlflow_server.uri, credentials=("user", "secret"))
+    proxy.start()
+    yield proxy
+    proxy.stop()

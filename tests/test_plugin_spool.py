@@ -193,6 +193,8 @@ def test_server_down_is_only_network_errors_timeouts_and_5xx():
     assert spool.server_down(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
     assert not spool.server_down(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad key"}))
     assert not spool.server_down(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}))
+    assert spool.server_down(RestException({"error_code": "UNAUTHENTICATED", "message": "who?"}))  # kept spooled
+    assert not spool.server_down(RestException({"error_code": "PERMISSION_DENIED", "message": "not yours"}))
     assert not spool.server_down(ValueError("Value out of range: 1180591620717411303424"))
 
 
@@ -299,3 +301,144 @@ def test_two_ctrl_c_during_flush_spool_the_unfinished_steps(tmp_path, genmetrics
         local = client.download_artifacts(run_id, path, str(tmp_path))
         samples, _ = read_samples_file(local)
         assert samples.shape == (8, 32, 32, 3)
+
+
+# ---------------------------------------------------------------- TLS and credentials (issue 19, items 2 and 5)
+
+_TLS_AND_AUTH_ENV = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS",
+                     "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                     "MLFLOW_TRACKING_TOKEN")
+
+
+@pytest.fixture
+def quick_sender_env(monkeypatch):
+    """One try per write, no background replay during the test, and none of MLflow's TLS/auth settings."""
+    monkeypatch.setenv("GENMETRICS_LOG_TRIES", "1")
+    monkeypatch.setenv("GENMETRICS_REPLAY_INTERVAL", "600")
+    for name in _TLS_AND_AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _log_tiny(client, run_id, reference, step, log_grid=False):
+    """log_gen_metrics of 8 tiny images (FID only) to `run_id` through `client`."""
+    from fixtures_plugin_scoring import TinyExtractor, tiny_images
+
+    from genmetrics.plugin import log_gen_metrics
+
+    return log_gen_metrics(tiny_images(8, seed=step), reference=reference, step=step, metrics=("fid",),
+                           model=TinyExtractor(), client=client, run_id=run_id, log_grid=log_grid)
+
+
+def _fid_steps(uri, run_id):
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "gen/fid"))
+
+
+@pytest.mark.parametrize("trust", ["server_cert_path", "insecure_tls"])
+def test_https_server_with_a_private_ca_gets_every_write_and_every_replay(
+        trust, mlflow_tls_proxy, mlflow_server, run_id, genmetrics_home, quick_sender_env, tiny_reference_path,
+        monkeypatch):
+    if trust == "server_cert_path":
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", mlflow_tls_proxy.ca.ca_path)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    uri = mlflow_tls_proxy.url
+    _log_tiny(MlflowClient(uri), run_id, tiny_reference_path, step=1, log_grid=trust == "server_cert_path")
+    sender = spool.get_sender(uri)
+    assert sender.pending() == [] and sender.failed() == [], sender.last_error
+    assert _fid_steps(mlflow_server.uri, run_id) == [1]
+    if trust == "server_cert_path":
+        images = MlflowClient(mlflow_server.uri).list_artifacts(run_id, "images")
+        assert len([a for a in images if a.path.endswith(".png")]) == 1
+    sender._spool(dict(_batch(run_id, 2, 1.0, 2000), id="f" * 32), None)  # as if spooled while the server was down
+    assert cli_main(["replay", "--tracking-uri", uri]) == 0
+    assert _fid_steps(mlflow_server.uri, run_id) == [1, 2]
+
+
+def test_https_server_with_an_untrusted_certificate_spools_says_why_and_replays_once_trusted(
+        mlflow_tls_proxy, mlflow_server, run_id, genmetrics_home, quick_sender_env, tiny_reference_path,
+        monkeypatch, caplog, capsys):
+    uri = mlflow_tls_proxy.url
+    _log_tiny(MlflowClient(uri), run_id, tiny_reference_path, step=1)
+    sender = spool.get_sender(uri)
+    assert len(sender.pending()) == 2  # metrics + params, kept
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text and "MLFLOW_TRACKING_SERVER_CERT_PATH" in caplog.text
+    assert cli_main(["replay", "--tracking-uri", uri]) == 1
+    out = capsys.readouterr().out
+    assert "2 operation(s) still spooled" in out and "MLFLOW_TRACKING_SERVER_CERT_PATH" in out, out
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", mlflow_tls_proxy.ca.ca_path)
+    assert cli_main(["replay", "--tracking-uri", uri]) == 0
+    assert _fid_steps(mlflow_server.uri, run_id) == [1]
+    assert "gen/num_samples" in MlflowClient(mlflow_server.uri).get_run(run_id).data.params
+
+
+def test_watch_scores_through_an_https_server_with_a_private_ca(mlflow_tls_proxy, mlflow_server, genmetrics_home,
+                                                                quick_sender_env, tiny_reference_path, monkeypatch):
+    """watch replays the spool before scoring: with the CA configured it goes through instead of stalling."""
+    from fixtures_plugin_scoring import TinyExtractor, tiny_images
+
+    from genmetrics.plugin import log_gen_samples, watch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", mlflow_tls_proxy.ca.ca_path)
+    client = MlflowClient(mlflow_tls_proxy.url)
+    experiment = f"tls-watch-{time.time_ns()}"
+    run = client.create_run(client.create_experiment(experiment)).info.run_id
+    log_gen_samples(tiny_images(8, seed=5), step=0, run_id=run, client=client)
+    spool.get_sender(mlflow_tls_proxy.url)._spool(dict(_batch(run, 9, 1.0, 3000), id="9" * 32), None)
+    scored = watch(experiment, tiny_reference_path, metrics=["fid"], max_iterations=1, client=client,
+                   model=TinyExtractor())
+    assert scored == [(run, 0)]
+    assert _fid_steps(mlflow_server.uri, run) == [0, 9]
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _spool_tree(root):
+    """Every folder and file under `root`, `root` included."""
+    paths = [str(root)]
+    for folder, dirs, files in os.walk(root):
+        paths += [os.path.join(folder, name) for name in dirs + files]
+    return paths
+
+
+def test_credentials_in_the_tracking_uri_are_never_printed_or_stored(
+        mlflow_auth_proxy, mlflow_server, run_id, genmetrics_home, quick_sender_env, tiny_reference_path,
+        monkeypatch, umask_022, caplog, capsys):
+    import warnings
+
+    plain_uri = mlflow_auth_proxy.url
+    secret_uri = plain_uri.replace("http://", "http://user:secret@")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not spool.get_sender(secret_uri).submit(_batch("0" * 32, 0, 1.0, 1))  # rejected: kept in failed/
+        mlflow_auth_proxy.stop()
+        try:
+            _log_tiny(MlflowClient(secret_uri), run_id, tiny_reference_path, step=1)
+            sender = spool.get_sender(secret_uri)
+            assert len(sender.pending()) == 2
+            sender.close()  # the hint for later
+            assert cli_main(["replay", "--tracking-uri", secret_uri]) == 1
+            assert cli_main(["replay"]) == 1
+        finally:
+            mlflow_auth_proxy.start()
+        assert cli_main(["replay"]) == 1  # the spool does not hold the credentials: 401, and nothing is lost
+        assert len(sender.pending()) == 2 and len(sender.failed()) == 1
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+        assert cli_main(["replay"]) == 2  # delivered; the rejected write stays listed
+    assert _fid_steps(mlflow_server.uri, run_id) == [1]
+    out = capsys.readouterr()
+    shown = "\n".join([caplog.text, out.out, out.err] + [str(w.message) for w in caught])
+    assert f"genmetrics replay --tracking-uri {plain_uri}" in shown and "MLFLOW_TRACKING_PASSWORD" in shown, shown
+    assert "secret" not in shown and "user:" not in shown, shown
+    tree = _spool_tree(genmetrics_home / "spool")
+    assert any(p.endswith("replay.lock") for p in tree) and any(p.endswith(".error.txt") for p in tree), tree
+    for path in tree:
+        assert os.stat(path).st_mode & 0o077 == 0, (path, oct(os.stat(path).st_mode))
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                assert b"secret" not in f.read(), path
