@@ -161,7 +161,10 @@ def verified_references(ref, rows, location):
     rows = sorted({int(r) for r in rows})
     if location is None:
         return {}, {}, NOT_NAMED
-    digests = ref.image_sha256
+    try:
+        digests = ref.image_sha256
+    except ValueError as error:  # RefStatsFormatError: the dataset is damaged or crafted
+        return {}, {}, f"the statistics file's image digests cannot be read: {error}"
     if digests is None:
         return {}, {}, NO_DIGESTS
     try:
@@ -171,7 +174,7 @@ def verified_references(ref, rows, location):
         return {}, {}, str(error)
     found, why = {}, {}
     for row, index in zip(rows, indices):
-        if index >= len(source):
+        if not 0 <= index < len(source):
             why[row] = f"reference_images holds {len(source)} images, none with index {index}"
             continue
         name = image_name(source, index)

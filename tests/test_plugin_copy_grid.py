@@ -13,7 +13,6 @@ the tests' TinyExtractor; samples are fresh fields with exact copies of some ref
 import json
 import os
 import shutil
-import warnings
 import zipfile
 
 import h5py

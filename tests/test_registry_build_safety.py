@@ -253,7 +253,10 @@ def _file_digests(folder):
     """sha256 of each image file's bytes, in the build's (sorted) order, as (n, 32) uint8."""
     import hashlib
 
-    rows = [hashlib.sha256(open(os.path.join(folder, name), "rb").read()).digest() for name in sorted(os.listdir(folder))]
+    rows = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            rows.append(hashlib.sha256(f.read()).digest())
     return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), 32)
 
 
