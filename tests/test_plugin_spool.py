@@ -397,11 +397,17 @@ def umask_022():
     os.umask(previous)
 
 
-def _spool_tree(root):
-    """Every folder and file under `root`, `root` included."""
+def _private_spool_tree(root):
+    """Every folder and file under `root` (`root` included), after checking that each is private to the
+    user and holds no ``secret``."""
     paths = [str(root)]
     for folder, dirs, files in os.walk(root):
         paths += [os.path.join(folder, name) for name in dirs + files]
+    for path in paths:
+        assert os.stat(path).st_mode & 0o077 == 0, (path, oct(os.stat(path).st_mode))
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                assert b"secret" not in f.read(), path
     return paths
 
 
@@ -410,6 +416,8 @@ def test_credentials_in_the_tracking_uri_are_never_printed_or_stored(
         monkeypatch, umask_022, caplog, capsys):
     import warnings
 
+    from fixtures_plugin_scoring import tiny_images
+
     plain_uri = mlflow_auth_proxy.url
     secret_uri = plain_uri.replace("http://", "http://user:secret@")
     with warnings.catch_warnings(record=True) as caught:
@@ -417,28 +425,48 @@ def test_credentials_in_the_tracking_uri_are_never_printed_or_stored(
         assert not spool.get_sender(secret_uri).submit(_batch("0" * 32, 0, 1.0, 1))  # rejected: kept in failed/
         mlflow_auth_proxy.stop()
         try:
-            _log_tiny(MlflowClient(secret_uri), run_id, tiny_reference_path, step=1)
+            _log_tiny(MlflowClient(secret_uri), run_id, tiny_reference_path, step=1, log_grid=True)
             sender = spool.get_sender(secret_uri)
-            assert len(sender.pending()) == 2
+            sender.spool_samples(run_id, 3, tiny_images(4, seed=9))  # what Ctrl-C during flush() spools
+            assert len(sender.pending()) == 4  # metrics, params, grid, samples
+            kinds = {os.path.splitext(p)[1] for p in _private_spool_tree(genmetrics_home / "spool")}
+            assert {".json", ".png", ".npz", ".txt"} <= kinds, kinds
             sender.close()  # the hint for later
             assert cli_main(["replay", "--tracking-uri", secret_uri]) == 1
             assert cli_main(["replay"]) == 1
         finally:
             mlflow_auth_proxy.start()
         assert cli_main(["replay"]) == 1  # the spool does not hold the credentials: 401, and nothing is lost
-        assert len(sender.pending()) == 2 and len(sender.failed()) == 1
+        assert len(sender.pending()) == 4 and len(sender.failed()) == 1
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
         assert cli_main(["replay"]) == 2  # delivered; the rejected write stays listed
     assert _fid_steps(mlflow_server.uri, run_id) == [1]
+    assert "genmetrics.samples.3" in MlflowClient(mlflow_server.uri).get_run(run_id).data.tags
     out = capsys.readouterr()
     shown = "\n".join([caplog.text, out.out, out.err] + [str(w.message) for w in caught])
     assert f"genmetrics replay --tracking-uri {plain_uri}" in shown and "MLFLOW_TRACKING_PASSWORD" in shown, shown
     assert "secret" not in shown and "user:" not in shown, shown
-    tree = _spool_tree(genmetrics_home / "spool")
+    tree = _private_spool_tree(genmetrics_home / "spool")
     assert any(p.endswith("replay.lock") for p in tree) and any(p.endswith(".error.txt") for p in tree), tree
-    for path in tree:
-        assert os.stat(path).st_mode & 0o077 == 0, (path, oct(os.stat(path).st_mode))
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                assert b"secret" not in f.read(), path
+
+
+def test_a_spool_an_older_version_kept_with_credentials_is_replayed_and_cleaned(mlflow_server, run_id,
+                                                                                genmetrics_home, quick_sender_env):
+    """Before issue 19 the folder was named after the URI with its credentials, which uri.txt held in clear."""
+    import hashlib
+    import json
+
+    secret_uri = mlflow_server.uri.replace("http://", "http://user:secret@")  # the fixture server ignores auth
+    legacy = genmetrics_home / "spool" / hashlib.sha256(secret_uri.encode()).hexdigest()[:16]
+    legacy.mkdir(parents=True)
+    (legacy / "uri.txt").write_text(secret_uri)
+    (legacy / f"{'0' * 20}-000000-{'a' * 32}.json").write_text(json.dumps(dict(_batch(run_id, 4, 2.0, 4000),
+                                                                              id="a" * 32)))
+    assert cli_main(["replay"]) == 0
+    assert _fid_steps(mlflow_server.uri, run_id) == [4]
+    assert not legacy.exists()
+    current = spool.spool_dir(secret_uri)
+    with open(os.path.join(current, "uri.txt")) as f:
+        assert f.read() == mlflow_server.uri
+    assert os.stat(current).st_mode & 0o077 == 0
