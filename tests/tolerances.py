@@ -1,0 +1,85 @@
+"""Tolerances that follow from the arithmetic (docs/development.md, "Numerical tolerances").
+
+Two floating-point results of the same quantity may legitimately differ by what rounding allows: another
+summation order (another BLAS kernel, CPU, thread count, or another algorithm) and the precision of the
+inputs. Each function below is an error model, a bound on that difference computed from the test's own
+data, times a safety factor; a test asserts that bound, never a number one machine happened to print.
+
+The models are worst-case rounding bounds (Higham, *Accuracy and Stability of Numerical Algorithms*,
+2nd ed.): a sum of n terms computed in any order is within gamma_n * sum|terms| of the exact sum, with
+gamma_n = n eps / (1 - n eps) (§3.1), so no BLAS, kernel or thread count can exceed them. Each function
+returns the bound on the difference of two computations that each satisfy the model (``SAFETY`` = 2);
+the exact value as the oracle is covered too.
+"""
+import numpy as np
+
+EPS = float(np.finfo(np.float64).eps)  # 2.2e-16
+EPS32 = float(np.finfo(np.float32).eps)  # 1.2e-7
+SAFETY = 2.0  # two computations, each within its model
+
+
+def gamma(n, eps=EPS):
+    """Higham's gamma_n = n eps / (1 - n eps): relative worst-case error of a sum of n terms, any order."""
+    n = max(int(n), 1)
+    return n * eps / (1.0 - n * eps)
+
+
+def sum_tol(n, magnitude, eps=EPS):
+    """Difference bound for two computations of a sum (dot product, matrix-product entry, mean times n) of
+    `n` terms whose absolute values add up to `magnitude`: SAFETY * gamma_n * magnitude."""
+    return SAFETY * gamma(n, eps) * magnitude
+
+
+def eig_delta(norm, terms, eps=EPS):
+    """Absolute error bound of every eigenvalue of a computed symmetric matrix of 2-norm `norm`.
+
+    Weyl's theorem: each eigenvalue moves by at most the 2-norm of the perturbation. A product of matrices
+    perturbs each entry by gamma_k times its magnitude for k summed terms, and a backward-stable eigensolver
+    of an m x m matrix adds p(m) eps norm with p(m) taken as m; `terms` is the total count (the inner
+    dimensions of the products plus m), and the perturbation is taken relative to `norm`.
+    """
+    return gamma(terms, eps) * norm
+
+
+def sqrt_sum_tol(eigenvalues, delta):
+    """Bound on |sum_i sqrt(max(l_i + e_i, 0)) - sum_i sqrt(l_i)| when every |e_i| <= delta.
+
+    Per eigenvalue min(sqrt(delta), delta / sqrt(l_i)) (|sqrt(a) - sqrt(b)| <= sqrt(|a - b|), and
+    <= |a - b| / sqrt(b)). An eigenvalue that is exactly 0 (a rank-deficient covariance, a centred Gram
+    matrix) costs sqrt(delta), far more than a well-separated one: this term dominates every Fréchet
+    distance with fewer samples than dimensions.
+    """
+    eigenvalues = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    with np.errstate(divide="ignore"):
+        per = np.minimum(np.sqrt(delta), delta / np.sqrt(eigenvalues))
+    return float(per.sum())
+
+
+def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0):
+    """Difference bound for two float64 computations of the Fréchet distance of these statistics.
+
+    d^2 = |mu1 - mu2|^2 + Tr S1 + Tr S2 - 2 sum_i sqrt(l_i), with l_i the eigenvalues of a symmetric PSD
+    matrix M: A S2 A (D x D, A a root or factor of S1) in the dense form, F S1 F^T (N2 x N2, F the centred
+    features2 / sqrt(N2 - 1)) in the Gram form (when `features2` has N2 < D rows, as the library does).
+    Each l_i is within eig_delta(|S1|_2 |S2|_2, terms) with terms = 4D (root: D, two products: 2D, the
+    eigensolver: D) or 2D + N2 (Gram form), plus `samples`: the number of rows the covariances were summed
+    from, when one side computes from the features themselves and the other from the covariances (their
+    own rounding; the Gram form always does, so N2 is added there too). The rest is a sum of 3D terms. A Schur-based ``sqrtm`` of
+    S1 S2 (pytorch-fid, clean-fid) and singular values of a factor (test oracles) are taken to satisfy the
+    same model (singular values are better conditioned: they carry no square root of a rounding error).
+    """
+    mu1, sigma1, mu2, sigma2 = (np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2))
+    dim = mu1.shape[0]
+    w1, v1 = np.linalg.eigh(sigma1)
+    norm = float(np.abs(w1).max() * np.abs(np.linalg.eigvalsh(sigma2)).max())
+    if features2 is not None and len(features2) < dim:
+        x = np.asarray(features2, dtype=np.float64)
+        f = (x - x.mean(axis=0)) / np.sqrt(len(x) - 1)
+        eigenvalues, terms = np.linalg.eigvalsh(f @ sigma1 @ f.T), 2 * dim + 2 * len(x) + samples
+    else:
+        root = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+        eigenvalues, terms = np.linalg.eigvalsh(root @ sigma2 @ root), 4 * dim + samples
+    trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    diff = mu1 - mu2
+    rest = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)) + 2 * trace_sqrt
+    return SAFETY * 2 * sqrt_sum_tol(eigenvalues, eig_delta(norm, terms)) + sum_tol(3 * dim, rest)
