@@ -66,8 +66,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "redact_uri", "server_down",
-           "mlflow_http_limits", "Sender", "get_sender", "replay"]
+__all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "redact_uri", "redact_text",
+           "server_down", "mlflow_http_limits", "Sender", "get_sender", "replay"]
 
 logger = logging.getLogger("genmetrics")
 
@@ -126,7 +126,7 @@ def redact_uri(uri):
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"]+@")
 
 
-def _scrub(text):
+def redact_text(text):
     """`text` with the ``user:password@`` part removed from every URL in it (MLflow's errors quote the URL)."""
     return _URL_CREDENTIALS.sub(r"\1", str(text))
 
@@ -261,7 +261,7 @@ def _image_artifact_prefixes(key, step, timestamp):
 
 def _first_line(exc):
     """The first line of `exc`'s message (MLflow's messages can span many lines), without URL credentials."""
-    text = _scrub(exc).strip().splitlines()
+    text = redact_text(exc).strip().splitlines()
     return text[0] if text else ""
 
 
@@ -654,7 +654,7 @@ class Sender:
             try:
                 self.replay()
             except Exception as exc:  # noqa: BLE001 - the daemon must survive anything
-                logger.warning("genmetrics: background replay failed: %s", _scrub(exc))
+                logger.warning("genmetrics: background replay failed: %s", redact_text(exc))
 
     def close(self):
         """Stop the replay daemon after one last replay attempt; warn about what stays spooled."""
@@ -662,7 +662,7 @@ class Sender:
         try:
             self.replay()
         except Exception as exc:  # noqa: BLE001
-            logger.warning("genmetrics: final replay failed: %s", _scrub(exc))
+            logger.warning("genmetrics: final replay failed: %s", redact_text(exc))
         left = len(self.pending())
         if left:
             logger.warning("genmetrics: %d operation(s) remain spooled in %s; run `genmetrics replay "
