@@ -141,7 +141,7 @@ def test_score_run_scores_each_pending_step_once(mlflow_server, scorer_env, tiny
     run = client.get_run(run_id)
     assert run.data.tags[SCORED_TAG_PREFIX + "5"] == "gen/fid,gen/kid,gen/kid_std"
     assert run.data.metrics["gen/fid"] > 0
-    assert run.data.params["gen/num_samples"] == str(SAMPLES_PER_STEP)
+    assert run.data.tags["gen/num_samples"] == str(SAMPLES_PER_STEP)
     grids = [f.path for f in client.list_artifacts(run_id, "images")]
     assert len([p for p in grids if p.endswith(".png")]) == 2, grids
 
@@ -245,7 +245,7 @@ def test_cli_score_killed_midway_then_rerun(mlflow_server, scorer_env, tiny_refe
         mlflow.set_tracking_uri(previous_uri)
     assert _history_steps(client, run_id, "gen/kid") == steps
     assert _scored_steps(client, run_id) == steps
-    assert client.get_run(run_id).data.params["gen/precision"] == "bf16"  # the opt-in reached the scorer
+    assert client.get_run(run_id).data.tags["gen/precision"] == "bf16"  # the opt-in reached the scorer
 
 
 def test_watch_scores_new_samples_once_across_a_restart(mlflow_server, scorer_env, tiny_reference, inception,

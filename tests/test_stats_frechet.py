@@ -142,7 +142,7 @@ def test_gram_form_closed_forms():
     gram = frechet_distance(mu, sigma, mu, sigma, features2=x)
     dense = frechet_distance(mu, sigma, mu, sigma)
     assert abs(gram) <= frechet_tol(mu, sigma, mu, sigma, features2=x)
-    assert abs(gram) < abs(dense)
+    assert abs(gram) <= abs(dense)  # <=: a value rounded below 0 may be returned as 0.0 on both sides
     # Against the identity, Tr(S2^(1/2)) is the sum of the singular values of Xc / sqrt(N - 1). The SVD
     # carries no square root of a rounding error; the Gram form's zero eigenvalue does (observed 4e-10
     # relative, the bound 1e-8; it was rel=1e-12, which held only for one machine's summation order).
@@ -255,3 +255,53 @@ def test_statistics_that_are_not_covariances_are_refused():
     mu3, sigma3 = _gaussian_stats(10, 16, seed=11)
     rounded = sigma3.astype(np.float32)
     assert abs(frechet_distance(mu3, rounded, mu3, rounded)) < 1e-3 * np.trace(sigma3)
+
+
+def _few_sample_stats(n, dim, seed):
+    """Mean and covariance (float64, np.cov) of n < dim standard normal samples: rank n - 1, a null space of
+    dimension dim - n + 1. The tests round them to float32, as statistics files and user code often store them."""
+    x = np.random.default_rng(seed).normal(size=(n, dim))
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def test_second_covariance_negative_in_the_first_ones_null_space_is_refused():
+    """Issue 19 item 8. sigma1 from 20 samples in D = 64 (rank 19) and sigma2 = sigma1 - 2.48 v v^T with v in
+    sigma1's null space, float32: the D x D form's A S2 A (A the root of sigma1) is 0 along v and passed its
+    check, Tr(S2) lost 2.48, and the distance between N(mu, sigma1) and N(mu, sigma2) came out as -2.48.
+    sigma2 is now checked on its own; the message names it and gives its most negative eigenvalue (-2.48
+    up to float32 rounding, far beyond the PSD tolerance 10 D eps32 max|eig| ~ 5e-4)."""
+    mu, sigma1 = _few_sample_stats(20, 64, seed=0)
+    v = np.linalg.eigh(sigma1)[1][:, 0]  # sigma1 v = 0 up to float64 rounding
+    sigma2 = sigma1 - 2.48 * np.outer(v, v)
+    mu, sigma1, sigma2 = (a.astype(np.float32) for a in (mu, sigma1, sigma2))
+    refusal = r"^sigma2 is not positive semi-definite \(eigenvalue -2.48, largest magnitude"
+    with pytest.raises(ValueError, match=refusal):
+        frechet_distance(mu, sigma1, mu, sigma2)
+    with pytest.raises(ValueError, match=refusal):
+        frechet_distance(*(torch.from_numpy(a) for a in (mu, sigma1, mu, sigma2)))
+    with pytest.raises(ValueError, match=refusal):
+        frechet_distance(mu, sigma1, mu, sigma2, sqrt_sigma1=sqrtm_psd(sigma1))
+    with pytest.raises(ValueError, match=r"^sigma is not positive semi-definite \(eigenvalue -2.48"):
+        sqrtm_psd(sigma2)  # a root of it would be a root of another matrix (the negative part clipped)
+    # The same statistics without the negative part are accepted: sigma1's own float32 rounding noise
+    # (eigenvalues ~ -1e-7 here) is within the tolerance.
+    assert frechet_distance(mu, sigma1, mu, sigma1) >= 0.0
+
+
+def test_self_distance_of_float32_statistics_is_zero_not_negative():
+    """Issue 19 item 8: a self-distance came out as -8.9e-5 (here -1.2e-5). A distance is never negative:
+    the value that rounding takes below 0 is returned as 0.0.
+
+    Why it is below 0 on every machine: rounding the rank-19 covariance to float32 gives its null space
+    eigenvalues mu_i of either sign (~1e-7). With A the root of S (negative eigenvalues clipped), A S A has
+    eigenvalues lambda_i^2 on the range and max(mu_i, 0) mu_i in the null space, so
+    2 Tr(S) - 2 sum sqrt(eig(A S A)) = 2 sum_{mu_i < 0} mu_i (-6e-6 here, fixed by the data), and float64
+    rounding (eigenvalues of A S A within gamma_{3D} lambda_max^2 ~ 1e-11, which moves each of the 19 square
+    roots of a non-zero eigenvalue by at most 1e-11 / lambda_min(S on its range) ~ 4e-12, and each zero one
+    only upward, which lowers the result) cannot lift it above 0."""
+    mu, sigma = (a.astype(np.float32) for a in _few_sample_stats(20, 128, seed=0))
+    eigenvalues = np.linalg.eigvalsh(sigma.astype(np.float64))
+    assert 2 * eigenvalues[eigenvalues < 0].sum() < -1e-6  # the premise above
+    assert frechet_distance(mu, sigma, mu, sigma) == 0.0
+    assert frechet_distance(torch.from_numpy(mu), torch.from_numpy(sigma), mu, sigma,
+                            sqrt_sigma1=sqrtm_psd(sigma)) == 0.0

@@ -7,7 +7,8 @@ data, times a safety factor; a test asserts that bound, never a number one machi
 
 The models are worst-case rounding bounds (Higham, *Accuracy and Stability of Numerical Algorithms*,
 2nd ed.): a sum of n terms computed in any order is within gamma_n * sum|terms| of the exact sum, with
-gamma_n = n eps / (1 - n eps) (§3.1), so no BLAS, kernel or thread count can exceed them. Each function
+gamma_n = n u / (1 - n u) and u = eps / 2 the unit roundoff (§3.1; an exact zero term adds no rounding,
+so n counts the non-zero ones), so no BLAS, kernel or thread count can exceed them. Each function
 returns the bound on the difference of two computations that each satisfy the model (``SAFETY`` = 2);
 the exact value as the oracle is covered too.
 """
@@ -19,15 +20,43 @@ SAFETY = 2.0  # two computations, each within its model
 
 
 def gamma(n, eps=EPS):
-    """Higham's gamma_n = n eps / (1 - n eps): relative worst-case error of a sum of n terms, any order."""
-    n = max(int(n), 1)
-    return n * eps / (1.0 - n * eps)
+    """Higham's gamma_n = n u / (1 - n u), u = eps / 2: relative worst-case error of a sum of n terms (a dot
+    product of length n), any order, as a fraction of the sum of the terms' absolute values."""
+    nu = max(int(n), 1) * eps / 2
+    return nu / (1.0 - nu)
 
 
 def sum_tol(n, magnitude, eps=EPS):
     """Difference bound for two computations of a sum (dot product, matrix-product entry, mean times n) of
     `n` terms whose absolute values add up to `magnitude`: SAFETY * gamma_n * magnitude."""
     return SAFETY * gamma(n, eps) * magnitude
+
+
+def mean_tol(x):
+    """Difference bound for two computations of the column means of the rows x (n, D), any order:
+    SAFETY * gamma_{n+1} * max_j sum_i |x_ij| / n (the sum, then one division)."""
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    return SAFETY * gamma(len(x) + 1) * float(x.sum(axis=0).max()) / len(x)
+
+
+def cov_tol(x, shift_range=None):
+    """Max-entry difference bound for two float64 computations of the unbiased covariance of the rows x
+    (n, D): numpy.cov, GaussianMoments' sums about a shift, shards merged after a rebase.
+
+    Each entry is a sum of n products (x_ij - c_j)(x_ik - c_k) about a shift c, a correction s s^T / n and a
+    division: within gamma_{n+3} * sum_i |x_ij - c_j| |x_ik - c_k| <= gamma_{n+3} * max_j sum_i (x_ij - c_j)^2
+    (Cauchy-Schwarz) over (n - 1). The shift is exact in algebra (the formula does not depend on it) but the
+    rounding does: with |c - mean| <= `shift_range` (per column; default the data's own range about the
+    mean, which any shift taken from the data satisfies), (x_ij - c_j)^2 <= (|x_ij - m_j| + range_j)^2.
+    numpy.cov centres on its computed mean, whose error e adds n e^2 / (n - 1): negligible unless the mean
+    is large against the spread (then centre the oracle on an exactly rounded mean, see test_stats_moments).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    deviation = np.abs(x - x.mean(axis=0))
+    shift_range = deviation.max(axis=0) if shift_range is None else shift_range
+    magnitude = float(((deviation + shift_range) ** 2).sum(axis=0).max())
+    return SAFETY * gamma(n + 3) * magnitude / (n - 1)
 
 
 def eig_delta(norm, terms, eps=EPS):
@@ -55,7 +84,7 @@ def sqrt_sum_tol(eigenvalues, delta):
     return float(per.sum())
 
 
-def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0):
+def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0, mean_error=0.0):
     """Difference bound for two float64 computations of the Fréchet distance of these statistics.
 
     d^2 = |mu1 - mu2|^2 + Tr S1 + Tr S2 - 2 sum_i sqrt(l_i), with l_i the eigenvalues of a symmetric PSD
@@ -64,7 +93,9 @@ def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0):
     Each l_i is within eig_delta(|S1|_2 |S2|_2, terms) with terms = 4D (root: D, two products: 2D, the
     eigensolver: D) or 2D + N2 (Gram form), plus `samples`: the number of rows the covariances were summed
     from, when one side computes from the features themselves and the other from the covariances (their
-    own rounding; the Gram form always does, so N2 is added there too). The rest is a sum of 3D terms. A Schur-based ``sqrtm`` of
+    own rounding; the Gram form always does, so N2 is added there too). The rest is a sum of 3D terms;
+    when the two computations start from means that may differ by `mean_error` per entry (e.g. one ulp of
+    a mean computed twice), |mu1 - mu2|^2 moves by at most sum_j 2 |mu1_j - mu2_j| e + e^2 with e twice that. A Schur-based ``sqrtm`` of
     S1 S2 (pytorch-fid, clean-fid) and singular values of a factor (test oracles) are taken to satisfy the
     same model (singular values are better conditioned: they carry no square root of a rounding error).
     """
@@ -82,4 +113,6 @@ def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0):
     trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
     diff = mu1 - mu2
     rest = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)) + 2 * trace_sqrt
-    return SAFETY * 2 * sqrt_sum_tol(eigenvalues, eig_delta(norm, terms)) + sum_tol(3 * dim, rest)
+    e = 2 * np.broadcast_to(np.asarray(mean_error, dtype=np.float64), diff.shape)
+    means = float(np.sum(2 * np.abs(diff) * e + e * e))
+    return SAFETY * (2 * sqrt_sum_tol(eigenvalues, eig_delta(norm, terms)) + means) + sum_tol(3 * dim, rest)
