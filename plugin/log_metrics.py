@@ -33,16 +33,19 @@ def _resolve_run(run_id, client):
 
 
 def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix):
-    """Send metrics+tags (one log_batch), params (once per run), the sample grid and the copy-pairs grid; never
-    raises for tracking-server failures (see spool.py)."""
+    """Send metrics, provenance and tags (one log_batch), the sample grid and the copy-pairs grid; never raises
+    for tracking-server failures (see spool.py).
+
+    The provenance (`ScoreResult.params`) is logged as tags, not MLflow params: the UI's image card prints every
+    param of the run above the sample grid, and ~20 provenance values (two 64-digit hashes, paths) pushed the
+    grid out of the card; tags also take the latest value when a later call differs.
+    """
     sender = get_sender(tracking_uri, client)
     sender.submit({
         "op": "log_batch", "run_id": run_id,
         "metrics": [[key, value, timestamp, step] for key, value in result.metrics.items()],
-        "tags": result.tags,
+        "tags": {**result.params, **result.tags},
     })
-    if result.params and not sender.params_known(run_id, result.params):
-        sender.submit({"op": "log_params", "run_id": run_id, "params": result.params})
     if log_grid and result.preview is not None:
         sender.submit(
             {"op": "log_image", "run_id": run_id, "key": f"{prefix}samples", "step": step, "timestamp": timestamp},
@@ -74,8 +77,8 @@ def log_gen_metrics(
     """Score `samples` (see `score_samples`) and log them to the active MLflow run (or `run_id`).
 
     Logged: every metric in ONE ``log_batch`` with `step` (default 0) and one shared timestamp (the
-    time of this call); provenance params (once per run; a param that later changes value is logged
-    as a tag of the same key, since MLflow params are immutable) and tags; with `log_grid` a grid of
+    time of this call), with the provenance (reference, preprocessing, weights, counts) and the other
+    information as tags in the same batch (tags, not params: see `_log_result`); with `log_grid` a grid of
     up to 64 samples via ``log_image(key=prefix + "samples", step=step)`` and, when metric ``copy`` flags
     samples, the flagged samples beside their nearest reference images via ``log_image(key=prefix +
     "copy_pairs", step=step)``: the reference images only when `reference_images` names where they are (and

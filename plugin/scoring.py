@@ -28,6 +28,7 @@ with a warning and a tag ``<prefix>skipped.<metric>`` giving the reason. A metri
 ``metrics`` is never skipped: the missing input raises a clear error instead.
 """
 import functools
+import itertools
 import importlib.metadata
 import logging
 import os
@@ -159,15 +160,19 @@ class _Skips:
     def __init__(self, explicit, prefix):
         self.explicit, self.prefix, self.tags, self.names = explicit, prefix, {}, set()
 
-    def skip(self, name, reason, error=None):
+    def skip(self, name, reason, error=None, line=None, quiet=False):
+        """Skip `name` (tag ``<prefix>skipped.<name>`` = `reason`), or raise when it was asked for by name.
+
+        line: what the once-per-process warning says (default `reason`); quiet: no warning (the tag stays).
+        """
         if self.explicit:
             if error is not None:
                 raise error
             raise ValueError(f"cannot compute {name!r}: {reason}")
         self.names.add(name)
-        if (name, reason) not in _Skips.warned:
+        if not quiet and (name, reason) not in _Skips.warned:
             _Skips.warned.add((name, reason))
-            logger.warning("genmetrics: skipping %s: %s", name, reason)
+            logger.warning("genmetrics: skipping %s: %s", name, line or reason)
         self.tags[f"{self.prefix}skipped.{name}"] = reason[:5000]
 
 
@@ -279,7 +284,12 @@ def _lpips_available(opts, plan):
         _lpips_model(opts.lpips_net, plan.device, opts.lpips_backbone_weights)
         return True
     except (RuntimeError, OSError, ValueError) as exc:
-        plan.skips.skip("lpips", f"LPIPS ({opts.lpips_net}) could not be loaded: {exc}", error=exc)
+        from genmetrics.stats.download import offline
+
+        short = getattr(exc, "short", None)  # missing weights: one line, and none when the user said offline
+        line = f"LPIPS ({opts.lpips_net}): {short} (the tag {opts.prefix}skipped.lpips says how to provide it)"
+        plan.skips.skip("lpips", f"LPIPS ({opts.lpips_net}) could not be loaded: {exc}", error=exc,
+                        line=line if short else None, quiet=bool(short) and offline())
         return False
 
 
@@ -340,8 +350,18 @@ def _local_share(opts, rank, world):
     return shard_size(opts.num_samples, rank, world)
 
 
-def _accumulate(samples, targets, opts, plan, rank, world):
-    """One pass over this rank's samples (none when its share of `num_samples` is 0)."""
+def _first_batch_decoded(samples, opts, share):
+    """This rank's batch stream with its first batch already decoded, so that input the normaliser refuses
+    (a float array on the 0..255 scale, a wrong layout) fails before any network loads."""
+    if share == 0:
+        return iter(())
+    batches = iter_sample_batches(samples, share, opts.batch_size, opts.value_range)
+    first = next(batches, None)
+    return batches if first is None else itertools.chain([first], batches)
+
+
+def _accumulate(batches, targets, opts, plan, rank, world):
+    """One pass over this rank's batches (none when its share of `num_samples` is 0)."""
     from genmetrics.stats import FeatureAccumulator
 
     accumulator = None
@@ -353,9 +373,7 @@ def _accumulate(samples, targets, opts, plan, rank, world):
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
     keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
                                                                            2 * opts.diversity_pairs)
-    share = _local_share(opts, rank, world)
     kept, count = [], 0
-    batches = iter_sample_batches(samples, share, opts.batch_size, opts.value_range) if share != 0 else ()
     for batch in batches:
         if accumulator is not None:
             accumulator.update(batch)
@@ -688,9 +706,10 @@ def score_samples(
     rank, world = rank_and_world() if distributed else (0, 1)
     error = done = None
     try:
+        batches = _first_batch_decoded(samples, opts, _local_share(opts, rank, world))
         ref = None if reference is None else load(reference, progress=False)
         plan = _plan(opts, ref)
-        done = _accumulate(samples, targets, opts, plan, rank, world)
+        done = _accumulate(batches, targets, opts, plan, rank, world)
     except Exception as exc:  # noqa: BLE001 - under a process group every rank must learn of it (below)
         error = exc
     check_all_ranks(error if world > 1 else None)

@@ -202,7 +202,7 @@ def _finish_ranks(run, output, sqrt_sigma):
         stats = run.statistics(moments, None if features is None else features.numpy(), meta, sqrt_sigma,
                                None if digests is None else digests.numpy())
         if rank_and_world()[0] == 0:
-            write_refstats(output, stats)
+            stats.path = write_refstats(output, stats)  # the other ranks have no file: path stays None
     except Exception as exc:  # noqa: BLE001 - every rank must learn of it
         error = exc
     check_all_ranks(error)

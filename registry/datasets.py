@@ -26,7 +26,6 @@ them to 299x299.
 import os
 
 import numpy as np
-import torch
 
 __all__ = ["ImageSource", "ArraySource", "FileSource", "TorchvisionSource", "dataset_source", "DATASETS",
            "image_source", "SourceUnavailableError", "ImageOutsideError", "open_reference_images", "source_indices",
@@ -181,6 +180,8 @@ class TorchvisionSource(ImageSource):
         self.description = description
         self.gray = gray
         self.layout = layout
+        import torch
+
         data = getattr(dataset, "data", None)
         self.data = data if isinstance(data, (np.ndarray, torch.Tensor)) else None
 
@@ -196,6 +197,8 @@ class TorchvisionSource(ImageSource):
         return super().read_image(index)
 
     def batch(self, start, stop):
+        import torch
+
         if self.data is not None:
             images = self.data[start:stop]
             if isinstance(images, torch.Tensor):
@@ -335,6 +338,8 @@ def dataset_source(name, root, split=None):
 
 def image_source(source, root=None, split=None):
     """An ImageSource for a folder/zip path, a dataset name, a 4-D array/tensor, or an ImageSource."""
+    import torch
+
     if isinstance(source, ImageSource):
         return source
     if isinstance(source, (np.ndarray, torch.Tensor)):

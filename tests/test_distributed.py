@@ -73,7 +73,7 @@ def test_log_gen_metrics_on_every_rank_logs_once(tmp_path, mlflow_server, tiny_r
     for key in seen[0]["results"][0]:
         history = client.get_metric_history(run_id, key)
         assert sorted(m.step for m in history) == [0, 1], key  # one entry per step: rank 0 logged once
-    params = client.get_run(run_id).data.params
+    params = client.get_run(run_id).data.tags  # provenance is logged as tags
     assert params["gen/num_samples"] == "7" and params["gen/rank_num_samples"] == "3,4"
 
 

@@ -24,7 +24,7 @@ def test_demo_logs_a_training_whose_fid_falls(demo_run):
     assert [m.step for m in client.get_metric_history(demo_run.run_id, "gen/kid")] == [0, 1, 2]
     run = client.get_run(demo_run.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["gen/reference"].startswith("demo-shapes")
+    assert run.data.tags["gen/reference_claimed_ref"].startswith("demo-shapes")
     grids = [f.path for f in client.list_artifacts(demo_run.run_id, "images") if f.path.endswith(".png")]
     assert len(grids) == 3, grids
     # the printed table and the link to the run in the UI

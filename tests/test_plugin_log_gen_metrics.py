@@ -76,9 +76,10 @@ def test_logged_metrics_params_tags_and_grid_match_the_returned_dict(mlflow_serv
         assert stamps == {m.step: m.timestamp for m in client.get_metric_history(run.info.run_id, "gen/fid")}
     data = client.get_run(run.info.run_id).data
     with open(tiny_reference_path, "rb") as f:
-        assert data.params["gen/reference_sha256"] == hashlib.sha256(f.read()).hexdigest()
-    assert data.params["gen/reference"] == "tiny-train-32-clean@1"
-    assert data.params["gen/extractor"] == TinyExtractor.feature_extractor and data.params["gen/num_samples"] == "8"
+        assert data.tags["gen/reference_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert data.tags["gen/reference"] == os.path.abspath(tiny_reference_path)  # a local file: named by its path
+    assert data.tags["gen/reference_claimed_ref"] == "tiny-train-32-clean@1"  # what the file says, marked as a claim
+    assert data.tags["gen/extractor"] == TinyExtractor.feature_extractor and data.tags["gen/num_samples"] == "8"
     assert data.tags["genmetrics.version.torch"] == torch.__version__.split("+")[0]
     grids = _grids(client, run.info.run_id)
     assert [g.split("+step+")[1].split("+")[0] for g in grids] == ["0", "1", "2"], grids
@@ -135,7 +136,7 @@ def test_local_stores_with_run_id(store, tmp_path, tiny_reference_path, monkeypa
     returned = _log(3, tiny_reference_path, run_id=run_id, client=client, metrics=("fid",))
     assert _history(client, run_id, "gen/fid") == [(3, returned["gen/fid"])]
     assert len(_grids(client, run_id)) == 1
-    assert client.get_run(run_id).data.params["gen/mode"] == "clean"
+    assert client.get_run(run_id).data.tags["gen/mode"] == "clean"
 
 
 def test_without_a_run_the_error_says_how_to_get_one(tiny_reference_path):

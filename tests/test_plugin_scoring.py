@@ -152,6 +152,12 @@ def test_grid_tiles_rows_of_eight():
     assert make_grid(np.zeros((100, 2, 2, 3), np.uint8), padding=0).shape == (16, 16, 3)  # 64 images at most
 
 
+def test_grid_is_as_square_as_the_count_allows():
+    """MLflow's image card fits the grid into a square box: 20 samples tile 5 x 4, not 8 x 3."""
+    assert make_grid(np.zeros((20, 2, 2, 3), np.uint8), padding=0).shape == (4 * 2, 5 * 2, 3)
+    assert make_grid(np.zeros((3, 2, 2, 3), np.uint8), padding=0).shape == (2 * 2, 2 * 2, 3)
+
+
 def test_real_inception(photos, inception):
     """FID of photos against statistics of the same photos is 0; provenance names the real weights."""
     images = np.stack([np.asarray(Image.fromarray(p).resize((64, 64), Image.BICUBIC)) for p in photos[:3]])

@@ -59,6 +59,7 @@ def test_ui_shows_the_fid_metric_and_its_chart(demo_run, browser):
 
     browser.get(run_url + "/model-metrics")
     _wait_for_text(browser, ["demo-training (gen/fid)"])
+    _assert_the_samples_card_shows_the_grid(browser)
     card = "//*[contains(text(), '(gen/fid)')]/ancestor::*[.//*[contains(@class, 'js-plotly-plot')]][1]"
 
     def drawn_line(driver):  # the chart renders after its title, later on a loaded machine
@@ -71,3 +72,27 @@ def test_ui_shows_the_fid_metric_and_its_chart(demo_run, browser):
         close.click()
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     assert browser.save_screenshot(SCREENSHOT)
+
+
+#: The part of the gen/samples image drawn inside its card's scroll box, and the card's text (JavaScript).
+SAMPLES_CARD = """
+const img = [...document.images].find(i => i.src.includes('gen~samples') && i.complete && i.naturalHeight > 0);
+if (!img) return null;
+let box = img.parentElement;
+while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowY)) box = box.parentElement;
+const r = img.getBoundingClientRect(), c = box.getBoundingClientRect();
+const k = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+const height = img.naturalHeight * k, top = r.top + (r.height - height) / 2;
+const shown = Math.max(0, Math.min(top + height, c.bottom) - Math.max(top, c.top));
+return {shown: shown / height, text: box.innerText};
+"""
+
+
+def _assert_the_samples_card_shows_the_grid(browser):
+    """MLflow's image card prints every param of the run above the image: the provenance is logged as tags, and
+    the grid is square (the card's image box is), so the grid is what the card shows at its default size."""
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    card = WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda driver: driver.execute_script(SAMPLES_CARD))
+    assert "gen/" not in card["text"], card["text"]  # no provenance printed over the grid
+    assert card["shown"] >= 0.75, card  # (before: 0 %, the grid sat below ~600 characters of params)

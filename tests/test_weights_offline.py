@@ -171,5 +171,5 @@ def test_fetch_without_network_is_one_line_with_the_way_out(no_network, tmp_path
         registry.fetch("toy-train-32", progress=False)
     text = str(error.value)
     assert "\n" not in text and text.count("Connection refused") == 2 and "was unreachable earlier" in text
-    assert text.endswith(f"put it at {os.environ['GENMETRICS_HOME']}/stats/sources/toy-train-32-clean@1/toy.npz; "
+    assert text.endswith(f"put it at {os.environ['GENMETRICS_HOME']}/stats/sources/toy-train-32-clean@1/source-1.npz; "
                          f"GENMETRICS_OFFLINE=1 skips the download attempts")
