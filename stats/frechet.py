@@ -29,15 +29,28 @@ accurate: the D x D form has D - N2 + 1 eigenvalues that are zero but come out a
 their square roots add up (a set's distance to itself: ~1e-7 of Tr(S) there, ~2e-10 here at N2 = 500,
 D = 2048).
 
-Checks (each a ``ValueError`` naming the input): sigma1 (when factored here; for the Gram form by a
-Cholesky factorisation or a cached root) and A S2 A (or F S1 F^T) must have no eigenvalue below
--tol * max|eigenvalue|, tol = max(10 D eps, 1e-9) with eps the inputs' float precision (a covariance that
-is not PSD gives a wrong, possibly negative, FID); a cached root must satisfy |A|_F^2 = Tr(S1) (cheap,
-catches a root of other statistics); given features must have mean mu2 and |F|_F^2 = Tr(S2) to 1e-6
-relative (O(N2 D), catches features of other samples); the result must be finite and not negative beyond
-its rounding bound. The distance is homogeneous (scaling the features by a scales it by a^2), so inputs
-far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an exact power of two
-first and the result scaled back: large-magnitude features give a finite FID.
+Checks (each a ``ValueError`` naming the argument). Both covariances must be symmetric (to 1e-6 of their
+largest entry) and positive semi-definite up to rounding: no eigenvalue below -tol * max|eigenvalue|, with
+tol = max(10 D eps, 1e-9) and eps the precision of the least precise float input. Rounding a covariance to
+float32 moves each entry by at most eps/2 of itself, hence (Weyl) each eigenvalue by at most
+sqrt(D) eps/2 times the largest; 10 D eps (2.4e-3 at D = 2048 in float32) also leaves room for a covariance
+accumulated in float32. A matrix beyond that is not a covariance, and the message gives its most negative
+eigenvalue. sigma1: its Cholesky factorisation (positive definite), else its eigenvalues; a cached root
+must satisfy |A|_F^2 = Tr(S1) (cheap, catches a root of other statistics). sigma2: A S2 A, and S2 itself
+by a Cholesky factorisation of S2 + tol max(diag S2) I (D^3 / 3, which succeeds for a singular PSD S2; the
+eigenvalues are computed only to report a failure). A S2 A alone cannot see a negative eigenvalue of S2 in
+the null space of a singular S1 (fewer samples than dimensions), which still lowers Tr(S2): that gave
+negative distances. In the Gram form S1 is checked the same way (a Cholesky factorisation of
+S1 + tol max(diag S1) I) and S2 enters only through Tr(S2), which the features must match: mean mu2 and
+|F|_F^2 = Tr(S2) to 1e-6 relative (O(N2 D), catches features of other samples), so the result is the
+distance to the features' own Gaussian, whose covariance F^T F is PSD by construction.
+
+The result is a distance, never negative: rounding can take the computed value slightly below 0 (the
+square roots of the zero eigenvalues' rounding noise, at most 2 n sqrt(tol lambda_max) for n eigenvalues,
+plus tol times the traces); such a value is returned as 0.0, and one below minus that bound is a
+``ValueError`` (inconsistent statistics). The distance is homogeneous (scaling the features by a scales it
+by a^2), so inputs far outside float64's comfortable range (covariances beyond 2^+-300) are scaled by an
+exact power of two first and the result scaled back: large-magnitude features give a finite FID.
 """
 from typing import Optional
 
@@ -57,12 +70,19 @@ def sqrtm_psd(sigma: ArrayLike) -> np.ndarray:
 
     A = V diag(sqrt(max(w, 0))) V^T for the eigendecomposition sigma = V diag(w) V^T; A is symmetric,
     PSD and A @ A == sigma up to rounding (negative eigenvalues from rounding are clipped to 0).
+
+    Raises:
+        ValueError: sigma is not square, not finite, not symmetric, or not PSD up to rounding (an eigenvalue
+            below -tol * max|eigenvalue|, tol as in :func:`frechet_distance`).
     """
+    rtol = _rounding_rtol((sigma,), np.shape(sigma)[-1] if np.ndim(sigma) else 1)
     sigma = _as_float64_numpy(sigma)
     if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
         raise ValueError(f"sqrtm_psd needs a square matrix, got shape {sigma.shape}")
     _check_mean_cov(np.zeros(sigma.shape[0]), sigma, "sigma")
-    return _root_and_eigenvalues(sigma)[0]
+    root, eigenvalues = _root_and_eigenvalues(sigma)
+    _check_psd(eigenvalues, rtol, "sigma")
+    return root
 
 
 def _root_and_eigenvalues(sigma):
@@ -99,9 +119,10 @@ def _psd_factor(sigma, rtol):
     try:
         return np.linalg.cholesky(sigma)
     except np.linalg.LinAlgError:
-        root, eigenvalues = _root_and_eigenvalues(sigma)
-        _check_psd(eigenvalues, rtol, "sigma1")
-        return root
+        pass  # singular or not PSD: decided below, outside the handler
+    root, eigenvalues = _root_and_eigenvalues(sigma)
+    _check_psd(eigenvalues, rtol, "sigma1")
+    return root
 
 
 def _check_root(root, sigma, rtol):
@@ -127,17 +148,26 @@ def _sigma1_factor(sigma1, sqrt_sigma1, k, rtol):
 
 def _check_sigma1_psd(sigma1, sqrt_sigma1, k, rtol):
     """The Gram form sees sigma1 only along the samples' directions, so its PSD is checked here: a cached
-    root as in the D x D form; else a Cholesky factorisation of sigma1 + rtol max(diag) I (D^3 / 3, ~0.1 s
-    at D = 2048; it succeeds for a singular PSD sigma1 too, and proves every eigenvalue >= -rtol max(diag));
-    only when that fails are the eigenvalues computed, to decide and report."""
+    root as in the D x D form, else :func:`_check_covariance_psd`."""
     if sqrt_sigma1 is not None:
         _sigma1_factor(sigma1, sqrt_sigma1, k, rtol)
         return
-    shift = rtol * max(float(np.diag(sigma1).max()), 0.0)
+    _check_covariance_psd(sigma1, rtol, "sigma1")
+
+
+def _check_covariance_psd(sigma, rtol, what):
+    """Every eigenvalue of sigma >= -rtol max|eigenvalue|, else ValueError naming `what`.
+
+    A Cholesky factorisation of sigma + rtol max(diag) I (D^3 / 3, ~0.1 s at D = 2048; it succeeds for a
+    singular PSD sigma too, and proves every eigenvalue >= -rtol max(diag) >= -rtol max|eigenvalue|); only
+    when that fails are the eigenvalues computed, to decide and report."""
+    shift = rtol * max(float(np.diag(sigma).max()), 0.0)
     try:
-        np.linalg.cholesky(sigma1 + shift * np.eye(len(sigma1)))
+        np.linalg.cholesky(sigma + shift * np.eye(len(sigma)))
+        return
     except np.linalg.LinAlgError:
-        _check_psd(np.linalg.eigvalsh(sigma1), rtol, "sigma1")
+        pass  # decided below, outside the handler (a refusal then shows no LinAlgError traceback)
+    _check_psd(np.linalg.eigvalsh(sigma), rtol, what)
 
 
 _FEATURES_RTOL = 1e-6  # features stored in float32 reproduce float64 moments to ~1e-7
@@ -183,7 +213,8 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     sigma1 (the Gram form needs no factor). ``features2``, if given, are the (N2, D) features mu2 and
     sigma2 were computed from (e.g. ``FeatureStats.features``); when N2 < D the trace term is computed in
     the N2 x N2 Gram form (see the module docstring: faster and more accurate), else they are not read.
-    Mathematically >= 0; values within rounding of 0 may be slightly negative.
+    Never negative: a value that rounding takes below 0 (within the bound in the module docstring) is
+    returned as 0.0.
 
     Raises:
         ValueError: shapes or values that are not Gaussian statistics (non-finite, not symmetric, not
@@ -208,13 +239,16 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         inner, what = factor.T @ sigma2 @ factor, "sigma2 (seen through sigma1's square root)"
     eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
     _check_psd(eigenvalues, rtol, what)
+    if gram is None:
+        _check_covariance_psd(sigma2, rtol, "sigma2")  # also where sigma1 is singular (A S2 A is blind there)
     diff = mu1 - mu2
     parts = (diff @ diff, np.trace(sigma1), np.trace(sigma2), np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
     return _checked_result(parts, eigenvalues, rtol, k)
 
 
 def _checked_result(parts, eigenvalues, rtol, k):
-    """|d|^2 + Tr S1 + Tr S2 - 2 Tr sqrt, scaled back by 4^k; finite and >= -(its rounding bound)."""
+    """max(|d|^2 + Tr S1 + Tr S2 - 2 Tr sqrt, 0), scaled back by 4^k; finite, and a value below -(its
+    rounding bound) is refused (the statistics contradict each other)."""
     mean_term, trace1, trace2, trace_sqrt = parts
     fid = float(mean_term + trace1 + trace2 - 2.0 * trace_sqrt)
     with np.errstate(over="ignore"):
@@ -227,4 +261,4 @@ def _checked_result(parts, eigenvalues, rtol, k):
     if fid < -bound:
         raise ValueError(f"the Fréchet distance came out negative ({fid:.6g}, rounding bound {bound:.3g}): the "
                          f"statistics are inconsistent (sigma1, sigma2 or sqrt_sigma1); recompute them from features")
-    return scaled_back
+    return scaled_back if scaled_back > 0 else 0.0  # also turns -0.0 into 0.0
