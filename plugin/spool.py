@@ -289,7 +289,6 @@ class Sender:
         self.policy = policy or RetryPolicy.from_env()
         self.directory = spool_dir(tracking_uri)
         self._lock = threading.RLock()
-        self._known_params = {}
         self._down = False
         self._failed_at = 0.0
         self._wakeup = threading.Event()
@@ -426,7 +425,8 @@ class Sender:
         )
 
     def _log_params(self, op):
-        """Log new params; a param that exists with another value becomes a tag of the same key."""
+        """Log new params; a param that exists with another value becomes a tag of the same key. (Provenance is
+        logged as tags since 0.3; this replays ``log_params`` operations that an older version spooled.)"""
         from mlflow.entities import Param, RunTag
 
         run_id, params = op["run_id"], op["params"]
@@ -440,12 +440,6 @@ class Sender:
                 tags=[RunTag(k, v) for k, v in changed.items()],
                 synchronous=True,
             )
-        self._known_params.setdefault(run_id, {}).update(params)
-
-    def params_known(self, run_id, params):
-        """True when these exact params were already logged to the run by this process."""
-        known = self._known_params.get(run_id, {})
-        return all(known.get(k) == v for k, v in params.items())
 
     def _log_image(self, op, image, verify):
         if verify and self._image_logged(op):
