@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tolerances import EPS32, gamma, sum_tol
 
 from genmetrics.stats.preprocess import _pil_bicubic, preprocess, resize_clean
 from genmetrics.stats.resize_pil import pil_bicubic_weights, pil_vertical_first, resize_pil_bicubic
@@ -11,6 +12,24 @@ from genmetrics.stats.resize_pil import pil_bicubic_weights, pil_vertical_first,
 # Pillow >= 13 runs the vertical pass first
 SIZES = [(32, 32), (64, 64), (256, 256), (512, 512), (1024, 1024), (299, 299), (37, 61), (61, 37), (1000, 17)]
 ULP_255 = float(np.spacing(np.float32(255)))  # float32 spacing on [128, 256): 1.5e-5 grey levels
+
+
+def _float32_tol(shape, out=(299, 299), magnitude=255.0):
+    """Bound on |float32 matrix form - PIL| for (H, W) inputs of values in [0, magnitude].
+
+    Per pass (rows of W with at most k non-zero weights, sum|w| <= a): the weights cast to float32 (u |w|
+    each) and the float32 sum of k products (gamma_k a |v|) on our side, PIL's float64 sum stored as float32
+    (u |v|) on its side; the second pass carries the first one's error times a. Both sides are in the model,
+    so no factor 2 (5.7e-4 grey levels for upscales, 6.7e-4 for 1024 px; measured <= 1.1e-4)."""
+    err, mag = 0.0, magnitude
+    for in_size, out_size in zip(shape, out):
+        if in_size == out_size:
+            continue  # the pass is skipped on both sides
+        w = pil_bicubic_weights(in_size, out_size)
+        k, a = int((w != 0).sum(axis=1).max()), float(np.abs(w).sum(axis=1).max())
+        err = err * a + (gamma(k, EPS32) + EPS32) * a * mag
+        mag *= a
+    return err
 
 
 def _random(shape, seed=0):
@@ -51,7 +70,8 @@ def test_weights_closed_form():
         return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1 if t < 1 else a * (t ** 3 - 5 * t ** 2 + 8 * t - 4)
 
     raw = np.array([kernel((j + 0.5 - 3.0) / 2) for j in range(7)])
-    np.testing.assert_allclose(w[1, :7], raw / raw.sum(), rtol=0, atol=1e-15)
+    # 7 terms summed and one division, on both sides
+    np.testing.assert_allclose(w[1, :7], raw / raw.sum(), rtol=0, atol=sum_tol(8, np.abs(raw).sum()) / raw.sum())
     assert w[1, 7] == 0
 
 
@@ -60,7 +80,7 @@ def test_float32_form_within_1e_3_grey_levels_of_pil(shape):
     for images in (_random((2, 3) + shape), _smooth((1, 3) + shape)):
         ours = resize_pil_bicubic(torch.from_numpy(images), 299)
         assert ours.dtype == torch.float32 and ours.shape == images.shape[:2] + (299, 299)
-        assert float((ours - torch.from_numpy(_pil(images))).abs().max()) <= 1e-4  # the requirement: 1e-3
+        assert float((ours - torch.from_numpy(_pil(images))).abs().max()) <= _float32_tol(shape)  # required: 1e-3
 
 
 @pytest.mark.parametrize("shape", SIZES)
@@ -88,14 +108,16 @@ def test_non_square_output_and_uint8_input():
     reference = [np.asarray(Image.fromarray(p, mode="F").resize((33, 120), Image.BICUBIC)).clip(0, 255)
                  for p in images[0]]
     assert ours.shape == (1, 2, 120, 33)
-    assert float((ours[0] - torch.from_numpy(np.stack(reference))).abs().max()) <= 1e-4
+    assert float((ours[0] - torch.from_numpy(np.stack(reference))).abs().max()) <= _float32_tol((45, 70), (120, 33))
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 100.25, 255.0])
 def test_constant_image_stays_constant(value):
     for shape in [(32, 32), (1024, 1024), (37, 61)]:
         images = torch.full((1, 1) + shape, value)
-        assert float((resize_pil_bicubic(images, 299) - value).abs().max()) <= 1e-4
+        # (1.07e-4 at 255 with OPENBLAS_CORETYPE=Prescott MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default,
+        # one thread: it was <= 1e-4)
+        assert float((resize_pil_bicubic(images, 299) - value).abs().max()) <= _float32_tol(shape, magnitude=value)
         assert torch.equal(resize_pil_bicubic(images, 299, dtype=torch.float64), torch.full((1, 1, 299, 299), value))
 
 
@@ -130,9 +152,10 @@ def test_resize_clean_backends_on_the_cpu():
     assert torch.equal(pil, resize_clean(images, backend="pil"))
     assert torch.equal(pil, torch.from_numpy(_pil(images.numpy().astype(np.float32))))
     torch_form = resize_clean(images, backend="torch")
-    assert torch_form.dtype == torch.float32 and float((torch_form - pil).abs().max()) <= 1e-4
+    assert torch_form.dtype == torch.float32 and float((torch_form - pil).abs().max()) <= _float32_tol((37, 61))
     floats = resize_clean(images.float() / 255, backend="torch")
-    assert float((floats - pil).abs().max()) <= 1e-3  # x / 255 * 255 is not always x in float32
+    # x / 255 * 255 is not always x in float32: two more roundings of the input (2u 255, through two passes)
+    assert float((floats - pil).abs().max()) <= _float32_tol((37, 61)) + 2 * 255 * EPS32
 
 
 def test_preprocess_clean_keeps_pil_on_the_cpu():

@@ -115,4 +115,5 @@ def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0, mean_error=
     rest = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)) + 2 * trace_sqrt
     e = 2 * np.broadcast_to(np.asarray(mean_error, dtype=np.float64), diff.shape)
     means = float(np.sum(2 * np.abs(diff) * e + e * e))
-    return SAFETY * (2 * sqrt_sum_tol(eigenvalues, eig_delta(norm, terms)) + means) + sum_tol(3 * dim, rest)
+    trace_sqrt_error = 2 * sqrt_sum_tol(eigenvalues, eig_delta(norm, terms))
+    return SAFETY * (trace_sqrt_error + means) + sum_tol(3 * dim, rest)
