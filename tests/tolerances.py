@@ -64,7 +64,7 @@ def eig_delta(norm, terms, eps=EPS):
 
     Weyl's theorem: each eigenvalue moves by at most the 2-norm of the perturbation. A product of matrices
     perturbs each entry by gamma_k times its magnitude for k summed terms, and a backward-stable eigensolver
-    of an m x m matrix adds p(m) eps norm with p(m) taken as m; `terms` is the total count (the inner
+    of an m x m matrix adds p(m) u norm with p(m) taken as m; `terms` is the total count (the inner
     dimensions of the products plus m), and the perturbation is taken relative to `norm`.
     """
     return gamma(terms, eps) * norm
@@ -95,9 +95,10 @@ def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0, mean_error=
     from, when one side computes from the features themselves and the other from the covariances (their
     own rounding; the Gram form always does, so N2 is added there too). The rest is a sum of 3D terms;
     when the two computations start from means that may differ by `mean_error` per entry (e.g. one ulp of
-    a mean computed twice), |mu1 - mu2|^2 moves by at most sum_j 2 |mu1_j - mu2_j| e + e^2 with e twice that. A Schur-based ``sqrtm`` of
-    S1 S2 (pytorch-fid, clean-fid) and singular values of a factor (test oracles) are taken to satisfy the
-    same model (singular values are better conditioned: they carry no square root of a rounding error).
+    a mean computed twice), |mu1 - mu2|^2 moves by at most sum_j (2 |mu1_j - mu2_j| e + e^2), e = 2 mean_error.
+    A Schur-based ``sqrtm`` of S1 S2 (pytorch-fid, clean-fid) and singular values of a factor (test oracles)
+    are taken to satisfy the same model (singular values are better conditioned: they carry no square root
+    of a rounding error).
     """
     mu1, sigma1, mu2, sigma2 = (np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2))
     dim = mu1.shape[0]
