@@ -12,7 +12,11 @@ r_k(z) the distance from z to its k-th nearest neighbour within its own set (its
 Strict inequalities, as in the authors' reference code (the paper writes closed balls; the two agree
 unless distances tie exactly). precision, recall and coverage lie in [0, 1]; density is unbounded above
 (about 1 when Y and X come from the same distribution). Distances are computed in float64, in row blocks
-so memory stays O(block * max(N, M)).
+so memory stays O(block * max(N, M)), as |a|^2 + |b|^2 - 2 a.b after subtracting the real features' mean
+from both sets: distances do not change under a common translation, and the expansion's rounding error
+(about D eps (|a|^2 + |b|^2)) is then relative to the features' spread, not to a large offset they share
+(without it, float64 features N(0, 1) + 1e8 keep no correct digit). The result is invariant to a common
+offset of the features, up to ties within that rounding.
 """
 from typing import Dict
 
@@ -27,6 +31,14 @@ def _squared_distances(a, b, b_sq_norms):
     """Squared Euclidean distances (len(a), len(b)), clamped at 0 against rounding."""
     d2 = (a * a).sum(dim=1, keepdim=True) + b_sq_norms[None, :] - 2.0 * (a @ b.T)
     return d2.clamp_min_(0.0)
+
+
+def _centred_float64(real, fake):
+    """float64 copies of both feature sets on the real features' device, minus the real features' mean."""
+    x = torch.as_tensor(real).detach().to(torch.float64)
+    y = torch.as_tensor(fake).detach().to(device=x.device, dtype=torch.float64)
+    center = x.mean(dim=0)
+    return x - center, y - center
 
 
 def _kth_neighbour_sq_radius(x, k, block):
@@ -52,12 +64,11 @@ def prdc(real_features: ArrayLike, fake_features: ArrayLike, k: int = 5, block: 
     _check_same_dim(real_features, fake_features, "real_features", "fake_features")
     _check_positive_int(k, "k")
     _check_positive_int(block, "block")
-    x = torch.as_tensor(real_features).detach().to(torch.float64)
-    y = torch.as_tensor(fake_features).detach().to(device=x.device, dtype=torch.float64)
-    for name, feats in (("real_features", x), ("fake_features", y)):
+    for name, feats in (("real_features", real_features), ("fake_features", fake_features)):
         if feats.shape[0] <= k:
             raise ValueError(f"{name} has {feats.shape[0]} samples; k-nearest-neighbour radii with k={k} need "
                              f"at least {k + 1}: pass more samples or a smaller k")
+    x, y = _centred_float64(real_features, fake_features)
 
     real_radius = _kth_neighbour_sq_radius(x, k, block)
     fake_radius = _kth_neighbour_sq_radius(y, k, block)

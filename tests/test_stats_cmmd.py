@@ -3,6 +3,7 @@ unbiased variant), is ~0 for a set with itself, grows with a distortion's streng
 import numpy as np
 import pytest
 import torch
+from tolerances import gamma, sum_tol
 
 from genmetrics.stats import cmmd, extract_features
 
@@ -99,3 +100,24 @@ def test_bad_input_is_refused_in_one_line(kwargs, match):
     with pytest.raises(ValueError, match=match) as error:
         cmmd(**kwargs)
     assert "\n" not in str(error.value)
+
+
+def test_invariant_to_a_common_offset(embeddings):
+    """Issue 19 item 12 (CMMD shares the blocked distances of copy detection): embeddings that share a large
+    offset (2^27 .. 2^31 per coordinate) gave squared distances wrong by ~ D eps |a|^2 ~ 1e4, so kernel
+    values of 0 or 1 at random. Each kernel sum now centres on the mean of its second set.
+
+    Error model: rows of norm 4 on a grid of 2^-20 (so that adding the offset is exact: < 53 bits) about a
+    centre of norm <= 4 are within 8 of it, so a squared distance's absolute terms add up to at most
+    2 (64 + 64) and two runs' squared distances differ by at most e = sum_tol(D + 2, 256). A kernel value
+    exp(-g d^2), g = 1 / (2 sigma^2), then moves by at most g e; each of the three means also by the rounding
+    of a sum of at most n^2 terms in (0, 1] (2 gamma_{n^2} of the mean), and CMMD = scale (k_xx + k_yy -
+    2 k_xy) by scale (1 + 1 + 2) times that."""
+    x, y = (np.round(4.0 * e * 2.0 ** 20) / 2.0 ** 20 for e in embeddings)
+    offset = 2.0 ** 27 * np.random.default_rng(5).integers(1, 16, size=x.shape[1])
+    sigma, n = 2.0, max(len(x), len(y))
+    base = cmmd(x, y, sigma=sigma)
+    shifted = cmmd(x + offset, torch.from_numpy(y + offset), sigma=sigma, chunk_size=16)
+    per_mean = sum_tol(x.shape[1] + 2, 256) / (2 * sigma ** 2) + 2 * gamma(n * n)
+    assert abs(shifted - base) <= 1000.0 * 4 * per_mean
+    assert base > 1000.0 * 4 * per_mean * 1e6  # the check above is not vacuous

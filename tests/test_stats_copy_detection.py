@@ -150,3 +150,39 @@ def test_bad_input_is_refused_in_one_line(kwargs, match):
     with pytest.raises(ValueError, match=match) as error:
         copy_detection(**kwargs)
     assert "\n" not in str(error.value)
+
+
+def _on_grid(a):
+    """a rounded to multiples of 2^-20. With |a| < 2^4 and an offset that is a multiple of 2^-20 below 2^32,
+    a + offset needs fewer than 32 + 20 < 53 bits: exact in float64, the translated set itself."""
+    return np.round(a * 2.0 ** 20) / 2.0 ** 20
+
+
+def test_invariant_to_a_common_offset():
+    """Issue 19 item 12: samples and references that share a large offset (2^27 .. 2^31 per coordinate, spread
+    ~1) lost every digit in |a|^2 + |b|^2 - 2 a.b (error ~ D eps |a|^2 ~ 1e4 against squared distances ~ 1e2):
+    copies were missed and fresh samples flagged. Both searches now centre on the references' mean.
+
+    Error model: the translated sets have exactly the original distances. A computed squared distance about
+    a centre c (three sums of D terms and two additions whose absolute terms add up to at most
+    2 (|a - c|^2 + |b - c|^2)) is within sum_tol(D + 2, that) of the other run's, hence a distance within its
+    square root (|sqrt(u) - sqrt(v)| <= sqrt(|u - v|)). The two runs' centres differ by the rounding of a mean
+    of values ~2^31 (~1e-5), far below the spread: the factor 2 on the norms covers it. The flags and nearest
+    references agree because the copies' scores (< 0.1) and the fresh samples' (> 0.5), and each sample's
+    nearest and second-nearest distances, are separated by far more than that."""
+    rng = np.random.default_rng(4)
+    ref = _on_grid(rng.normal(size=(60, 32)))
+    near = ref[[5, 29]] + 0.05 * rng.normal(size=(2, 32))
+    samples = _on_grid(np.concatenate([ref[[3, 17, 42]], near, rng.normal(size=(10, 32))]))
+    offset = 2.0 ** 27 * rng.integers(1, 16, size=32)
+    base = copy_detection(samples, ref)
+    shifted = copy_detection(samples + offset, torch.from_numpy(ref + offset), chunk_size=16)
+    assert sorted(base["indices"].tolist()) == sorted(shifted["indices"].tolist()) == [0, 1, 2, 3, 4]
+    assert shifted["fraction"] == base["fraction"] == 5 / 15
+    np.testing.assert_array_equal(shifted["nearest"], base["nearest"])
+    np.testing.assert_array_equal(base["nearest"][:5], [3, 17, 42, 5, 29])
+    centre = ref.mean(axis=0)
+    largest = max(((samples - centre) ** 2).sum(1).max(), ((ref - centre) ** 2).sum(1).max())
+    tol = np.sqrt(sum_tol(32 + 2, 2 * 2 * (2 * largest)))
+    assert np.abs(shifted["distances"] - base["distances"]).max() <= tol
+    assert np.abs(shifted["reference_nn_distances"] - base["reference_nn_distances"]).max() <= tol

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import sum_tol
 
 from genmetrics.stats import prdc
 
@@ -73,3 +74,37 @@ def test_cuda_equals_cpu():
     real, fake = rng.normal(size=(300, 32)), rng.normal(0.2, 1.0, size=(200, 32))
     gpu = prdc(torch.from_numpy(real).cuda(), torch.from_numpy(fake).cuda(), k=5, block=64)
     assert gpu == pytest.approx(_reference_prdc(real, fake, 5), abs=1e-12)
+
+
+def _on_grid(a):
+    """a rounded to multiples of 2^-20. With |a| < 2^4 and an offset that is a multiple of 2^-20 below 2^32,
+    a + offset needs fewer than 32 + 20 < 53 bits: exact in float64, the translated set itself."""
+    return np.round(a * 2.0 ** 20) / 2.0 ** 20
+
+
+def test_invariant_to_a_common_offset():
+    """Issue 19 item 12: features that share a large offset (2^27 .. 2^31 per coordinate here, spread ~1) gave
+    arbitrary numbers: |a|^2 + |b|^2 - 2 a.b rounds with an error ~ D eps |a|^2 ~ 1e5 against squared
+    distances ~ 1e2. Both sets are now centred on the real features' mean first.
+
+    Error model: the translated sets have exactly the original distances. Computed about any centre c, a
+    squared distance (three sums of D terms, two additions, absolute terms adding up to at most
+    2 (|a - c|^2 + |b - c|^2)) is within sum_tol(D + 2, that) of the exact one, so are the k-NN radii (an
+    order statistic moves no more than its inputs), and so is the oracle's direct sum of squared differences.
+    The four metrics count strict comparisons d^2 < r^2: they cannot differ from the oracle's unless an exact
+    gap is below twice that bound, and the smallest gap of this data is checked to be far larger."""
+    rng = np.random.default_rng(3)
+    real, fake = _on_grid(rng.normal(size=(200, 64))), _on_grid(rng.normal(0.3, 1.1, size=(150, 64)))
+    offset = 2.0 ** 27 * rng.integers(1, 16, size=64)
+    k = 5
+    got = prdc(real + offset, torch.from_numpy(fake + offset), k=k)
+    expected = _reference_prdc(real, fake, k)
+    for name in expected:  # equal counts; abs only absorbs the division by N or k M
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+    centre = real.mean(axis=0)  # the centre prdc uses, up to rounding far below the spread (factor 2 below)
+    largest = max(((real - centre) ** 2).sum(1).max(), ((fake - centre) ** 2).sum(1).max())
+    bound = sum_tol(64 + 2, 2 * 2 * (2 * largest))
+    d2 = ((real[:, None] - fake[None]) ** 2).sum(-1)
+    radius2 = [np.sort(((a[:, None] - a[None]) ** 2).sum(-1), axis=1)[:, k] for a in (real, fake)]
+    gap = min(np.abs(d2 - radius2[0][:, None]).min(), np.abs(d2 - radius2[1][None, :]).min())
+    assert gap > 2 * bound, (gap, bound)
