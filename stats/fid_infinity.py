@@ -9,7 +9,9 @@ FID∞ evaluates FID_N against fixed reference statistics at `num_points` sample
 from `min_samples` to all the samples (each a random subset without replacement), fits that line by
 least squares in 1/N, and returns its intercept. Same units as FID. As in the authors' code the
 reference (typically 50,000 images) is taken as exact; use >= 50,000 generated samples and the
-defaults (N from 5,000, 15 points) to compare with their numbers.
+defaults (N from 5,000, 15 points) to compare with their numbers. Each FID_N is a Fréchet distance (never
+negative); the intercept is an extrapolation and can come out slightly below 0 when the generated
+distribution equals the reference's.
 """
 from typing import Optional
 
