@@ -41,10 +41,10 @@ import torch
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
                                        FEATURE_EXTRACTOR, FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS,
                                        KEPT_FEATURE_METRICS, METRIC_EXTRACTOR_PREFIX, METRICS)
-from genmetrics.stats.distributed import (all_gather_rows, all_reduce_sum, check_all_ranks, rank_and_world,
-                                          shard_size)
+from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, rank_and_world, shard_size
 from genmetrics.stats.image_input import check_value_range
 
+from .grid import gather_images, stack_images
 from .sample_input import as_float01, as_uint8_nhwc, iter_sample_batches
 
 __all__ = ["score_samples", "ScoreResult", "ScoreOptions"]
@@ -61,9 +61,10 @@ class ScoreResult:
 
     metrics: prefixed metric name -> float. params: provenance that is stable within a run (str ->
     str). tags: provenance that may change between calls (str -> str). preview: the first (up to 64)
-    samples as uint8 (N, H, W, 3) numpy array, for the sample grid. copy_pairs: with ``copy_pairs=True``, the
-    grid of flagged samples beside their nearest reference images as one uint8 (H, W, 3) array
-    (:mod:`genmetrics.plugin.copy_grid`), or None.
+    samples as uint8 (N, H, W, 3) numpy array, for the sample grid; samples of different sizes are each fitted
+    (aspect kept, centred on white) into one square cell (:func:`genmetrics.plugin.grid.stack_images`).
+    copy_pairs: with ``copy_pairs=True``, the grid of flagged samples beside their nearest reference images as one
+    uint8 (H, W, 3) array (:mod:`genmetrics.plugin.copy_grid`), or None.
     """
 
     metrics: dict
@@ -298,30 +299,31 @@ def _lpips_available(opts, plan):
 
 
 class _PairedSums:
-    """Running sums of per-image similarity between samples and their targets (sample i vs target i)."""
+    """Running sums of per-image similarity between samples and their targets (sample i vs target i, of one size;
+    the pairs may differ in size from each other)."""
 
     def __init__(self, targets, opts, plan):
-        batches = [as_float01(b) for b in iter_sample_batches(targets, None, opts.batch_size, opts.value_range)]
-        if len({b.shape[1:] for b in batches}) > 1:
-            raise ValueError("paired target images must all have one size, the size of their samples; resize them")
-        self.targets = torch.cat(batches)
+        batches = iter_sample_batches(targets, None, opts.batch_size, opts.value_range)
+        self.targets = [image for batch in batches for image in as_float01(batch)]  # (3, H, W) each
         self.sums = {m: 0.0 for m in plan.image_metrics}
         self.count, self.opts, self.plan = 0, opts, plan
 
     def update(self, batch):
         x = as_float01(batch)
         y = self.targets[self.count:self.count + x.shape[0]]
-        if y.shape != x.shape:
+        if len(y) != x.shape[0] or any(t.shape != x.shape[1:] for t in y):
             raise ValueError(
                 f"targets must pair one-to-one with samples of the same size: sample images {self.count}.."
-                f"{self.count + x.shape[0] - 1} have shape {tuple(x.shape[1:])}, targets left: {tuple(y.shape)}")
+                f"{self.count + x.shape[0] - 1} have shape {tuple(x.shape[1:])}, their targets "
+                f"{sorted({tuple(t.shape) for t in y}) or 'none (too few targets)'}")
+        y = torch.stack(y)
         for m in self.sums:
             self.sums[m] += float(_image_similarity(m, x, y, self.opts, self.plan.device).double().sum())
         self.count += x.shape[0]
 
     def check_count(self):
-        if self.count != self.targets.shape[0]:
-            raise ValueError(f"got {self.count} samples but {self.targets.shape[0]} targets; pass one target per "
+        if self.count != len(self.targets):
+            raise ValueError(f"got {self.count} samples but {len(self.targets)} targets; pass one target per "
                              f"sample")
 
     def means(self, distributed):
@@ -341,6 +343,7 @@ class _Pass:
     paired: Optional[_PairedSums]
     kept: Optional[torch.Tensor]
     counts: list
+    mixed_sizes: Optional[str] = None  #: the samples' sizes when they differ (kept images fitted to one cell)
 
 
 def _local_share(opts, rank, world):
@@ -386,12 +389,11 @@ def _accumulate(batches, targets, opts, plan, rank, world):
         paired.check_count()
     elif targets is not None:
         _PairedSums(targets, opts, plan).check_count()  # targets are checked even when no image metric uses them
-    kept = torch.cat(kept)[:keep] if kept else None
+    kept, mixed_sizes = stack_images(kept, keep)  # samples of different sizes: fitted into one cell
     if world > 1:
-        kept = all_gather_rows(kept)
-        kept = None if kept is None else kept[:keep]
+        kept, mixed_sizes = gather_images(kept, mixed_sizes, keep)
     counts = [count] if world == 1 else [int(c) for c in all_reduce_sum(np.eye(world)[rank] * count)]
-    return _Pass(accumulator, paired, kept, counts)
+    return _Pass(accumulator, paired, kept, counts, mixed_sizes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -477,10 +479,16 @@ def _inception_score(stats, opts, skips):
     return {"is": float(mean), "is_std": float(std)}
 
 
-def _diversity(images, opts, plan):
-    """Mean similarity over seeded pairs of distinct samples, per image metric (keys `*_diversity`)."""
+def _diversity(images, opts, plan, mixed_sizes=None):
+    """Mean similarity over seeded pairs of distinct samples, per image metric (keys `*_diversity`); skipped
+    when the samples differ in size (`mixed_sizes` names them)."""
     from genmetrics.stats import pairwise_diversity
 
+    if mixed_sizes:
+        for m in plan.image_metrics:
+            plan.skips.skip(f"{m}_diversity", f"the samples differ in size ({mixed_sizes}); SSIM / MS-SSIM / LPIPS "
+                                              f"diversity compares samples of one size: resize them to one size")
+        return {}
     if images is None or images.shape[0] < 2:
         for m in plan.image_metrics:
             plan.skips.skip(f"{m}_diversity", "diversity needs at least 2 samples")
@@ -511,7 +519,7 @@ def _compute(done, ref, opts, plan):
     if done.paired is not None:
         results.update(done.paired.means(len(done.counts) > 1))
     elif plan.image_metrics:
-        results.update(_diversity(done.kept, opts, plan))
+        results.update(_diversity(done.kept, opts, plan, done.mixed_sizes))
     return results
 
 

@@ -59,17 +59,18 @@ def _same_device(a, b):
 
 def _network_input(images, prepare, batch_size, value_range) -> Iterator[torch.Tensor]:
     """Network batches of exactly `batch_size` images (the last one smaller), in input order; `prepare` maps a
-    normalised batch to the network's input on its device."""
+    normalised batch to the network's input on its device. Images of different sizes are prepared apart (to the
+    same input size) and batched together; images from files are prepared one by one as they are decoded, so
+    memory holds prepared batches and at most a few decoded images (see ``image_files.iter_image_files``)."""
     pending, pending_count = [], 0
-    for batch in iter_image_batches(images, value_range):
-        for start in range(0, batch.shape[0], batch_size):
-            pending.append(prepare(batch[start:start + batch_size]))
-            pending_count += pending[-1].shape[0]
-            while pending_count >= batch_size:
-                merged = torch.cat(pending) if len(pending) > 1 else pending[0]
-                yield merged[:batch_size]
-                pending = [merged[batch_size:]] if merged.shape[0] > batch_size else []
-                pending_count -= batch_size
+    for prepared in iter_image_batches(images, value_range, transform=prepare, batch_size=batch_size):
+        pending.append(prepared)
+        pending_count += prepared.shape[0]
+        while pending_count >= batch_size:
+            merged = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield merged[:batch_size]
+            pending = [merged[batch_size:]] if merged.shape[0] > batch_size else []
+            pending_count -= batch_size
     if pending_count:
         yield torch.cat(pending)
 

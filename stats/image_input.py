@@ -157,9 +157,10 @@ def _is_single(item):
     return isinstance(item, Image.Image) or (_is_array(item) and item.ndim in (2, 3))
 
 
-def _iter_items(images, value_range):
+def _iter_items(images, value_range, transform):
+    """The input's batches as given; files already transformed (one image each), others not yet."""
     if _is_path(images):
-        yield from iter_image_files(images)
+        yield from iter_image_files(images, transform=transform)
     elif _is_array(images):
         yield to_image_batch(images, value_range)
     elif isinstance(images, Image.Image):
@@ -175,18 +176,31 @@ def _iter_items(images, value_range):
             yield to_image_batch(item, value_range, what, single=_is_single(item))
 
 
-def iter_image_batches(images, value_range: Optional[Tuple[float, float]] = None) -> Iterator[torch.Tensor]:
+def iter_image_batches(images, value_range: Optional[Tuple[float, float]] = None, transform=None,
+                       batch_size: Optional[int] = None) -> Iterator[torch.Tensor]:
     """Yield checked batches (N, 3, H, W) (uint8 or float32 in [0, 1]) from any accepted input.
 
     `value_range` (see the module docstring) applies to float arrays and tensors; files are uint8.
-    Raises ValueError when the input holds no image at all.
+    batch_size: batches of more images are split into batches of at most this many (default: as given).
+    transform: a function applied to each batch before it is yielded (the resize to a network's input, for
+      example); what is yielded is its result. Images from a folder or zip come one per batch and are
+      transformed right after decoding, each on its own (:func:`~genmetrics.stats.image_files.iter_image_files`),
+      so full-size decoded images are never held together.
+    Images of different sizes come in different batches. Raises ValueError when the input holds no image at all.
     """
     value_range = check_value_range(value_range)
     total = 0
-    for batch in _iter_items(images, value_range):
-        if batch.shape[0]:
-            total += batch.shape[0]
-            yield batch
+    for batch in _iter_items(images, value_range, transform):
+        if _is_path(images):
+            parts = [batch]
+        else:
+            step = batch_size or max(1, batch.shape[0])
+            parts = (batch[start:start + step] for start in range(0, batch.shape[0], step))
+            parts = parts if transform is None else map(transform, parts)
+        for part in parts:
+            if part.shape[0]:
+                total += part.shape[0]
+                yield part
     if total == 0:
         raise ValueError("no images were given (empty input); pass at least one image")
 

@@ -36,6 +36,9 @@ from .threads import thread_map
 __all__ = ["MODES", "preprocess", "resize_clean", "resize_legacy_tensorflow", "resize_legacy_pytorch"]
 
 SIZE = 299
+#: Images with more pixels (2048 x 2048) are resized one channel at a time, so that a single float copy of
+#: one channel exists at a time (the resizes themselves are unchanged).
+PARALLEL_PIXELS = 1 << 22
 
 
 def _check_mode(mode):
@@ -54,13 +57,20 @@ def _as_0_255(images):
 def _as_0_1(images):
     """float32 in [0, 1]: uint8 / 255 (as torchvision's ToTensor), floats unchanged."""
     if images.dtype == torch.uint8:
-        return images.to(torch.float32).div(255.0)
+        return images.to(torch.float32).div_(255.0)
     return images.to(torch.float32)
 
 
 def _pil_bicubic(channel, size):
-    """One channel (H, W) float32 on the 0..255 scale -> (size, size), PIL 'F' bicubic, clipped to [0, 255]."""
-    resized = Image.fromarray(channel, mode="F").resize((size, size), resample=Image.BICUBIC)
+    """One channel (H, W) tensor, uint8 or float [0, 1], -> float32 (size, size) on the 0..255 scale: a float32
+    PIL image (mode 'F', made only now, from this channel alone), PIL bicubic, clipped to [0, 255]."""
+    channel = channel.cpu()
+    if channel.dtype == torch.uint8:  # 'L' -> 'F' holds the same float32 values as the channel cast to float32
+        image = Image.fromarray(channel.numpy()).convert("F")
+    else:
+        image = Image.fromarray(_as_0_255(channel).numpy())
+    resized = image.resize((size, size), resample=Image.BICUBIC)
+    del image
     return np.asarray(resized).clip(0, 255)
 
 
@@ -68,10 +78,12 @@ def resize_clean(images, size=SIZE, backend=None):
     """clean-fid's clean resizer: per channel float32 PIL bicubic to (size, size), clip to [0, 255].
 
     images: (N, 3, H, W) uint8 or float in [0, 1]; returns float32 (N, 3, size, size) on the 0..255 scale.
-    backend: ``"pil"``: PIL on the CPU, the channels resized in parallel threads, bit-identical to
-    clean-fid; the result is on the CPU. ``"torch"``: :func:`~genmetrics.stats.resize_pil.resize_pil_bicubic`
-    on the device of `images` (PIL's coefficients as two float32 matrix products, equal to PIL to 1e-4 grey
-    levels); the result stays on that device. ``None`` (default): ``"torch"`` for CUDA tensors, else ``"pil"``.
+    backend: ``"pil"``: PIL on the CPU, bit-identical to clean-fid; each channel becomes a float32 image only
+    when it is resized, the channels of images up to :data:`PARALLEL_PIXELS` in parallel threads, those of
+    larger images one after another (one float copy of one channel at a time); the result is on the CPU.
+    ``"torch"``: :func:`~genmetrics.stats.resize_pil.resize_pil_bicubic` on the device of `images` (PIL's
+    coefficients as two float32 matrix products, equal to PIL to 1e-4 grey levels); the result stays on that
+    device. ``None`` (default): ``"torch"`` for CUDA tensors, else ``"pil"``.
     """
     if backend is None:
         backend = "torch" if images.device.type == "cuda" else "pil"
@@ -79,11 +91,15 @@ def resize_clean(images, size=SIZE, backend=None):
         return resize_pil_bicubic(_as_0_255(images), size)
     if backend != "pil":
         raise ValueError(f"backend must be 'pil', 'torch' or None, got {backend!r}")
-    array = _as_0_255(images).cpu().numpy()
-    channels = [array[n, c] for n in range(array.shape[0]) for c in range(array.shape[1])]
-    resized = thread_map(lambda channel: _pil_bicubic(channel, size), channels)
+    channels = [images[n, c] for n in range(images.shape[0]) for c in range(images.shape[1])]
+    mapper = thread_map if images.shape[2] * images.shape[3] <= PARALLEL_PIXELS else _serial_map
+    resized = mapper(lambda channel: _pil_bicubic(channel, size), channels)
     out = np.stack(resized).astype(np.float32, copy=False) if resized else np.empty((0, size, size), np.float32)
-    return torch.from_numpy(out.reshape(array.shape[:2] + (size, size)))
+    return torch.from_numpy(out.reshape(tuple(images.shape[:2]) + (size, size)))
+
+
+def _serial_map(fn, items):
+    return [fn(item) for item in items]
 
 
 def _tf1_source_index(in_size, out_size, device):
@@ -104,18 +120,28 @@ def resize_legacy_tensorflow(images, size=SIZE):
     (i * H/size, j * W/size), with x0 = floor, x1 = min(x0 + 1, W - 1), in TF's order of operations
     (a + (b - a) * t). The x-interpolation is done once per input row, then rows are picked.
     """
-    x = images.to(torch.float32)
-    y0, y1, wy = _tf1_source_index(x.shape[2], size, x.device)
-    x0, x1, wx = _tf1_source_index(x.shape[3], size, x.device)
-    left, right = x.index_select(3, x0), x.index_select(3, x1)
+    return _tf1_resize(images, size, lambda t: t.to(torch.float32))
+
+
+def _tf1_resize(images, size, to_float):
+    """:func:`resize_legacy_tensorflow` with the input columns it reads mapped by `to_float` (float32 values)
+    after they are picked, so that no float copy of a whole large image is made (same values as mapping first)."""
+    y0, y1, wy = _tf1_source_index(images.shape[2], size, images.device)
+    x0, x1, wx = _tf1_source_index(images.shape[3], size, images.device)
+    left, right = to_float(images.index_select(3, x0)), to_float(images.index_select(3, x1))
     rows = left + (right - left) * wx
     top, bottom = rows.index_select(2, y0), rows.index_select(2, y1)
     return top + (bottom - top) * wy[:, None]
 
 
 def resize_legacy_pytorch(images, size=SIZE):
-    """pytorch-fid's resize: bilinear F.interpolate (align_corners=False) of [0, 1] floats, same device."""
-    return F.interpolate(_as_0_1(images), size=(size, size), mode="bilinear", align_corners=False)
+    """pytorch-fid's resize: bilinear F.interpolate (align_corners=False) of [0, 1] floats, same device.
+
+    One channel at a time (the same values: bilinear interpolation treats each channel on its own), so that a
+    large image has one float copy of one channel at a time.
+    """
+    return torch.cat([F.interpolate(_as_0_1(images[:, c:c + 1]), size=(size, size), mode="bilinear",
+                                    align_corners=False) for c in range(images.shape[1])], dim=1)
 
 
 def preprocess(images, mode="clean", device=None):
@@ -131,5 +157,5 @@ def preprocess(images, mode="clean", device=None):
         return (x - 128.0) / 128.0
     images = images.to(device) if device is not None else images
     if mode == "legacy_tensorflow":
-        return (resize_legacy_tensorflow(_as_0_255(images)) - 128.0) / 128.0
+        return (_tf1_resize(images, SIZE, _as_0_255) - 128.0) / 128.0
     return 2.0 * resize_legacy_pytorch(images) - 1.0
