@@ -118,3 +118,32 @@ def frechet_tol(mu1, sigma1, mu2, sigma2, features2=None, samples=0, mean_error=
     means = float(np.sum(2 * np.abs(diff) * e + e * e))
     trace_sqrt_error = 2 * sqrt_sum_tol(eigenvalues, eig_delta(norm, terms))
     return SAFETY * (trace_sqrt_error + means) + sum_tol(3 * dim, rest)
+
+
+def mmd_tol(x, y, degree=3, gamma_=None, coef0=1.0, center=None):
+    """Difference bound for two float64 computations of the unbiased MMD^2 with the polynomial kernel
+    k(a, b) = (g a.b + coef0)^degree of the rows x (m, D) and y (n, D), g = 1/D by default.
+
+    MMD^2 is a difference of three means of kernel values, so its rounding is relative to the kernels, not
+    to the (much smaller) result: each kernel value within gamma_{D + 2 degree + 1} of its magnitude (the dot
+    product, the power), each mean within gamma_{M} for M <= max(m, n)^2 terms. Magnitudes, per pair: the
+    plain formula (`center` None: peers, the definition) (g |a| |b| + |coef0|)^degree; the library's
+    expansion about `center` c (u = a - c, v = b - c, b0 = g c.c + coef0; the constant b0^degree cancels
+    exactly) (|b0| + T)^degree - |b0|^degree with T = g (|u| |v| + |c| (|u| + |v|)).
+    """
+    x, y = (np.asarray(a, dtype=np.float64) for a in (x, y))
+    g = 1.0 / x.shape[1] if gamma_ is None else gamma_
+
+    def mean_magnitude(p, q):
+        if center is None:
+            return float(np.mean((g * np.outer(np.linalg.norm(p, axis=1), np.linalg.norm(q, axis=1))
+                                  + abs(coef0)) ** degree))
+        c = np.asarray(center, dtype=np.float64)
+        base = abs(g * float(c @ c) + coef0)
+        up, uq = np.linalg.norm(p - c, axis=1), np.linalg.norm(q - c, axis=1)
+        t = g * (np.outer(up, uq) + np.linalg.norm(c) * (up[:, None] + uq[None, :]))
+        return float(np.mean((base + t) ** degree - base ** degree))
+
+    magnitude = mean_magnitude(x, x) + mean_magnitude(y, y) + 2 * mean_magnitude(x, y)
+    terms = x.shape[1] + 2 * degree + 1 + max(len(x), len(y)) ** 2
+    return SAFETY * gamma(terms) * magnitude
