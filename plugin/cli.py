@@ -102,10 +102,19 @@ def main(argv=None):
     with one_line_messages(command):
         try:
             return args.func(args) or 0
-        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - ours and MLflow's errors become one line, others a traceback
+            if not isinstance(exc, (ValueError, OSError, KeyError, RuntimeError)) and not _from_mlflow(exc):
+                raise
+            from .spool import redact_text
+
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"genmetrics {command}: error: {message}", file=sys.stderr)
+            print(f"genmetrics {command}: error: {redact_text(message)}", file=sys.stderr)
             return 2
+
+
+def _from_mlflow(exc):
+    """An MLflow error (a tracking server that refuses or is down): told in one line, without credentials."""
+    return type(exc).__module__.split(".")[0] == "mlflow"
 
 
 if __name__ == "__main__":

@@ -113,3 +113,19 @@ def test_listing_says_what_unpinned_means_and_how_to_pin(capsys, tmp_path, monke
     info = capsys.readouterr().out
     assert "sha256: unpinned; not fetched yet: the first fetch records its hash (trust on first use)" in info
     assert "sha256: None" not in info and "`sha256: <hex>`" in info
+
+
+def test_mlflow_errors_are_one_line_without_the_uri_credentials(capsys, monkeypatch):
+    """A tracking server that refuses (an MlflowException, not one of our errors) ends the command with one line,
+    and the user:password of a tracking URI quoted in MLflow's message is not printed."""
+    from mlflow.exceptions import MlflowException
+
+    from genmetrics.plugin import cli_runs
+
+    def refused(args):
+        raise MlflowException("API request to http://user:secret@127.0.0.1:9/api/2.0/mlflow/runs/get failed")
+
+    monkeypatch.setattr(cli_runs, "run_replay", refused)
+    assert main(["replay"]) == 2
+    err = capsys.readouterr().err
+    assert err == "genmetrics replay: error: API request to http://127.0.0.1:9/api/2.0/mlflow/runs/get failed\n"
