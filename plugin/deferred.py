@@ -7,7 +7,7 @@ logs them to the run with the step of the samples, then marks the step scored wi
 
 Exactly once, also across a crash or a kill of the worker:
 
-1. a step is pending while it has a ``genmetrics.samples.<step>`` tag and no ``scored`` tag;
+1. a step is pending while it has a ``genmetrics.samples.<step>`` tag and no ``scored`` or ``failed`` tag;
 2. before scoring a pending step, the metric histories of the run's metrics under ``prefix`` are
    read; if any of them already has an entry at that step, the worker died after logging and before
    marking: the step is only marked, never logged again;
@@ -15,6 +15,12 @@ Exactly once, also across a crash or a kill of the worker:
    step is marked. ``log_gen_metrics`` spools writes when the tracking server is down; spooled
    metrics are invisible to check 2, so a worker replays the spool before scoring and marks a step
    only when nothing stays spooled (otherwise it stops and a later pass continues).
+
+A step whose samples file can never be scored (not a samples archive, corrupt, or over the size limits of
+:mod:`genmetrics.plugin.samples`, checked before anything is allocated) is recorded as failed: tag
+``genmetrics.failed.<step>`` with the reason, one warning naming the step, and it is not retried (delete the
+tag to retry it). Other failures (the reference, a download, the tracking server) leave the step pending:
+the next pass retries it.
 
 Two workers scoring the same run at the same time are not coordinated: run one worker per
 experiment (several experiments may have one worker each).
@@ -26,18 +32,23 @@ from typing import List, Optional, Sequence, Tuple
 
 from genmetrics.stats.defaults import DEFAULT_PREFIX
 
-from .samples import SCORED_TAG_PREFIX, pending_sample_steps, read_samples_file
+from .samples import FAILED_TAG_PREFIX, SCORED_TAG_PREFIX, SamplesFileError, pending_sample_steps, read_samples_file
 from .spool import redact_text
 
 _logger = logging.getLogger(__name__)
 
 
 class DeferredScoringError(RuntimeError):
-    """Some steps of a run could not be scored; the others were scored and marked (``.scored``)."""
+    """Some steps of a run could not be scored; the others were scored and marked (``.scored``).
 
-    def __init__(self, message, scored=()):
+    ``scored``: the steps scored (or marked); ``failed``: the steps recorded as failed (``.failed`` tag, not
+    retried); the other steps that could not be scored stay pending.
+    """
+
+    def __init__(self, message, scored=(), failed=()):
         super().__init__(message)
         self.scored = list(scored)
+        self.failed = list(failed)
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -72,11 +83,23 @@ def _logged_keys_at(client, run_id, prefix, step):
 def _download_samples(client, run_id, artifact_path):
     with tempfile.TemporaryDirectory(prefix="genmetrics-score-") as tmp:
         local = client.download_artifacts(run_id, artifact_path, tmp)
-        return read_samples_file(local)
+        return read_samples_file(local, where=artifact_path)
 
 
 def _mark_scored(client, run_id, step, keys):
     client.set_tag(run_id, SCORED_TAG_PREFIX + str(step), ",".join(keys) or "1")
+
+
+_MAX_REASON = 1000  # characters of a failed tag's value (MLflow takes 8000)
+
+
+def _mark_failed(client, run_id, step, error):
+    """Record `step` as failed (tag ``genmetrics.failed.<step>`` = the reason) and warn once, naming it."""
+    reason = redact_text(error)
+    reason = reason if len(reason) <= _MAX_REASON else reason[:_MAX_REASON - 3] + "..."
+    client.set_tag(run_id, FAILED_TAG_PREFIX + str(step), reason)
+    _logger.warning("run %s step %d: not scored, recorded as failed (tag %s%d; not retried): %s", run_id, step,
+                    FAILED_TAG_PREFIX, step, reason)
 
 
 class _Scorer:
@@ -134,7 +157,7 @@ def _score_run_with(scorer, client, run_id):
     already_logged = _steps_with_logged_metrics(client, run_id, scorer.prefix)
     if any(step not in already_logged for step in pending):
         scorer.loaded_reference()  # a missing or invalid reference fails here, once, not per step
-    done, failures = [], {}
+    done, failures, refused = [], {}, {}
     for step, artifact_path in pending.items():
         try:
             if step in already_logged:
@@ -145,17 +168,30 @@ def _score_run_with(scorer, client, run_id):
                 keys = scorer.log_step(client, run_id, step, samples, targets)
             _mark_scored(client, run_id, step, keys)
             done.append(step)
+        except SamplesFileError as exc:  # the file will never read otherwise: record it, do not retry
+            _mark_failed(client, run_id, step, exc)
+            refused[step] = exc
         except (ValueError, TypeError, OSError, KeyError) as exc:
-            _logger.warning("run %s step %d: not scored: %s", run_id, step, redact_text(exc))
+            _logger.warning("run %s step %d: not scored (retried at the next pass): %s", run_id, step,
+                            redact_text(exc))
             failures[step] = exc
-    if failures:
-        detail = "; ".join(f"step {step}: {exc}" for step, exc in failures.items())
-        raise DeferredScoringError(
-            f"run {run_id}: {len(failures)} of {len(pending)} pending steps could not be scored ({detail}); "
-            "the other steps were scored. Fix the cause and run the scorer again: it retries only these",
-            scored=done,
-        )
+    if failures or refused:
+        raise DeferredScoringError(_failure_summary(run_id, len(pending), failures, refused), scored=done,
+                                   failed=list(refused))
     return done
+
+
+def _failure_summary(run_id, pending, failures, refused):
+    """One sentence: which steps failed, which of them are recorded as failed and which are retried."""
+    parts = [f"step {step}: {redact_text(exc)}" for step, exc in sorted({**failures, **refused}.items())]
+    text = f"run {run_id}: {len(failures) + len(refused)} of {pending} pending steps could not be scored " \
+           f"({'; '.join(parts)}); the other steps were scored."
+    if refused:
+        text += f" Recorded as failed, not retried: step(s) {', '.join(map(str, sorted(refused)))} (tags " \
+                f"{FAILED_TAG_PREFIX}<step>; delete the tag to retry)."
+    if failures:
+        text += f" Fix the cause and run the scorer again: it retries step(s) {', '.join(map(str, sorted(failures)))}."
+    return text
 
 
 def score_run(run_id: str, reference, metrics: Optional[Sequence[str]] = None, client=None, prefix: str = DEFAULT_PREFIX,
@@ -167,7 +203,9 @@ def score_run(run_id: str, reference, metrics: Optional[Sequence[str]] = None, c
     with the samples make SSIM/LPIPS paired).
     ``scoring_options`` go to ``log_gen_metrics`` (e.g. ``device``, ``batch_size``).
     Idempotent and safe to kill at any point (see the module docstring).
-    Returns the list of steps scored (or only marked, after a crash) by this call.
+    Returns the list of steps scored (or only marked, after a crash) by this call. Raises
+    :class:`DeferredScoringError` after scoring the other steps when some could not be scored (its ``failed``
+    steps were recorded as failed and are not retried).
     """
     scorer = _Scorer(reference, metrics, prefix, scoring_options)
     return _score_run_with(scorer, _client(client), run_id)
@@ -208,8 +246,9 @@ def watch(
 
     For a separate evaluation worker: each iteration lists the experiment's active runs, scores
     their pending steps (as :func:`score_run`) and sleeps. Runs forever unless ``max_iterations``
-    is given (1 = one pass, like ``genmetrics watch --once``). Errors of one run (a bad file, the
-    tracking server down) are logged and retried at the next iteration; they never stop the worker.
+    is given (1 = one pass, like ``genmetrics watch --once``). Errors of one run (the tracking server
+    down, a missing reference) are logged and retried at the next iteration; they never stop the worker. A
+    samples file that can never be scored is recorded as failed and warned about once (module docstring).
     The experiment may not exist yet (the worker can start before training).
     Returns the list of (run_id, step) scored by this call.
     """
@@ -231,9 +270,8 @@ def watch(
         for run_id in run_ids:
             try:
                 scored.extend((run_id, step) for step in _score_run_with(scorer, client, run_id))
-            except DeferredScoringError as exc:
+            except DeferredScoringError as exc:  # each step that failed was warned about, naming it
                 scored.extend((run_id, step) for step in exc.scored)
-                _logger.warning("watch %s: %s", experiment_name, redact_text(exc))
             except Exception as exc:  # one broken run or a server outage must not stop the worker
                 _logger.warning("watch %s: run %s: %s", experiment_name, run_id, redact_text(exc))
         if max_iterations is not None and iteration >= max_iterations:

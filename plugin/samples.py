@@ -9,7 +9,14 @@ Convention (version 1), all inside the run:
   finished, so a tag present means the file is complete. A scorer lists the steps to score from
   the run's tags alone, without listing artifacts.
 * tag ``genmetrics.scored.<step>`` is set by the scorer (``genmetrics.plugin.deferred``) after the
-  metrics of that step are logged; a step with a ``samples`` tag and no ``scored`` tag is pending.
+  metrics of that step are logged; tag ``genmetrics.failed.<step>`` (the reason) when the step's file can
+  never be scored (:class:`SamplesFileError`). A step with a ``samples`` tag and neither of these is pending.
+
+Size limit: a file's arrays may hold at most ``GENMETRICS_MAX_SAMPLES_BYTES`` bytes together (default
+:data:`DEFAULT_MAX_SAMPLES_BYTES`, 4 GiB, uncompressed). The writer refuses more, and the reader checks what a
+file declares (every ``.npy`` header against the zip's sizes, :func:`genmetrics.registry.npz_import.check_npz_members`)
+before allocating anything; an array of more than :data:`COMPRESSIBLE_BYTES` (256 MiB) may not compress more than
+64x (a decompression bomb), so reading a file allocates at most the limit.
 
 Samples are quantised to uint8 before storing (what an image file would hold); grayscale images
 are stored as RGB (the channel repeated), which is what the Inception network sees anyway. Inputs are
@@ -24,11 +31,16 @@ import numpy as np
 
 __all__ = ["samples_artifact_path", "logged_sample_steps", "pending_sample_steps", "to_uint8_nhwc",
            "write_samples_file", "read_samples_file", "log_gen_samples", "SAMPLES_DIR", "SAMPLES_TAG_PREFIX",
-           "SCORED_TAG_PREFIX"]
+           "SCORED_TAG_PREFIX", "FAILED_TAG_PREFIX", "SamplesFileError", "max_samples_bytes",
+           "DEFAULT_MAX_SAMPLES_BYTES", "COMPRESSIBLE_BYTES"]
 
 SAMPLES_DIR = "genmetrics/samples"
 SAMPLES_TAG_PREFIX = "genmetrics.samples."
 SCORED_TAG_PREFIX = "genmetrics.scored."
+FAILED_TAG_PREFIX = "genmetrics.failed."
+MAX_SAMPLES_ENV = "GENMETRICS_MAX_SAMPLES_BYTES"
+DEFAULT_MAX_SAMPLES_BYTES = 4 << 30  # 20,000 images of 256x256 (samples alone)
+COMPRESSIBLE_BYTES = 256 << 20  # arrays up to this size may compress any amount (e.g. black images)
 
 _STEP_TAG = re.compile(r"^genmetrics\.samples\.(\d+)$")
 
@@ -49,12 +61,32 @@ def logged_sample_steps(tags):
 
 
 def pending_sample_steps(tags):
-    """Map step -> artifact path for the logged sample steps that have no ``scored`` tag yet."""
+    """Map step -> artifact path for the logged sample steps that have no ``scored`` or ``failed`` tag yet."""
     return {
         step: path
         for step, path in logged_sample_steps(tags).items()
-        if SCORED_TAG_PREFIX + str(step) not in tags
+        if SCORED_TAG_PREFIX + str(step) not in tags and FAILED_TAG_PREFIX + str(step) not in tags
     }
+
+
+class SamplesFileError(ValueError):
+    """A samples file that cannot be scored as it is (not an archive of the convention, corrupt, over the size
+    limits): reading it again gives the same error, so a scorer records the step as failed."""
+
+
+def max_samples_bytes():
+    """The size limit of a samples file's arrays: ``GENMETRICS_MAX_SAMPLES_BYTES``, else 4 GiB."""
+    text = os.environ.get(MAX_SAMPLES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_SAMPLES_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{MAX_SAMPLES_ENV} must be a positive number of bytes, got {text!r}")
+    return int(text)
+
+
+def _over_limit(nbytes, limit, where):
+    return (f"{where}: the samples take {nbytes} bytes uncompressed, over the limit of {limit} bytes "
+            f"({MAX_SAMPLES_ENV}; default {DEFAULT_MAX_SAMPLES_BYTES})")
 
 
 def _check_step(step):
@@ -86,23 +118,57 @@ def write_samples_file(path, samples, targets=None):
     arrays = {"samples": samples}
     if targets is not None:
         arrays["targets"] = targets
+    limit = max_samples_bytes()
+    nbytes = sum(a.nbytes for a in arrays.values())
+    if nbytes > limit:
+        raise ValueError(_over_limit(nbytes, limit, "log_gen_samples") + "; log fewer or smaller samples per step")
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
-def read_samples_file(path):
-    """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None)."""
-    with np.load(path, allow_pickle=False) as archive:
-        if "samples" not in archive.files:
-            raise ValueError(f"{path} is not a genmetrics samples file: it has no 'samples' array")
-        samples = archive["samples"]
-        targets = archive["targets"] if "targets" in archive.files else None
-    for name, array in (("samples", samples), ("targets", targets)):
-        if array is not None and (array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3):
-            raise ValueError(
-                f"{path}: '{name}' must be uint8 (N, H, W, 3), got {array.dtype} {array.shape}; "
-                "log samples with log_gen_samples"
-            )
+def _declared_arrays(path, where):
+    """{name: (shape, dtype, nbytes)} of the file's arrays, from their headers, checked against the limits."""
+    import zipfile
+
+    from genmetrics.registry.npz_import import check_npz_members
+
+    limit = max_samples_bytes()
+    try:
+        declared = check_npz_members(path, max_bytes=None, compressible_bytes=COMPRESSIBLE_BYTES)
+    except (ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as error:
+        reason = str(error).replace(str(path), where) or type(error).__name__
+        raise SamplesFileError(reason if reason.startswith(where) else f"{where}: not a samples archive ({reason})") \
+            from None
+    nbytes = sum(size for _, _, size in declared.values())
+    if nbytes > limit:
+        raise SamplesFileError(_over_limit(nbytes, limit, where))
+    if "samples" not in declared:
+        raise SamplesFileError(f"{where} is not a genmetrics samples file: it has no 'samples' array")
+    for name, (shape, dtype, _) in declared.items():
+        if name in ("samples", "targets") and (dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3):
+            raise SamplesFileError(f"{where}: '{name}' must be uint8 (N, H, W, 3), got {dtype} {shape}; "
+                                   "log samples with log_gen_samples")
+    return declared
+
+
+def read_samples_file(path, where=None):
+    """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None).
+
+    The file is checked from its headers before anything is allocated (size limit, see the module docstring);
+    any problem of the file raises :class:`SamplesFileError` (a ValueError) naming `where` (default: `path`).
+    """
+    import zipfile
+    import zlib
+
+    where = where or str(path)
+    declared = _declared_arrays(path, where)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            samples = archive["samples"]
+            targets = archive["targets"] if "targets" in declared else None
+    except (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise SamplesFileError(f"{where}: cannot read the samples ({str(error).splitlines()[0]}); the file is "
+                               "corrupt or truncated") from None
     return samples, targets
 
 

@@ -4,7 +4,7 @@ Accepted keys: ``mu`` (D,) and ``sigma`` (D, D) (TTUR, pytorch-fid, clean-fid FI
 feature matrix ``feats`` / ``features`` (N, D) (clean-fid's KID files). With features only, mu and sigma
 are their mean and unbiased covariance (float64) and n/sum/outer_sum are stored too. Files are read with
 ``allow_pickle=False``, and only after every member's ``.npy`` header was checked against the archive
-(:func:`_check_members`: a declared shape must match the stored bytes, compression at most
+(:func:`check_npz_members`: a declared shape must match the stored bytes, compression at most
 ``MAX_COMPRESSION_RATIO``, D at most ``MAX_DIM``), so a small "bomb" file is refused before anything is
 allocated. The statistics then pass the reader's value checks and the full ones (sigma PSD, ...; see
 :mod:`genmetrics.registry.refstats_checks`).
@@ -19,7 +19,7 @@ from .refstats_checks import MAX_COMPRESSION_RATIO, MAX_DIM, MAX_FEATURE_BYTES, 
 
 from genmetrics.stats.defaults import FEATURE_LAYER
 
-__all__ = ["read_npz", "import_npz"]
+__all__ = ["read_npz", "import_npz", "check_npz_members"]
 
 _FEATURE_KEYS = ("features", "feats")
 
@@ -36,8 +36,16 @@ def _npy_header(archive, info, path):
         return shape, dtype, fp.tell()
 
 
-def _check_members(path):
-    """Every member's declared array fits its stored bytes, within MAX_COMPRESSION_RATIO and the size limits."""
+def check_npz_members(path, max_bytes=MAX_FEATURE_BYTES, compressible_bytes=0):
+    """Check an ``.npz`` from its headers, before anything is allocated; returns {member: (shape, dtype, nbytes)}.
+
+    Every member must be an ``.npy`` array whose declared shape and dtype fill exactly the member's declared
+    size; it may declare at most `max_bytes` bytes (None: no limit, the caller checks the total), no dimension
+    after the first over ``MAX_DIM``, and a member declaring more than `compressible_bytes` may compress at
+    most ``MAX_COMPRESSION_RATIO`` times (more is a decompression bomb: a small file that would expand to
+    gigabytes). Raises :class:`RefStatsFormatError`.
+    """
+    declared = {}
     with zipfile.ZipFile(path) as archive:
         members = archive.infolist()
         if sum(info.compress_size for info in members) > os.path.getsize(path):
@@ -48,16 +56,21 @@ def _check_members(path):
             if dtype.hasobject or nbytes != info.file_size - header:
                 raise RefStatsFormatError(f"{path}: {info.filename} declares {dtype} {shape} ({nbytes} bytes) but "
                                           f"holds {info.file_size - header} bytes; the file is corrupt or crafted")
-            if info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1) or nbytes > MAX_FEATURE_BYTES \
-                    or any(d > MAX_DIM for d in shape[1:]):
+            bomb = info.file_size > max(compressible_bytes, MAX_COMPRESSION_RATIO * max(info.compress_size, 1))
+            if bomb or (max_bytes is not None and nbytes > max_bytes) or any(d > MAX_DIM for d in shape[1:]):
+                limit = "" if max_bytes is None else f"at most {max_bytes} bytes, "
                 raise RefStatsFormatError(f"{path}: {info.filename} declares {shape} ({nbytes} bytes from "
-                                          f"{info.compress_size} stored): over the size limits (a decompression bomb?)")
+                                          f"{info.compress_size} stored): over the size limits ({limit}dimensions "
+                                          f"after the first at most {MAX_DIM}, compressed at most "
+                                          f"{MAX_COMPRESSION_RATIO}x; a decompression bomb?)")
+            declared[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = shape, dtype, nbytes
+    return declared
 
 
 def _load_arrays(path):
-    """{name: numeric array} of an .npz, checked before loading (:func:`_check_members`)."""
+    """{name: numeric array} of an .npz, checked before loading (:func:`check_npz_members`)."""
     try:
-        _check_members(path)
+        check_npz_members(path)
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except RefStatsFormatError:

@@ -277,3 +277,177 @@ def test_watch_scores_new_samples_once_across_a_restart(mlflow_server, scorer_en
     assert _scored_steps(client, run_id) == [0, 1, 2]
     assert _history_steps(client, other_run, "gen/kid") == [4]
     assert watch(experiment, tiny_reference, metrics=["kid"], max_iterations=1, client=client, model=inception) == []
+
+
+# ------------------------------------------------ samples files that declare too much (issue 19, item 4)
+
+
+def _npy_header(dtype, shape):
+    """The ``.npy`` header numpy writes before an array of `dtype` and `shape`."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _huge_header_npz(path, shape=(10 ** 6, 512, 512, 3)):
+    """A valid zip whose ``samples.npy`` declares `shape` (786 TB) but holds 16 bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("samples.npy", _npy_header(np.uint8, shape) + bytes(16))
+    return path
+
+
+def _gf2_times(matrix, vector):
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _crc32_combine(crc1, crc2, length2):
+    """zlib's crc32_combine: the CRC-32 of A + B from those of A and B (B of `length2` bytes)."""
+    odd = [0xEDB88320] + [1 << n for n in range(31)]
+    even = [_gf2_times(odd, odd[n]) for n in range(32)]
+    odd = [_gf2_times(even, even[n]) for n in range(32)]
+    while length2:
+        even = [_gf2_times(odd, odd[n]) for n in range(32)]
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        odd, even = even, odd
+    return crc1 ^ crc2
+
+
+def _crc32_of_zeros(count):
+    """zlib.crc32(bytes(count)) without allocating `count` bytes."""
+    import zlib
+
+    crc, block, block_crc = 0, 1, zlib.crc32(b"\0")
+    while count:
+        if count & 1:
+            crc = _crc32_combine(crc, block_crc, block)
+        block_crc = _crc32_combine(block_crc, block_crc, block)
+        block, count = 2 * block, count >> 1
+    return crc
+
+
+def _zeros_bomb_npz(path, images=1 << 12, size=512):
+    """A valid .npz (correct sizes and CRC) whose ``samples`` are `images` black uint8 images: 3 GiB declared,
+    about 3 MB stored (deflate of zeros, one 16 MiB block compressed once and repeated)."""
+    import struct
+    import zlib
+
+    header = _npy_header(np.uint8, (images, size, size, 3))
+    zeros, block = images * size * size * 3, 1 << 24
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    repeated = deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH)  # the same bytes for every block
+    data = head + repeated * (zeros // block) + deflate.flush()
+    crc = _crc32_combine(zlib.crc32(header), _crc32_of_zeros(zeros), zeros)
+    name, usize = b"samples.npy", len(header) + zeros
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(data), usize, len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, len(data), usize, len(name),
+                          0, 0, 0, 0, 0, 0) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    with open(path, "wb") as f:
+        f.write(local + data + central + end)
+    return path
+
+
+def _log_samples_file(client, run_id, step, path):
+    """Log a crafted file as the samples of `step`, as log_gen_samples would (artifact, then tag)."""
+    import shutil
+
+    named = os.path.join(os.path.dirname(path), os.path.basename(samples_artifact_path(step)))
+    shutil.move(path, named)
+    client.log_artifact(run_id, named, "genmetrics/samples")
+    client.set_tag(run_id, f"genmetrics.samples.{step}", samples_artifact_path(step))
+
+
+def test_a_samples_file_declaring_too_much_fails_its_step_once(mlflow_server, scorer_env, tiny_reference, inception,
+                                                                tmp_path, capsys, caplog):
+    """Before: the huge header ended `genmetrics score` in a MemoryError traceback (nothing after it scored), the
+    zeros bomb made it allocate 3 GiB, and both steps stayed pending for ever. Now both are refused from their
+    headers, recorded as failed (tag genmetrics.failed.<step>) with one line each, and the other steps scored."""
+    import zipfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from genmetrics.plugin import watch
+    from genmetrics.plugin.cli import main
+    from genmetrics.plugin.samples import FAILED_TAG_PREFIX, read_samples_file
+
+    bomb = _zeros_bomb_npz(str(tmp_path / "bomb.npz"))
+    with zipfile.ZipFile(bomb) as archive:  # a genuine archive (sizes, CRC): numpy would read 3 GiB of zeros
+        assert archive.infolist()[0].file_size > 3 << 30 and os.path.getsize(bomb) < 4 << 20
+    client = MlflowClient(mlflow_server.uri)
+    run_id = _new_run(client, "deferred-too-large")
+    _log_steps(client, run_id, [1])
+    _log_samples_file(client, run_id, 2, _huge_header_npz(str(tmp_path / "huge.npz")))
+    _log_samples_file(client, run_id, 3, bomb)
+    _log_steps(client, run_id, [4])
+    args = ["score", run_id, "--reference", tiny_reference, "--metrics", "kid", "--tracking-uri", mlflow_server.uri]
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "MemoryError" not in err
+        for step in (2, 3):
+            named = [line for line in err.splitlines() if f"step {step}:" in line and "recorded as failed" in line]
+            assert len(named) == 1, err  # one line naming the step (and the summary error line)
+        assert main(args) == 0  # not retried: nothing is pending any more
+        assert "scored 0 step(s)" in capsys.readouterr().out
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert _scored_steps(client, run_id) == [1, 4]
+    assert _history_steps(client, run_id, "gen/kid") == [1, 4]
+    tags = client.get_run(run_id).data.tags
+    assert tags[FAILED_TAG_PREFIX + "2"].startswith("genmetrics/samples/step_000000002.npz: samples.npy declares")
+    assert "786432000000 bytes" in tags[FAILED_TAG_PREFIX + "2"]
+    assert "compressed at most 64x" in tags[FAILED_TAG_PREFIX + "3"]
+
+    # watch: the same, and a refused step is warned about once, not at every poll
+    other = _new_run(client, "deferred-too-large-watch")
+    _log_samples_file(client, other, 0, _huge_header_npz(str(tmp_path / "huge2.npz")))
+    _log_steps(client, other, [5])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="genmetrics"):
+        assert watch("deferred-too-large-watch", tiny_reference, metrics=["kid"], interval=0, max_iterations=3,
+                     client=client, model=inception) == [(other, 5)]
+    assert FAILED_TAG_PREFIX + "0" in client.get_run(other).data.tags
+    assert len([r for r in caplog.records if "step 0:" in r.getMessage()]) == 1, caplog.text
+
+
+def test_the_samples_reader_checks_sizes_before_allocating(tmp_path, monkeypatch):
+    """What a file declares is checked against GENMETRICS_MAX_SAMPLES_BYTES (default 4 GiB) and the zip's sizes
+    before numpy allocates; the writer refuses what the reader would; black images below 256 MiB are fine."""
+    from genmetrics.plugin.samples import SamplesFileError, write_samples_file
+
+    with pytest.raises(SamplesFileError, match=r"huge.npz: samples.npy declares uint8 .* \(786432000000 bytes\) but "
+                                               r"holds 16 bytes"):
+        read_samples_file(_huge_header_npz(str(tmp_path / "huge.npz")))
+    with pytest.raises(SamplesFileError, match=r"3221225472 bytes from 3132\d+ stored\): over the size limits "
+                                               r".*compressed at most 64x"):
+        read_samples_file(_zeros_bomb_npz(str(tmp_path / "bomb.npz")))
+    black = np.zeros((64, 32, 32, 3), np.uint8)  # compresses ~1000x, but small
+    write_samples_file(tmp_path / "black.npz", black, black)
+    assert all(np.array_equal(a, black) for a in read_samples_file(tmp_path / "black.npz"))
+    monkeypatch.setenv("GENMETRICS_MAX_SAMPLES_BYTES", str(black.nbytes))  # samples fit, samples + targets do not
+    with pytest.raises(SamplesFileError, match=r"black.npz: the samples take 393216 bytes uncompressed, over the "
+                                               r"limit of 196608 bytes \(GENMETRICS_MAX_SAMPLES_BYTES"):
+        read_samples_file(tmp_path / "black.npz")
+    with pytest.raises(ValueError, match="over the limit of 196608 bytes.*log fewer or smaller samples"):
+        write_samples_file(tmp_path / "again.npz", black, black)
+    assert not (tmp_path / "again.npz").exists()
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(SamplesFileError, match="text.npz: not a samples archive"):
+        read_samples_file(tmp_path / "text.npz")
