@@ -9,8 +9,12 @@ since 0.2 no longer store the derived ``outer_sum``, which merging does not use)
 Shards must agree on dataset, split, resolution, mode, feature extractor, layer, weights, the shard
 count k, the total number of images and the sha256 of the source listing; no shard id may appear
 twice, and no two files' image ranges (``shard_range``, "start:stop" or a list of them) may overlap:
-either would count images twice. Features, when every shard has them, are concatenated in shard order, and so
-are the images' digests (``image_sha256``) when every shard has them too.
+either would count images twice. Features, when every shard has them, are put in source order, and so are
+the images' digests (``image_sha256``) when every shard has them too: a file's rows follow its ranges in
+increasing order (a partial merge of shards 0 and 2 holds shard 0's rows, then shard 2's), so the rows are
+cut at the ranges and sorted by their first image. Any grouping of merges, in any argument order, gives the
+rows of one build over all images. (Files without ``shard_range``, from builds before 0.2, are ordered by
+shard id; one of them holding non-adjacent shards cannot be ordered and is refused.)
 A merge covering all k shards is recorded as ``shard = "0/1"`` (complete; its ranges must then tile all
 images); a partial one lists its shard ids (e.g. ``"0/4,2/4"``) and ranges, and can be merged again with
 the rest.
@@ -72,6 +76,39 @@ def _check_ranges(shards, complete):
     return ",".join(f"{start}:{stop}" for start, stop in joined) or None
 
 
+def _row_pieces(shards):
+    """[(file index, first row, stop row), ...]: the files' feature rows cut at their image ranges, in source order.
+
+    `shards` are sorted by their first shard id. Raises when a file's rows cannot be placed.
+    """
+    if all(_image_ranges(stats) for stats in shards):
+        pieces = []
+        for index, stats in enumerate(shards):
+            row = 0
+            for start, stop in sorted(_image_ranges(stats)):
+                pieces.append((start, index, row, row + stop - start))
+                row += stop - start
+            if row != len(stats.features):
+                raise ValueError(f"{stats.path} has {len(stats.features)} feature rows but its shard_range "
+                                 f"{stats.meta.get('shard_range')} covers {row} images; the file is corrupt")
+        return [piece[1:] for piece in sorted(pieces)]
+    for stats in shards:
+        ids = sorted(index for index, _ in _shard_ids(stats))
+        if ids != list(range(ids[0], ids[0] + len(ids))):
+            raise ValueError(f"{stats.path} holds non-adjacent shards {stats.meta.get('shard')} and no shard_range: "
+                             f"its feature rows cannot be put in source order; merge it without features, or rebuild "
+                             f"it with this version")
+    return [(index, 0, len(stats.features)) for index, stats in enumerate(shards)]
+
+
+def _ordered_rows(shards, pieces, read):
+    """One array of the rows `read(stats)` of every file, in the order of `pieces` (:func:`_row_pieces`)."""
+    import numpy as np
+
+    arrays = [read(stats) for stats in shards]
+    return np.concatenate([arrays[index][start:stop] for index, start, stop in pieces])
+
+
 def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> ReferenceStats:
     """Merge shard .h5 files (written by `build`) into `output`; returns the merged ReferenceStats."""
     import numpy as np
@@ -112,9 +149,10 @@ def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> Refere
         moments.merge(GaussianMoments.from_mean_cov(stats.n, stats.mu, stats.sigma))
     features = digests = None
     if all(s.has_features for s in shards):
-        features = np.concatenate([np.asarray(s.features, dtype=np.float32) for s in shards])
+        pieces = _row_pieces(shards)
+        features = _ordered_rows(shards, pieces, lambda s: np.asarray(s.features, dtype=np.float32))
         if all(s.image_sha256 is not None for s in shards):  # one digest per feature row, in the same order
-            digests = np.concatenate([s.image_sha256 for s in shards])
+            digests = _ordered_rows(shards, pieces, lambda s: s.image_sha256)
     meta = {k: v for k, v in first.meta.items() if k not in ("format", "format_version", "created_at", "created_by",
                                                               "shard_range", "num_samples")}
     meta["shard"] = "0/1" if complete else ",".join(f"{i}/{k}" for i, k in sorted(seen))

@@ -172,6 +172,24 @@ def test_shards_merge_exactly(cifar_build, inception, cifar_root, no_md5, train_
         registry.merge([shards[0].path, str(tmp_path / "other_mode.h5")], str(tmp_path / "mixed.h5"))
 
 
+def test_any_grouping_of_merges_gives_the_rows_of_one_build(cifar_build, inception, cifar_root, no_md5, tmp_path):
+    """Before: merging the partial merge of shards 0 and 2 of 3 (a gap, as the merge docs allow) with shard 1
+    put shard 2's feature rows (and image digests) before shard 1's while shard_range claimed 0:10, so copy
+    pairs named the wrong images. Now every grouping and argument order gives the rows of one build."""
+    shards = [registry.build("cifar10", str(tmp_path / f"s{i}.h5"), root=cifar_root, model=inception, shard=f"{i}/3",
+                             checkpoint_every=CHUNK, features=True, progress=False).path for i in range(3)]
+    expected_digests = cifar_build.image_sha256  # a standard dataset's builds record one per feature row
+    assert expected_digests is not None
+    for first, second, rest in [(0, 2, 1), (2, 0, 1), (0, 1, 2), (1, 2, 0)]:
+        part = registry.merge([shards[first], shards[second]], str(tmp_path / f"p{first}{second}.h5"))
+        for order in ([part.path, shards[rest]], [shards[rest], part.path]):
+            merged = registry.merge(order, str(tmp_path / "whole.h5"))
+            assert (merged.meta["shard"], merged.meta["shard_range"], merged.n) == ("0/1", "0:10", N_TRAIN)
+            np.testing.assert_allclose(merged.features, cifar_build.features, atol=1e-5)  # in dataset order
+            np.testing.assert_array_equal(merged.image_sha256, expected_digests)
+            np.testing.assert_allclose(merged.mu, cifar_build.mu, rtol=1e-10, atol=1e-12)
+
+
 def test_folder_build_equals_direct_computation(inception, cifar_images, tmp_path):
     folder = make_photo_folder(tmp_path / "imgs", list(cifar_images[N_TRAIN:]) + [cifar_images[0]])
     stats = registry.build(folder, str(tmp_path / "folder.h5"), model=inception, checkpoint_every=2, progress=False)
