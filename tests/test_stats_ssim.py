@@ -7,6 +7,7 @@ import pytorch_msssim
 import torch
 from PIL import Image, ImageFilter
 from skimage.metrics import structural_similarity
+from tolerances import ssim_tol
 
 from genmetrics.stats import MS_SSIM_WEIGHTS, ms_ssim, ssim
 
@@ -67,11 +68,11 @@ def test_ssim_equals_scikit_image_and_pytorch_msssim(pairs):
         unit = float(ssim(x.float() / 255, y.float() / 255, data_range=1.0))
         worst["skimage"] = max(worst["skimage"], abs(float(ours) - expected), abs(unit - expected))
         worst["pytorch_msssim"] = max(worst["pytorch_msssim"], abs(float(ours) - peer))
-        if k % 3 == 0:  # float64 on a third of the pairs (slower)
+        if k % 3 == 0:  # float64 on a third of the pairs (slower); relative to its bound (5e-11)
             exact = float(ssim(x.double(), y.double(), data_range=255))
-            worst["skimage_float64"] = max(worst["skimage_float64"], abs(exact - expected))
+            worst["skimage_float64"] = max(worst["skimage_float64"], abs(exact - expected) / ssim_tol(ref.size))
     print("max |ssim diff|", worst)
-    assert worst["skimage"] < TOL and worst["pytorch_msssim"] < TOL and worst["skimage_float64"] < 1e-10
+    assert worst["skimage"] < TOL and worst["pytorch_msssim"] < TOL and worst["skimage_float64"] <= 1.0
     inverted = [float(ssim(_nchw(r), _nchw(d))) for name, r, d in pairs if name == "inverted"]
     assert max(inverted) < 0  # SSIM is not bounded below by 0
 
@@ -89,6 +90,25 @@ def test_ssim_batch_grayscale_and_numpy_input(pairs):
     assert abs(float(ssim(gray, gray_noisy)) - expected) < TOL  # one HxW image
 
 
+def _ms_ssim_tol(x, y):
+    """Bound on the difference of two float64 MS-SSIM computations of the (1, C, H, W) pair on 0..255.
+
+    MS-SSIM = mean over channels of prod_j f_j^w_j (f_j: the mean cs at scales 1-4, the mean SSIM at 5);
+    each f_j within ssim_tol (absolute, |f_j| <= 1) moves f_j^w_j by w_j ssim_tol / f_j relative (first
+    order; the factors are taken from pytorch-msssim's own loop, with a floor of 1e-3, below which an MS-SSIM
+    of real photos does not fall)."""
+    from pytorch_msssim.ssim import _ssim
+
+    win, factors = _exact_window(x.shape[1]), []
+    for scale, weight in enumerate(MS_SSIM_WEIGHTS):
+        per_channel, cs = _ssim(x, y, data_range=255, win=win, size_average=False, K=(0.01, 0.03))
+        factors.append((weight, (cs if scale < 4 else per_channel).clamp(min=1e-3), x.shape[-2] * x.shape[-1]))
+        padding = [side % 2 for side in x.shape[2:]]
+        x, y = (torch.nn.functional.avg_pool2d(a, kernel_size=2, padding=padding) for a in (x, y))
+    relative = sum(weight * ssim_tol(pixels, scales=5) / f for weight, f, pixels in factors)
+    return float(relative.max())
+
+
 def test_ms_ssim_equals_pytorch_msssim(pairs):
     worst, worst_exact = 0.0, 0.0
     for k, (name, ref, dist) in enumerate(pairs):
@@ -104,9 +124,10 @@ def test_ms_ssim_equals_pytorch_msssim(pairs):
         if k % 3 == 0:  # float64 on both sides with the same (float64) window: agreement to rounding
             peer = float(pytorch_msssim.ms_ssim(x.double(), y.double(), data_range=255, size_average=False,
                                                 win=_exact_window(3)))
-            worst_exact = max(worst_exact, abs(float(ms_ssim(x, y, dtype=torch.float64)) - peer))
-    print(f"max |ms_ssim diff| float32 {worst:.2e}, float64 {worst_exact:.2e}")
-    assert worst < TOL and worst_exact < 1e-12
+            error = abs(float(ms_ssim(x, y, dtype=torch.float64)) - peer)
+            worst_exact = max(worst_exact, error / _ms_ssim_tol(x.double(), y.double()))
+    print(f"max |ms_ssim diff| float32 {worst:.2e}, float64 {worst_exact:.2e} of its bound")
+    assert worst < TOL and worst_exact <= 1.0
     x, y = _nchw(pairs[0][1]), _nchw(pairs[0][2])
     peer = pytorch_msssim.ms_ssim(x.float(), y.float(), data_range=255, weights=[0.2, 0.3, 0.5], size_average=False)
     assert abs(float(ms_ssim(x, y, weights=(0.2, 0.3, 0.5))) - float(peer)) < TOL
@@ -158,7 +179,8 @@ def test_matlab_downsampling_option(photos):
         b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255)
         ours = ssim(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], data_range=255,
                     matlab_downsample=True)
-        assert abs(float(ours) - _matlab_ssim_m(a, b)) < 1e-9
+        f = max(1, int(np.floor(min(a.shape) / 256 + 0.5)))  # its f x f box filter adds f^2 terms
+        assert abs(float(ours) - _matlab_ssim_m(a, b)) <= ssim_tol(a.size, extra_terms=f * f)
     small = torch.from_numpy(gray[:200, :200])[None, None]  # f = 1 below 384 px: no change
     assert float(ssim(small, small * 0.9, data_range=255, matlab_downsample=True)) == float(
         ssim(small, small * 0.9, data_range=255))

@@ -147,3 +147,19 @@ def mmd_tol(x, y, degree=3, gamma_=None, coef0=1.0, center=None):
     magnitude = mean_magnitude(x, x) + mean_magnitude(y, y) + 2 * mean_magnitude(x, y)
     terms = x.shape[1] + 2 * degree + 1 + max(len(x), len(y)) ** 2
     return SAFETY * gamma(terms) * magnitude
+
+
+def ssim_tol(pixels, eps=EPS, taps=11, scales=1, k2=0.03, extra_terms=0):
+    """Difference bound for two computations of a mean SSIM map (or one MS-SSIM factor) of images scaled to
+    [0, 1] (any data range: SSIM is scale invariant, C2 = k2^2 then).
+
+    Per pixel, each local moment (E[x], E[x^2], E[xy]) is a separable window of `taps` x `taps` (2 taps
+    terms) of values up to 1, after `scales` - 1 2x2 average poolings (2 terms each) and `extra_terms`
+    more (a box filter before): within gamma_k, k = 2 taps + 2 (scales - 1) + extra_terms + 1. A variance
+    E[x^2] - mu^2 is then within 2 gamma_k, against C2 in the denominators: each of the four factors of
+    SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)) moves by at most
+    2 gamma_k / k2^2 relative, so a per-pixel SSIM (|SSIM| <= 1) by 4 times that; the mean over `pixels`
+    adds gamma_pixels.
+    """
+    k = 2 * taps + 2 * (scales - 1) + extra_terms + 1
+    return SAFETY * (4 * 2 * gamma(k, eps) / k2 ** 2 + gamma(pixels, eps))
