@@ -77,11 +77,12 @@ def test_copies_are_flagged_with_their_indices(features):
     result = copy_detection(np.stack(rows), ref)
     assert sorted(result["indices"].tolist()) == sorted(copies)
     assert result["indices"][0] == 2  # the exact copy is the most suspicious
-    # Its distance is 0 up to rounding: |a|^2 + |a|^2 - 2 a.a, three sums of D terms in float64 (the GEMM's
-    # order is not the row norms' order), so d^2 <= sum_tol(D + 2, 4 |a|^2) and the score d / rho below
-    # sqrt of that over rho (observed 4e-8; a JPEG copy scores ~0.3).
-    a = ref[4].astype(np.float64)
-    bound = np.sqrt(sum_tol(a.size + 2, 4 * (a @ a))) / result["reference_nn_distances"][4]
+    # Its distance is 0 up to rounding: |a|^2 + |a|^2 - 2 a.a (about a centre c, |a - c| <= |a| + |c|), three
+    # sums of D terms in float64 (the GEMM's order is not the row norms' order), so d^2 <= sum_tol(D + 2,
+    # 4 (|a| + |c|)^2) and the score d / rho below sqrt of that over rho (observed 4e-8; a JPEG copy ~0.3).
+    a, c = ref[4].astype(np.float64), ref.astype(np.float64).mean(axis=0)
+    norm = np.linalg.norm(a) + np.linalg.norm(c)
+    bound = np.sqrt(sum_tol(a.size + 2, 4 * norm ** 2)) / result["reference_nn_distances"][4]
     assert 0.0 <= result["scores"][2] <= bound
     assert result["fraction"] == pytest.approx(6 / 18)
     assert all(result["nearest"][i] == j for i, j in sources.items())
