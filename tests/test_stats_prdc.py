@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tolerances import sum_tol
 
@@ -26,6 +26,24 @@ def _reference_prdc(real, fake, k):
     }
 
 
+def _gap_and_bound(real, fake, k):
+    """(smallest |d^2 - r^2| of the data, the rounding bound of a computed squared distance).
+
+    The metrics count strict comparisons d^2 < r^2, so ours and the oracle's counts are equal (abs=1e-12
+    below only absorbs the division by N or k M) unless an exact gap is below twice the bound. A squared
+    distance about a centre c (three sums of D terms, two additions, absolute terms adding up to at most
+    2 (|a - c|^2 + |b - c|^2)) is within sum_tol(D + 2, that) of the exact one, so are the k-NN radii (an
+    order statistic moves no more than its inputs), and so is the oracle's direct sum of squared
+    differences. c is the real features' mean up to rounding far below the spread (the factor 2)."""
+    centre = real.mean(axis=0)
+    largest = max(((real - centre) ** 2).sum(1).max(), ((fake - centre) ** 2).sum(1).max())
+    bound = sum_tol(real.shape[1] + 2, 2 * 2 * (2 * largest))
+    d2 = ((real[:, None] - fake[None]) ** 2).sum(-1)
+    radius2 = [np.sort(((a[:, None] - a[None]) ** 2).sum(-1), axis=1)[:, k] for a in (real, fake)]
+    gap = min(np.abs(d2 - radius2[0][:, None]).min(), np.abs(d2 - radius2[1][None, :]).min())
+    return gap, bound
+
+
 @pytest.mark.parametrize("k, block", [(5, 1024), (3, 7), (1, 1)])
 def test_equals_the_formulas(k, block):
     rng = np.random.default_rng(0)
@@ -33,6 +51,8 @@ def test_equals_the_formulas(k, block):
     fake = rng.normal(0.4, 1.3, size=(90, 16))
     got = prdc(real, torch.from_numpy(fake), k=k, block=block)
     expected = _reference_prdc(real, fake, k)
+    gap, bound = _gap_and_bound(real, fake, k)
+    assert gap > 2 * bound, (gap, bound)  # no comparison within rounding: the counts must be equal
     assert set(got) == {"precision", "recall", "density", "coverage"}
     for name in expected:
         assert got[name] == pytest.approx(expected[name], abs=1e-12), name
@@ -52,6 +72,8 @@ def test_extreme_cases():
 def test_property_matches_formulas(seed, n, m, k):
     rng = np.random.default_rng(seed)
     real, fake = rng.normal(size=(n, 3)), rng.normal(0.3, 1.0, size=(m, 3))
+    gap, bound = _gap_and_bound(real, fake, k)
+    assume(gap > 2 * bound)  # a tie within rounding may count either way (never drawn so far)
     got, expected = prdc(real, fake, k=k, block=4), _reference_prdc(real, fake, k)
     assert all(got[name] == pytest.approx(expected[name], abs=1e-12) for name in expected)
 
@@ -73,6 +95,8 @@ def test_cuda_equals_cpu():
     rng = np.random.default_rng(2)
     real, fake = rng.normal(size=(300, 32)), rng.normal(0.2, 1.0, size=(200, 32))
     gpu = prdc(torch.from_numpy(real).cuda(), torch.from_numpy(fake).cuda(), k=5, block=64)
+    gap, bound = _gap_and_bound(real, fake, 5)
+    assert gap > 2 * bound, (gap, bound)
     assert gpu == pytest.approx(_reference_prdc(real, fake, 5), abs=1e-12)
 
 
@@ -101,10 +125,5 @@ def test_invariant_to_a_common_offset():
     expected = _reference_prdc(real, fake, k)
     for name in expected:  # equal counts; abs only absorbs the division by N or k M
         assert got[name] == pytest.approx(expected[name], abs=1e-12), name
-    centre = real.mean(axis=0)  # the centre prdc uses, up to rounding far below the spread (factor 2 below)
-    largest = max(((real - centre) ** 2).sum(1).max(), ((fake - centre) ** 2).sum(1).max())
-    bound = sum_tol(64 + 2, 2 * 2 * (2 * largest))
-    d2 = ((real[:, None] - fake[None]) ** 2).sum(-1)
-    radius2 = [np.sort(((a[:, None] - a[None]) ** 2).sum(-1), axis=1)[:, k] for a in (real, fake)]
-    gap = min(np.abs(d2 - radius2[0][:, None]).min(), np.abs(d2 - radius2[1][None, :]).min())
+    gap, bound = _gap_and_bound(real, fake, k)
     assert gap > 2 * bound, (gap, bound)
