@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from tolerances import EPS32, gamma, sum_tol
 
-from genmetrics.stats.preprocess import _pil_bicubic, preprocess, resize_clean
+from genmetrics.stats.preprocess import preprocess, resize_clean
 from genmetrics.stats.resize_pil import pil_bicubic_weights, pil_vertical_first, resize_pil_bicubic
 
 # input (height, width) -> 299x299: upscale, antialiased downscale, unchanged, non-square, and one where
@@ -46,7 +46,9 @@ def _smooth(shape):
 def _pil(planes, size=299):
     """PIL 'F' bicubic + clip of each (H, W) plane of (..., H, W): resize_clean's per-channel operation."""
     flat = planes.reshape((-1,) + planes.shape[-2:])
-    return np.stack([_pil_bicubic(np.ascontiguousarray(p), size) for p in flat]).reshape(planes.shape[:-2] + (size, size))
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32), mode="F").resize(
+        (size, size), resample=Image.BICUBIC)).clip(0, 255) for p in flat]
+    return np.stack(resized).reshape(planes.shape[:-2] + (size, size))
 
 
 @pytest.mark.parametrize("in_size,out_size", [(32, 299), (299, 299), (512, 299), (1024, 299), (61, 299), (7, 3)])
