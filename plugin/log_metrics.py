@@ -3,7 +3,7 @@ import inspect
 import time
 
 from genmetrics.stats.defaults import DEFAULT_PREFIX
-from genmetrics.stats.distributed import rank_and_world
+from genmetrics.stats.distributed import check_all_ranks, rank_and_world
 
 from . import background
 from .grid import make_grid
@@ -110,7 +110,14 @@ def log_gen_metrics(
         raise ValueError("blocking=False cannot be used inside a torch.distributed process group: the ranks combine "
                          "their statistics with collectives, which must not run on a background thread; call "
                          "log_gen_metrics with blocking=True on every rank (or distributed=False)")
-    run_id, tracking_uri = _resolve_run(run_id, client) if rank == 0 else (None, None)
+    try:
+        run_id, tracking_uri = _resolve_run(run_id, client) if rank == 0 else (None, None)
+    except ValueError as error:  # under a process group the other ranks must not wait for rank 0 in scoring
+        if world > 1:
+            check_all_ranks(error)
+        raise
+    if world > 1:
+        check_all_ranks()
     step = 0 if step is None else int(step)
     timestamp = int(time.time() * 1000)
 

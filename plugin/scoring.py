@@ -41,9 +41,10 @@ import torch
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
                                        FEATURE_EXTRACTOR, FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS,
                                        KEPT_FEATURE_METRICS, METRIC_EXTRACTOR_PREFIX, METRICS)
-from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, rank_and_world, shard_size
+from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
 from genmetrics.stats.image_input import check_value_range
 
+from .distributed_call import call_settings
 from .grid import gather_images, stack_images
 from .sample_input import as_float01, as_uint8_nhwc, iter_sample_batches
 
@@ -717,7 +718,13 @@ def score_samples(
         batches = _first_batch_decoded(samples, opts, _local_share(opts, rank, world))
         ref = None if reference is None else load(reference, progress=False)
         plan = _plan(opts, ref)
-        done = _accumulate(batches, targets, opts, plan, rank, world)
+        settings = call_settings(opts, ref, targets) if world > 1 else {}
+    except Exception as exc:  # noqa: BLE001 - under a process group every rank must learn of it (below)
+        error, settings = exc, {}
+    if world > 1:  # the first collective: the ranks' calls agree, or every rank raises naming the difference
+        check_same_call("score_samples", settings, error)
+    try:
+        done = None if error is not None else _accumulate(batches, targets, opts, plan, rank, world)
     except Exception as exc:  # noqa: BLE001 - under a process group every rank must learn of it (below)
         error = exc
     check_all_ranks(error if world > 1 else None)

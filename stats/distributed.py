@@ -14,14 +14,26 @@ process and under ``torchrun``. Collectives run on the group's device: CUDA for 
   raises a :class:`DistributedError` naming it, instead of waiting in a collective until the process
   group's timeout.
 - :func:`shard_size`: how many of ``total`` items rank r of k handles (``total * (r+1) // k - total * r // k``).
+- :func:`check_same_call`: the first collective of a distributed call: the ranks compare digests of the
+  settings that must agree (one all-gather of a small int64 tensor) and their preparation's status; a
+  difference or a failure raises a :class:`DistributedError` on every rank, naming the setting and the
+  ranks' values, before any rank enters a collective the others would not. ``GENMETRICS_DIST_TIMEOUT``
+  (seconds) bounds how long it waits for ranks that do not call at all.
 """
+import datetime
+import hashlib
+import os
+
 import numpy as np
 import torch
 
 from .moments import GaussianMoments
 
 __all__ = ["DistributedError", "is_distributed", "rank_and_world", "shard_size", "check_all_ranks",
-           "all_reduce_moments", "all_gather_rows", "all_reduce_sum"]
+           "check_same_call", "call_timeout", "all_reduce_moments", "all_gather_rows", "all_reduce_sum"]
+
+TIMEOUT_ENV = "GENMETRICS_DIST_TIMEOUT"
+_SLOTS = 32  # int64 entries of the agreement tensor: status, names, up to 30 settings
 
 
 class DistributedError(RuntimeError):
@@ -92,6 +104,111 @@ def check_all_ranks(error=None, group=None):
                                    f"nothing was combined or written")
     if error is not None:
         raise error
+
+
+def call_timeout():
+    """Seconds a rank waits for the others at :func:`check_same_call`: ``GENMETRICS_DIST_TIMEOUT``, else None
+    (the process group's own timeout, 30 min for gloo unless ``init_process_group`` set another)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def _digest(value):
+    """A signed 64-bit digest of ``repr(value)``."""
+    return int.from_bytes(hashlib.sha256(repr(value).encode("utf-8")).digest()[:8], "little", signed=True)
+
+
+def _agreement_tensor(settings, failed):
+    """[failed, digest of the names, digest of each value, 0...]: int64 (_SLOTS,)."""
+    names = sorted(settings)
+    if len(names) > _SLOTS - 2:
+        raise ValueError(f"at most {_SLOTS - 2} settings can be compared, got {len(names)}")
+    values = [int(failed), _digest(names)] + [_digest(settings[name]) for name in names]
+    return torch.tensor(values + [0] * (_SLOTS - len(values)), dtype=torch.int64)
+
+
+def _all_gather_within(what, tensor, group, timeout):
+    """(world, ...) tensor of every rank's `tensor`; waits at most `timeout` seconds (None: the group's)."""
+    import torch.distributed as dist
+
+    tensor = tensor.to(_device(group))
+    parts = [torch.empty_like(tensor) for _ in range(rank_and_world(group)[1])]
+    if timeout is None:
+        _collective(what, lambda: dist.all_gather(parts, tensor, group=group))
+        return torch.stack(parts).cpu()
+    try:
+        dist.all_gather(parts, tensor, group=group, async_op=True).wait(datetime.timedelta(seconds=timeout))
+    except RuntimeError as error:
+        raise DistributedError(
+            f"{what}: not every rank arrived within {timeout:g} s ({TIMEOUT_ENV}; {error}); every rank must make "
+            f"this call, also those that log nothing (not only inside `if rank == 0:`). The process group cannot be "
+            f"used after this") from error
+    return torch.stack(parts).cpu()
+
+
+def _describe_differences(names, settings, rows, group):
+    """'name differs (rank 0: a; rank 1: b)' for each setting whose digests differ between the ranks."""
+    differing = [name for slot, name in enumerate(names, start=2) if len(set(rows[:, slot].tolist())) > 1]
+    if not differing:  # the same on every rank (they all saw the same digests)
+        return []
+    shown = _gather_small({name: _short(settings[name]) for name in differing}, group)  # every rank takes part
+    parts = []
+    for name in differing:
+        by_value = {}
+        for rank, values in enumerate(shown):
+            by_value.setdefault(values[name], []).append(rank)
+        listed = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}: {value}"
+                           for value, ranks in by_value.items())
+        parts.append(f"{name} differs ({listed})")
+    return parts
+
+
+def _short(value, limit=80):
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_same_call(what, settings, error=None, group=None, timeout=None):
+    """The first collective of a distributed call `what` (e.g. ``"score_samples"``): every rank passes the
+    settings of its call that must agree (``{name: value}``; values compared by ``repr``, shown shortened) and
+    the exception its preparation hit (or None).
+
+    Raises on every rank, so that no rank goes on into collectives the others do not make: when a rank failed,
+    its own error there and a :class:`DistributedError` naming it on the others; when the settings differ, a
+    :class:`DistributedError` naming each differing setting with every rank's value; when not every rank arrives
+    within `timeout` seconds (default :func:`call_timeout`), a :class:`DistributedError` saying so. Costs one
+    all-gather of 32 int64 per rank (a second, small one only to describe a difference). Outside a process
+    group: re-raises `error`.
+    """
+    rank, world = rank_and_world(group)
+    if world == 1:
+        if error is not None:
+            raise error
+        return
+    names = sorted(settings)
+    timeout = call_timeout() if timeout is None else timeout
+    rows = _all_gather_within(what, _agreement_tensor(settings, error is not None), group, timeout)
+    failed = [r for r in range(world) if rows[r, 0]]
+    if error is not None:
+        raise error
+    if failed:
+        raise DistributedError(f"{what}: rank(s) {failed} of {world} failed (see their error); rank {rank} stops "
+                               f"too, nothing was combined")
+    if len(set(rows[:, 1].tolist())) > 1:
+        raise DistributedError(f"{what}: the ranks compare different settings (different genmetrics versions?); "
+                               f"install the same version on every node")
+    differences = _describe_differences(names, settings, rows, group)
+    if differences:
+        raise DistributedError(f"{what} was called with different settings on the ranks: {'; '.join(differences)}. "
+                               f"Every rank must make the same call, each with its own samples")
 
 
 def _gather_small(value, group):

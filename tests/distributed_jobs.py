@@ -3,6 +3,7 @@
 Usage: distributed_jobs.py JOB OUT_DIR [ARGS...]; each rank writes what it saw to OUT_DIR/<job>.rank<r>.json
 or .npz, and the test compares those files with a single-process computation.
 """
+import datetime
 import json
 import os
 import sys
@@ -105,9 +106,70 @@ def job_build_fail(out, folder):
         json.dump({"message": message}, f)
 
 
+def _outcome(call):
+    """{"result": what `call()` returned} or {"error": "<type>: <message>"}, with the seconds it took."""
+    started = time.monotonic()
+    try:
+        outcome = {"result": call()}
+    except Exception as error:  # noqa: BLE001 - the test reads what each rank saw
+        outcome = {"error": f"{type(error).__name__}: {error}"}
+    return dict(outcome, seconds=time.monotonic() - started)
+
+
+def job_mismatch(out, reference, other_reference):
+    """Calls that differ between the ranks (issue 19 item 9), each through the public API, then an identical one.
+
+    Each rank holds its share of the 7 samples of step 0 (3 and 4)."""
+    from fixtures_plugin_scoring import TinyExtractor
+
+    from genmetrics.plugin import log_gen_metrics, score_samples
+
+    rank = dist.get_rank()
+    images = score_samples_of(0)
+    mine = images[:3] if rank == 0 else images[3:]
+
+    def score(**change):
+        kwargs = dict(reference=reference, metrics=["fid", "kid"], model=TinyExtractor(), kid_subsets=5,
+                      diversity_pairs=6, batch_size=2, num_samples=7)
+        kwargs.update(change)
+        return score_samples(mine, **kwargs).metrics
+
+    calls = {
+        "num_samples": lambda: score(num_samples=7 if rank == 0 else 6),
+        "reference": lambda: score(reference=reference if rank == 0 else other_reference),
+        "metrics": lambda: score(metrics=["fid", "kid"] if rank == 0 else ["fid"]),
+        "targets": lambda: score(metrics=["ssim"], targets=mine if rank == 1 else None),
+        "seed": lambda: score(seed=rank),
+        "a failing rank": lambda: score(reference=reference if rank == 0 else reference + ".missing.h5"),
+        "no run on rank 0": lambda: log_gen_metrics(mine, reference=reference, metrics=["fid"], model=TinyExtractor(),
+                                                    num_samples=7, batch_size=2),
+        "identical": lambda: score(),
+    }
+    seen = {name: _outcome(call) for name, call in calls.items()}
+    with open(os.path.join(out, f"mismatch.rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+def job_absent(out, reference):
+    """Rank 1 never calls score_samples (as under `if rank == 0:`); rank 0 must not wait for ever."""
+    from fixtures_plugin_scoring import TinyExtractor
+
+    from genmetrics.plugin import score_samples
+
+    rank = dist.get_rank()
+    if rank == 0:
+        seen = _outcome(lambda: score_samples(score_samples_of(0), reference=reference, metrics=["fid"],
+                                              model=TinyExtractor(), batch_size=2).metrics)
+        with open(os.path.join(out, "absent.rank0.json"), "w") as f:
+            json.dump(seen, f)
+    else:
+        time.sleep(float(os.environ["ABSENT_SECONDS"]))
+
+
 def main():
     job, out, *args = sys.argv[1:]
-    dist.init_process_group("gloo")
+    timeout = os.environ.get("JOB_GROUP_TIMEOUT")  # the process group's own timeout (turns a hang into an error)
+    dist.init_process_group("gloo", **({"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}))
     try:
         globals()[f"job_{job}"](out, *args)
     finally:

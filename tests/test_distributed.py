@@ -117,3 +117,64 @@ def test_torchrun_build_equals_the_single_process_build(tmp_path, fid_weights_pa
     assert done.stdout.splitlines() == [f"{out}: n={len(photos)} mode=clean extractor=inception-v3-compat ranks=2"]
     warned = [line for line in done.stderr.splitlines() if "genmetrics stats build: warning:" in line]
     assert warned and len(warned) == len(set(warned)), warned  # each warning once (rank 0), not once per rank
+
+
+# ------------------------------------------------ calls that differ between the ranks (issue 19, item 9)
+
+
+@pytest.fixture(scope="module")
+def other_reference_path(tmp_path_factory):
+    """A second tiny reference (other images), as a rank might be given by mistake."""
+    from fixtures_plugin_scoring import make_tiny_reference, tiny_images
+
+    from genmetrics.registry.refstats import write_refstats
+
+    path = tmp_path_factory.mktemp("other-reference") / "other-train-32.h5"
+    write_refstats(str(path), make_tiny_reference(tiny_images(24, seed=2)))
+    return str(path)
+
+
+def test_ranks_called_differently_all_raise_naming_the_difference(tmp_path, tiny_reference_path,
+                                                                  other_reference_path):
+    """Before: another num_samples on one rank scored over the wrong total (6 images), another reference gave each
+    rank its own dict, and metrics or targets on one rank only hung in mismatched collectives. Now every rank
+    raises a DistributedError naming the setting and each rank's value, and the next, identical call works."""
+    from genmetrics.stats.download import file_sha256
+
+    done = _job("mismatch", tmp_path, tiny_reference_path, other_reference_path, timeout=300,
+                env={"JOB_GROUP_TIMEOUT": "120"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"mismatch.rank{r}.json").read_text()) for r in range(2)]
+    expected = {
+        "num_samples": "num_samples differs (rank 0: 7; rank 1: 6)",
+        "reference": f"reference differs (rank 0: sha256:{file_sha256(tiny_reference_path)}; rank 1: "
+                     f"sha256:{file_sha256(other_reference_path)})",
+        "metrics": "metrics differs (rank 0: fid,kid; rank 1: fid)",
+        "targets": "targets differs (rank 0: none; rank 1: given)",
+        "seed": "seed differs (rank 0: 0; rank 1: 1)",
+    }
+    for name, difference in expected.items():
+        for rank in range(2):
+            error = seen[rank][name].get("error", f"no error: {seen[rank][name]}")
+            assert error.startswith("DistributedError: score_samples was called with different settings on the "
+                                    "ranks: "), (name, rank, error)
+            assert difference in error, (name, rank, error)
+    assert seen[1]["a failing rank"]["error"].startswith("FileNotFoundError")
+    assert seen[0]["a failing rank"]["error"].startswith("DistributedError: score_samples: rank(s) [1] of 2 failed")
+    assert seen[0]["no run on rank 0"]["error"].startswith("ValueError: log_gen_metrics needs an MLflow run")
+    assert seen[1]["no run on rank 0"]["error"].startswith("DistributedError: rank(s) [0] of 2 failed")
+    assert seen[0]["identical"]["result"] == seen[1]["identical"]["result"]  # the process group still works
+    alone = score_samples(score_samples_of(0), reference=tiny_reference_path, metrics=["fid", "kid"],
+                          model=TinyExtractor(), kid_subsets=5).metrics
+    assert seen[0]["identical"]["result"]["gen/fid"] == pytest.approx(alone["gen/fid"], rel=1e-6)
+
+
+def test_a_rank_that_never_calls_does_not_hang_the_others(tmp_path, tiny_reference_path):
+    """Rank 1 never calls score_samples and the process group keeps torch's 30 min timeout:
+    GENMETRICS_DIST_TIMEOUT bounds rank 0's wait at the first collective."""
+    done = _job("absent", tmp_path, tiny_reference_path, timeout=300,
+                env={"GENMETRICS_DIST_TIMEOUT": "3", "ABSENT_SECONDS": "20"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    error = json.loads((tmp_path / "absent.rank0.json").read_text())["error"]
+    assert error.startswith("DistributedError: score_samples: not every rank arrived within 3 s "
+                            "(GENMETRICS_DIST_TIMEOUT"), error
