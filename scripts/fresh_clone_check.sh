@@ -10,8 +10,13 @@
 #    with (the only network it uses), then `genmetrics demo` with no network at all: in a network namespace
 #    that has only loopback (`unshare -n`, as root);
 # 3. the README's command 2, `bash scripts/test.sh`, also without network, on the tests given as arguments
-#    (default: the command line, the demo and the MLflow UI test; the full suite is CI's own step).
-# Without `unshare` (not root) steps 2-3 run with the network, and the script says so.
+#    (default: the command line, the demo and the MLflow UI test; the full suite is CI's own step);
+# 4. the numerical tests (NUMERICAL_TESTS below) once more, also without network, under another BLAS and
+#    kernel set-up than the suite's: one thread, OpenBLAS's Prescott kernels, MKL's compatible code path and
+#    torch's scalar CPU kernels (BLAS_SETUP below). Every matrix product and reduction then sums in another
+#    order, as on another CPU or thread count: a tolerance taken from one machine's output instead of an error
+#    model fails here (docs/development.md, "Numerical tolerances").
+# Without `unshare` (not root) steps 2-4 run with the network, and the script says so.
 #
 # Prints the wall time of each command. .ci/run calls it with this machine's local package mirror.
 set -euo pipefail
@@ -20,6 +25,11 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/genmetrics-fresh.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(tests/test_plugin_cli.py tests/test_plugin_demo.py tests/test_plugin_ui.py)
+NUMERICAL_TESTS=(tests/test_stats_frechet.py tests/test_stats_moments.py tests/test_stats_kid.py tests/test_stats_is.py
+                 tests/test_stats_prdc.py tests/test_stats_cmmd.py tests/test_stats_copy_detection.py
+                 tests/test_stats_resize_pil.py tests/test_stats_ssim.py tests/test_registry_format.py)
+BLAS_SETUP=(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_CORETYPE=Prescott MKL_CBWR=COMPATIBLE
+            ATEN_CPU_CAPABILITY=default)
 
 git clone -q "$repo" "$work/repo"
 mkdir -p "$work/home"
@@ -46,3 +56,5 @@ venv=". '$work/venv/bin/activate'"
 timed "pip install -e '.[test]' (package registries)" bash -c "$venv && pip install -q -e '.[test]'"
 timed "genmetrics demo (no network)" offline bash -c "$venv && genmetrics demo"
 timed "bash scripts/test.sh ${tests[*]} (no network)" offline bash -c "$venv && bash scripts/test.sh ${tests[*]}"
+timed "numerical tests under ${BLAS_SETUP[*]} (no network)" offline \
+  bash -c "$venv && env ${BLAS_SETUP[*]} python -m pytest -q ${NUMERICAL_TESTS[*]}"
