@@ -36,6 +36,17 @@ def _npy_header(archive, info, path):
         return shape, dtype, fp.tell()
 
 
+def _over_limits(info, nbytes, shape, max_bytes, compressible_bytes):
+    """Which size limit one member exceeds, as words; '' when none."""
+    if info.file_size > max(compressible_bytes, MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
+        return f"it expands more than {MAX_COMPRESSION_RATIO}x: a decompression bomb?"
+    if max_bytes is not None and nbytes > max_bytes:
+        return f"more than {max_bytes} bytes"
+    if any(d > MAX_DIM for d in shape[1:]):
+        return f"a dimension after the first over {MAX_DIM}"
+    return ""
+
+
 def check_npz_members(path, max_bytes=MAX_FEATURE_BYTES, compressible_bytes=0):
     """Check an ``.npz`` from its headers, before anything is allocated; returns {member: (shape, dtype, nbytes)}.
 
@@ -56,13 +67,10 @@ def check_npz_members(path, max_bytes=MAX_FEATURE_BYTES, compressible_bytes=0):
             if dtype.hasobject or nbytes != info.file_size - header:
                 raise RefStatsFormatError(f"{path}: {info.filename} declares {dtype} {shape} ({nbytes} bytes) but "
                                           f"holds {info.file_size - header} bytes; the file is corrupt or crafted")
-            bomb = info.file_size > max(compressible_bytes, MAX_COMPRESSION_RATIO * max(info.compress_size, 1))
-            if bomb or (max_bytes is not None and nbytes > max_bytes) or any(d > MAX_DIM for d in shape[1:]):
-                limit = "" if max_bytes is None else f"at most {max_bytes} bytes, "
+            over = _over_limits(info, nbytes, shape, max_bytes, compressible_bytes)
+            if over:
                 raise RefStatsFormatError(f"{path}: {info.filename} declares {shape} ({nbytes} bytes from "
-                                          f"{info.compress_size} stored): over the size limits ({limit}dimensions "
-                                          f"after the first at most {MAX_DIM}, compressed at most "
-                                          f"{MAX_COMPRESSION_RATIO}x; a decompression bomb?)")
+                                          f"{info.compress_size} stored): over the size limits ({over})")
             declared[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = shape, dtype, nbytes
     return declared
 
