@@ -144,10 +144,8 @@ def log_gen_metrics(
 
 def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step):
     """Spool the drawn samples of a step that an interrupt left unscored, for deferred scoring."""
-    import torch
-
     from .samples import to_uint8_nhwc
 
-    samples = to_uint8_nhwc(torch.cat(drawn))
-    targets = to_uint8_nhwc(torch.cat(drawn_targets), name="targets") if drawn_targets else None
+    samples = to_uint8_nhwc(drawn)  # the batches as drawn: images of different sizes stay apart
+    targets = to_uint8_nhwc(drawn_targets, name="targets") if drawn_targets else None
     get_sender(tracking_uri, client).spool_samples(run_id, step, samples, targets)

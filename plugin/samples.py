@@ -4,7 +4,10 @@ Convention (version 1), all inside the run:
 
 * artifact ``genmetrics/samples/step_<step, 9+ digits>.npz``: a compressed numpy archive with
   ``samples``, uint8 (N, H, W, 3), and optionally ``targets``, uint8 (N, H, W, 3), the images the
-  samples should reproduce (for paired SSIM / MS-SSIM / LPIPS).
+  samples should reproduce (for paired SSIM / MS-SSIM / LPIPS). Images of different sizes are stored
+  as ``samples_pixels``, uint8 (P, 3): the images' pixels, row-major, one image after the other, and
+  ``samples_sizes``, int64 (N, 2): each image's (H, W) (likewise ``targets_pixels`` / ``targets_sizes``);
+  readers from before this layout refuse such a file (no ``samples`` array) rather than misread it.
 * tag ``genmetrics.samples.<step>`` = that artifact path. It is set only AFTER the upload has
   finished, so a tag present means the file is complete. A scorer lists the steps to score from
   the run's tags alone, without listing artifacts.
@@ -29,7 +32,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["samples_artifact_path", "logged_sample_steps", "pending_sample_steps", "to_uint8_nhwc",
+__all__ = ["samples_artifact_path", "logged_sample_steps", "pending_sample_steps", "to_uint8_nhwc", "image_shapes",
            "write_samples_file", "read_samples_file", "log_gen_samples", "SAMPLES_DIR", "SAMPLES_TAG_PREFIX",
            "SCORED_TAG_PREFIX", "FAILED_TAG_PREFIX", "SamplesFileError", "max_samples_bytes",
            "DEFAULT_MAX_SAMPLES_BYTES", "COMPRESSIBLE_BYTES"]
@@ -97,10 +100,10 @@ def _check_step(step):
 
 def to_uint8_nhwc(images, value_range=None, name="samples"):
     """Quantise images to one uint8 (N, H, W, 3) array, read by the one normaliser
-    (:mod:`genmetrics.stats.image_input`: layout, ``value_range``, channels).
+    (:mod:`genmetrics.stats.image_input`: layout, ``value_range``, channels); images of different sizes
+    give a list of uint8 (H, W, 3) arrays instead.
 
     uint8 input is kept as is; floats in [0, 1] are mapped to 0..255 with rounding, ``round(255 x)``.
-    All images must have the same size.
     """
     from .sample_input import as_uint8_nhwc, iter_sample_batches
 
@@ -109,15 +112,39 @@ def to_uint8_nhwc(images, value_range=None, name="samples"):
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
     if len({b.shape[1:] for b in batches}) > 1:
-        raise ValueError(f"the {name} have different sizes; resize them to one size before logging")
+        return [image for batch in batches for image in batch]
     return np.ascontiguousarray(np.concatenate(batches))
 
 
+def image_shapes(images):
+    """The (H, W, 3) shape of each image of a uint8 (N, H, W, 3) array or a list of (H, W, 3) arrays."""
+    return [tuple(image.shape) for image in images]
+
+
+def _described(images):
+    """Shape of an (N, H, W, 3) array, or the count and sizes of a list of images, for messages."""
+    if not isinstance(images, list):
+        return str(tuple(images.shape))
+    from .grid import describe_sizes
+
+    return f"{len(images)} images of sizes {describe_sizes(image.shape[:2] for image in images)}"
+
+
+def _stored(name, images):
+    """The arrays that store `images` under `name`: one (N, H, W, 3) array, or for a list of images of different
+    sizes ``<name>_pixels`` (P, 3) and ``<name>_sizes`` (N, 2) (see the module docstring)."""
+    if images is None:
+        return {}
+    if not isinstance(images, list):
+        return {name: images}
+    return {f"{name}_pixels": np.concatenate([image.reshape(-1, 3) for image in images]),
+            f"{name}_sizes": np.array([image.shape[:2] for image in images], dtype=np.int64).reshape(-1, 2)}
+
+
 def write_samples_file(path, samples, targets=None):
-    """Write the npz archive of the convention above (``samples`` and optional ``targets``)."""
-    arrays = {"samples": samples}
-    if targets is not None:
-        arrays["targets"] = targets
+    """Write the npz archive of the convention above: ``samples`` and optional ``targets``, each a uint8
+    (N, H, W, 3) array or a list of uint8 (H, W, 3) arrays of different sizes."""
+    arrays = {**_stored("samples", samples), **_stored("targets", targets)}
     limit = max_samples_bytes()
     nbytes = sum(a.nbytes for a in arrays.values())
     if nbytes > limit:
@@ -142,17 +169,44 @@ def _declared_arrays(path, where):
     nbytes = sum(size for _, _, size in declared.values())
     if nbytes > limit:
         raise SamplesFileError(_over_limit(nbytes, limit, where))
-    if "samples" not in declared:
+    if "samples" not in declared and "samples_pixels" not in declared:
         raise SamplesFileError(f"{where} is not a genmetrics samples file: it has no 'samples' array")
     for name, (shape, dtype, _) in declared.items():
         if name in ("samples", "targets") and (dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3):
             raise SamplesFileError(f"{where}: '{name}' must be uint8 (N, H, W, 3), got {dtype} {shape}; "
                                    "log samples with log_gen_samples")
+        if name.endswith("_pixels") and (dtype != np.uint8 or len(shape) != 2 or shape[-1] != 3):
+            raise SamplesFileError(f"{where}: '{name}' must be uint8 (P, 3), got {dtype} {shape}")
+        if name.endswith("_sizes") and (dtype != np.int64 or len(shape) != 2 or shape[-1] != 2):
+            raise SamplesFileError(f"{where}: '{name}' must be int64 (N, 2), got {dtype} {shape}")
+    for name in ("samples", "targets"):
+        if (f"{name}_pixels" in declared) != (f"{name}_sizes" in declared):
+            raise SamplesFileError(f"{where}: '{name}_pixels' and '{name}_sizes' come together; the file has one")
     return declared
 
 
+def _split_images(archive, name, declared, where):
+    """The images stored under `name` (see the module docstring): an (N, H, W, 3) array, a list of (H, W, 3)
+    arrays (of different sizes), or None. The sizes are checked against the pixels before the pixels are read."""
+    if name in declared:
+        return archive[name]
+    if f"{name}_sizes" not in declared:
+        return None
+    sizes = archive[f"{name}_sizes"].tolist()
+    pixels = declared[f"{name}_pixels"][0][0]
+    if not sizes or min(min(size) for size in sizes) < 1 or sum(h * w for h, w in sizes) != pixels:
+        raise SamplesFileError(f"{where}: '{name}_sizes' does not describe the {pixels} pixels of '{name}_pixels' "
+                               "(each image at least 1 x 1, the sizes' pixels adding up to them)")
+    flat, images, start = archive[f"{name}_pixels"], [], 0
+    for h, w in sizes:
+        images.append(flat[start:start + h * w].reshape(h, w, 3))
+        start += h * w
+    return images
+
+
 def read_samples_file(path, where=None):
-    """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None).
+    """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None), each a uint8
+    (N, H, W, 3) array, or a list of uint8 (H, W, 3) arrays when the images differ in size.
 
     The file is checked from its headers before anything is allocated (size limit, see the module docstring);
     any problem of the file raises :class:`SamplesFileError` (a ValueError) naming `where` (default: `path`).
@@ -164,8 +218,10 @@ def read_samples_file(path, where=None):
     declared = _declared_arrays(path, where)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            samples = archive["samples"]
-            targets = archive["targets"] if "targets" in declared else None
+            samples = _split_images(archive, "samples", declared, where)
+            targets = _split_images(archive, "targets", declared, where)
+    except SamplesFileError:
+        raise
     except (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         raise SamplesFileError(f"{where}: cannot read the samples ({str(error).splitlines()[0]}); the file is "
                                "corrupt or truncated") from None
@@ -204,10 +260,9 @@ def log_gen_samples(samples, step: int, run_id: Optional[str] = None, value_rang
     target_array = None
     if targets is not None:
         target_array = to_uint8_nhwc(targets, value_range, name="targets")
-        if target_array.shape != sample_array.shape:
-            raise ValueError(
-                f"targets must match samples one to one: samples {sample_array.shape}, targets {target_array.shape}"
-            )
+        if image_shapes(target_array) != image_shapes(sample_array):
+            raise ValueError(f"targets must match samples one to one: samples {_described(sample_array)}, targets "
+                             f"{_described(target_array)}")
     artifact_path = samples_artifact_path(step)
     with tempfile.TemporaryDirectory(prefix="genmetrics-samples-") as tmp:
         local = os.path.join(tmp, os.path.basename(artifact_path))

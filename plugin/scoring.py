@@ -322,10 +322,11 @@ class _PairedSums:
             self.sums[m] += float(_image_similarity(m, x, y, self.opts, self.plan.device).double().sum())
         self.count += x.shape[0]
 
-    def check_count(self):
-        if self.count != len(self.targets):
-            raise ValueError(f"got {self.count} samples but {len(self.targets)} targets; pass one target per "
-                             f"sample")
+    def check_count(self, count=None):
+        """Raise unless there is one target per sample (`count` samples; default: those paired so far)."""
+        count = self.count if count is None else count
+        if count != len(self.targets):
+            raise ValueError(f"got {count} samples but {len(self.targets)} targets; pass one target per sample")
 
     def means(self, distributed):
         """Mean similarity per metric, over all ranks' pairs when `distributed`."""
@@ -389,7 +390,7 @@ def _accumulate(batches, targets, opts, plan, rank, world):
     if paired is not None:
         paired.check_count()
     elif targets is not None:
-        _PairedSums(targets, opts, plan).check_count()  # targets are checked even when no image metric uses them
+        _PairedSums(targets, opts, plan).check_count(count)  # targets are checked even when no image metric uses them
     kept, mixed_sizes = stack_images(kept, keep)  # samples of different sizes: fitted into one cell
     if world > 1:
         kept, mixed_sizes = gather_images(kept, mixed_sizes, keep)

@@ -23,9 +23,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 #: that): a member of a crafted archive cannot make the reader allocate more than this.
 MAX_ZIP_MEMBER_BYTES = 256 << 20
 #: Largest image decoded (width x height, read from the file's header before decoding): PIL's own
-#: decompression-bomb limit (twice its default ``Image.MAX_IMAGE_PIXELS``, ~179 megapixels, e.g. 13000 x 13000),
-#: enforced here whatever ``Image.MAX_IMAGE_PIXELS`` is set to (some libraries disable it). Raise it to read
-#: larger images; PIL warns (``DecompressionBombWarning``) above its default, ~89 megapixels.
+#: decompression-bomb limit (twice its default ``Image.MAX_IMAGE_PIXELS``: ~179 megapixels, so 13000 x 13000 is
+#: read), enforced here whatever ``Image.MAX_IMAGE_PIXELS`` is set to (some libraries disable it). Raise it to
+#: read larger images; PIL warns (``DecompressionBombWarning``) above its default, ~89 megapixels.
 MAX_IMAGE_PIXELS = 2 * 89478485
 #: Images with more pixels (2048 x 2048) are decoded one at a time, in the reading thread (see iter_image_files).
 LARGE_IMAGE_PIXELS = 1 << 22
@@ -106,8 +106,8 @@ def _check_pixels(size, name):
     width, height = size
     if width * height > MAX_IMAGE_PIXELS:
         raise _ImageTooLarge(
-            f"image {name} is too large to decode safely: {width} x {height} = {width * height / 1e6:.0f} megapixels "
-            f"({width * height * 3 / 2**30:.1f} GiB decoded), more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"image {name} is too large to decode safely: {width} x {height} = {width * height / 1e6:.3g} megapixels "
+            f"({width * height * 3 / 2**30:.1f} GiB decoded), more than the {MAX_IMAGE_PIXELS / 1e6:.3g} megapixels "
             f"genmetrics decodes (a decompression-bomb guard, genmetrics.stats.image_files.MAX_IMAGE_PIXELS); remove "
             f"it or downscale it with a trusted tool")
 

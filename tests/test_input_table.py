@@ -185,3 +185,41 @@ def test_mlflow_entry_points_read_the_table_the_same(tmp_path, reference, tracki
         if case in PER_IMAGE_REFUSALS:
             with pytest.raises(error, match=pattern):
                 _evaluate(_rows(images, tmp_path), value_range, reference, tracking)
+
+
+MIXED = [np.random.default_rng(9).integers(0, 256, (h, w, 3), dtype=np.uint8)
+         for h, w in [(8, 10), (12, 9), (8, 10), (16, 16), (10, 20), (9, 9)]]
+
+
+def test_images_of_different_sizes_read_the_same_everywhere(tmp_path, reference, tracking):
+    """Images of different sizes (issue 19 item 3): every entry point takes them as extract_features does, with its
+    numbers; log_gen_metrics logs its grid, log_gen_samples stores each image as it is, deferred scoring reads them."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from genmetrics.plugin import log_gen_metrics, log_gen_samples
+    from genmetrics.plugin.deferred import score_run
+    from genmetrics.plugin.samples import read_samples_file
+    from genmetrics.stats import GaussianMoments, frechet_distance
+
+    features = _features(MIXED)
+    assert torch.equal(features[1], _features([MIXED[1]])[0])  # each image as alone
+    moments = GaussianMoments.from_features(features)
+    want = frechet_distance(reference.mu, reference.sigma, moments.mean, moments.cov, features2=features)
+    # scoring sums the float64 moments image by image, here all at once: rounding, amplified by a covariance of
+    # rank 5 < 48 (6 images): the table's tolerance
+    assert _fid(MIXED, reference) == pytest.approx(want, rel=1e-6)
+    assert np.allclose(_build_mu(MIXED, tmp_path / "mixed.h5"), features.double().mean(0).numpy(), atol=1e-6)
+    client = MlflowClient()
+    with mlflow.start_run(experiment_id=tracking) as run:
+        logged = log_gen_metrics(MIXED, reference=reference, metrics=["fid"], model=TinyExtractor(), step=0)
+        path = log_gen_samples(MIXED, step=1, targets=MIXED)
+    assert logged["gen/fid"] == pytest.approx(want, rel=1e-6)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    stored, targets = read_samples_file(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path))
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(MIXED, stored, targets))
+    assert len(stored) == len(targets) == len(MIXED)
+    assert score_run(run.info.run_id, reference, metrics=["fid"], model=TinyExtractor()) == [1]
+    history = client.get_metric_history(run.info.run_id, "gen/fid")
+    assert [m.value for m in history if m.step == 1] == [pytest.approx(want, rel=1e-6)]
+    assert _evaluate(list(MIXED), None, reference, tracking) == pytest.approx(want, rel=1e-6)

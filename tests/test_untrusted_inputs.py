@@ -38,6 +38,31 @@ def test_a_decompression_bomb_png_names_the_file(tmp_path):
     assert "\n" not in str(info.value)
 
 
+class _Pool(torch.nn.Module):
+    def forward(self, x):
+        return {"pool3": torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)}
+
+
+def test_the_pixel_limit_holds_whatever_pil_is_set_to(tmp_path, monkeypatch):
+    """Some libraries set PIL's Image.MAX_IMAGE_PIXELS = None; the bomb is still refused, from its header, before
+    anything is decoded, with the limit genmetrics applies (image_files.MAX_IMAGE_PIXELS) and how to get past it."""
+    from genmetrics.stats import extract_features, image_files
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _bomb_png(folder / "b.png")
+    with pytest.raises(ValueError, match=r"image .*b.png is too large to decode safely: 20000 x 20000 = 400 "
+                                         r"megapixels \(1.1 GiB decoded\), more than the 179 megapixels .*MAX_IMAGE_PIXELS"):
+        extract_features(str(folder), model=_Pool(), progress=False)
+    monkeypatch.setattr(image_files, "MAX_IMAGE_PIXELS", 30 * 30)
+    Image.new("RGB", (30, 30), "red").save(folder / "b.png")
+    assert extract_features(str(folder), model=_Pool(), progress=False)["pool3"].shape == (1, 12)
+    Image.new("RGB", (31, 30), "red").save(folder / "b.png")
+    with pytest.raises(ValueError, match=r"b.png is too large to decode safely: 31 x 30 = 0.00093 megapixels .*more than the 0.0009 megapixels"):
+        extract_features(str(folder), model=_Pool(), progress=False)
+
+
 def test_a_zip_member_that_unpacks_huge_is_refused_before_reading(tmp_path, monkeypatch):
     """A zip bomb member (here: zeros compressing 1000x) is refused from its declared size, naming it."""
     import zipfile
