@@ -17,9 +17,10 @@
   ``*_diversity`` keys so the key always says which one it is.
 
 Metric keys are ``prefix + name`` with names ``fid, kid, kid_std, is, is_std, ssim, ms_ssim, lpips``,
-``fd_dinov2, cmmd, copy`` and ``ssim_diversity, ms_ssim_diversity, lpips_diversity``. Provenance goes to params (stable per
-run: reference id/version/sha256, mode, extractor, layer, weights sha256, sample count, seed, metric
-settings) and tags (package versions, skipped metrics, allowed mismatches).
+``fd_dinov2, cmmd, copy`` and ``ssim_diversity, ms_ssim_diversity, lpips_diversity``. Provenance is returned in
+``ScoreResult.params`` (reference id/version/sha256, mode, extractor, layer, weights sha256, sample count, seed,
+metric settings) and ``ScoreResult.tags`` (package versions, skipped metrics, allowed mismatches);
+`log_gen_metrics` logs both as MLflow tags.
 
 Requested vs default metrics: with ``metrics=None`` (the default set ``fid, kid, is, ssim, lpips``) a
 metric whose inputs are unavailable (no reference; a reference without stored features for KID; an
