@@ -38,19 +38,21 @@ _OWN_KEYS = ("reference", "metrics", "image_column", "target_column", "prefix", 
 
 
 def _load_image(cell):
-    """One cell -> a PIL image (a file path or encoded bytes, decoded as RGB), or the array itself, which the
-    one image normaliser (:mod:`genmetrics.stats.image_input`) reads as a single image."""
-    from PIL import Image
+    """One cell -> the image, which the one image normaliser (:mod:`genmetrics.stats.image_input`) reads as a
+    single image: a file path or encoded bytes decoded as image folders are (``image_files.load_image``: RGB, the
+    decompression-bomb limit, errors naming the file) into a uint8 (3, H, W) tensor, or the array itself."""
+    import torch
+
+    from genmetrics.stats.image_files import load_image
 
     if isinstance(cell, (str, os.PathLike)):
         if not os.path.isfile(cell):
             raise FileNotFoundError(f"image file {os.fspath(cell)!r} not found; image paths are read relative to "
                                     f"the current directory {os.getcwd()!r}")
-        with Image.open(cell) as img:
-            return img.convert("RGB")
+        with open(cell, "rb") as file:
+            return torch.from_numpy(load_image(file, os.fspath(cell)).transpose(2, 0, 1).copy())
     if isinstance(cell, (bytes, bytearray)):
-        with Image.open(io.BytesIO(cell)) as img:
-            return img.convert("RGB")
+        return torch.from_numpy(load_image(io.BytesIO(cell), "(encoded image bytes)").transpose(2, 0, 1).copy())
     array = np.asarray(cell)
     if array.ndim not in (2, 3):
         raise ValueError(f"an image cell must be a path, encoded bytes or an (H, W, C) array; got shape {array.shape}")

@@ -56,7 +56,7 @@ def test_evaluate_image_paths_logs_fid_and_kid(tracking, tiny_reference, generat
     for key, value in result.metrics.items():
         assert logged.metrics[key] == pytest.approx(value)
     assert result.metrics["gen/fid"] > 0
-    assert logged.params["gen/num_samples"] == "8"
+    assert logged.tags["gen/num_samples"] == "8"  # provenance is logged as tags (log_metrics._log_result)
 
 
 def test_evaluate_paired_targets_and_a_model(tracking, generated_images):
@@ -86,3 +86,27 @@ def test_evaluate_names_the_missing_column(tracking):
     with mlflow.start_run(), pytest.raises(ValueError, match="image_column"):
         mlflow.models.evaluate(data=data, model_type="image-generation", evaluators=["genmetrics"],
                                evaluator_config={"genmetrics": {"metrics": ["fid"]}})
+
+
+def test_evaluate_image_files_of_different_sizes(tracking, tmp_path, monkeypatch):
+    """Image files of different sizes, each paired with a target of its size (issue 19 item 3); files are decoded as
+    image folders are: a file over the pixel limit is refused, naming it."""
+    from PIL import Image
+
+    from genmetrics.stats import image_files
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (h, w) in enumerate([(16, 16), (24, 40), (32, 20)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    data = pd.DataFrame({"image": paths, "target": paths})
+    config = {"genmetrics": {"metrics": ["ssim"], "image_column": "image", "target_column": "target"}}
+    with mlflow.start_run():
+        result = mlflow.models.evaluate(data=data, model_type="image-generation", evaluators=["genmetrics"],
+                                        evaluator_config=config)
+        assert result.metrics == {"gen/ssim": pytest.approx(1.0)}
+        monkeypatch.setattr(image_files, "MAX_IMAGE_PIXELS", 24 * 40 - 1)
+        with pytest.raises(ValueError, match=r"image .*1.png is too large to decode safely: 40 x 24"):
+            mlflow.models.evaluate(data=data, model_type="image-generation", evaluators=["genmetrics"],
+                                   evaluator_config=config)
