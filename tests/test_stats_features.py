@@ -92,6 +92,27 @@ def test_layout_rule_prefers_nchw_when_ambiguous():
     assert batch.shape == (2, 3, 5, 3)
 
 
+@pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow", "legacy_pytorch"])
+def test_files_of_different_sizes_give_each_image_its_features_alone(photos, tmp_path, monkeypatch, mode):
+    """Images of different sizes (issue 19 item 3) from a folder, a zip and a list: each row equals the image's
+    features computed alone, whether the file is decoded and resized in the pool's threads or, as a large one
+    (issue 19 item 13; the threshold lowered here), alone in the reading thread."""
+    from genmetrics.stats import image_files
+
+    images = [p[:h, :w] for p, (h, w) in zip(photos, [(40, 60), (64, 48), (33, 90), (120, 160), (40, 60)])]
+    folder = make_photo_folder(tmp_path / "mixed", images)
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in list_image_files(folder):
+            z.write(os.path.join(folder, name), arcname=name)
+    alone = torch.cat([_features(image[None], mode=mode) for image in images])
+    for threshold in (image_files.LARGE_IMAGE_PIXELS, 40 * 60):  # none large; the 3 larger ones large
+        monkeypatch.setattr(image_files, "LARGE_IMAGE_PIXELS", threshold)
+        for source in (folder, str(archive), images):
+            for batch_size in (1, 2, 50):
+                assert torch.equal(_features(source, mode=mode, batch_size=batch_size), alone), (source, threshold)
+
+
 def test_folder_is_recursive_sorted_and_equals_zip(crops, tmp_path):
     root = tmp_path / "nested"
     make_photo_folder(root / "b", list(crops[:2]), ext="png")
