@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 
-__all__ = ["make_grid"]
+__all__ = ["make_grid", "describe_sizes", "fit_images", "stack_images", "gather_images"]
 
 def make_grid(images, columns=None, max_images=64, padding=2, background=255):
     """Tile uint8 images (N, h, w, 3) row-major into a grid of `columns` columns.

@@ -116,7 +116,8 @@ except OSError:
     pass
 base, rows = status("VmRSS"), {}
 for mode in modes:
-    rows[mode] = extract_features(folder, model=Pool(), mode=mode, batch_size=batch_size, progress=False)["pool3"].shape[0]
+    features = extract_features(folder, model=Pool(), mode=mode, batch_size=batch_size, progress=False)
+    rows[mode] = features["pool3"].shape[0]
 print(json.dumps({"growth": status("VmHWM") - base, "rows": rows}))
 """
 
