@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import EPS32, sum_tol
 
 from genmetrics.stats.preprocess import (MODES, preprocess, resize_clean, resize_legacy_pytorch,
                                          resize_legacy_tensorflow)
@@ -78,7 +79,9 @@ def test_legacy_pytorch_is_pytorch_fid_transform(test_images):
 
     for img in test_images:
         theirs = F.interpolate(ToTensor()(img)[None], size=(299, 299), mode="bilinear", align_corners=False)
-        assert torch.equal(resize_legacy_pytorch(_nchw(img)), theirs)
+        # The same formula, but per channel here and on the whole batch there: torch's kernels may then round
+        # differently (with one thread they do). Each output: 4 products with weights summing to 1, values <= 1.
+        assert float((resize_legacy_pytorch(_nchw(img)) - theirs).abs().max()) <= sum_tol(4, 1.0, EPS32)
 
 
 def test_legacy_pytorch_close_to_clean_fid_legacy_pytorch(photos):
