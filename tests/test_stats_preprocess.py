@@ -80,8 +80,9 @@ def test_legacy_pytorch_is_pytorch_fid_transform(test_images):
     for img in test_images:
         theirs = F.interpolate(ToTensor()(img)[None], size=(299, 299), mode="bilinear", align_corners=False)
         # The same formula, but per channel here and on the whole batch there: torch's kernels may then round
-        # differently (with one thread they do). Each output: 4 products with weights summing to 1, values <= 1.
-        assert float((resize_legacy_pytorch(_nchw(img)) - theirs).abs().max()) <= sum_tol(4, 1.0, EPS32)
+        # differently (with one thread they do, by 1.8e-7). Each output sums 4 values <= 1 with weights summing
+        # to 1 that are products of a row and a column weight: at most 6 roundings on any path.
+        assert float((resize_legacy_pytorch(_nchw(img)) - theirs).abs().max()) <= sum_tol(6, 1.0, EPS32)
 
 
 def test_legacy_pytorch_close_to_clean_fid_legacy_pytorch(photos):
