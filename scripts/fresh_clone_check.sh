@@ -27,7 +27,8 @@ tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(tests/test_plugin_cli.py tests/test_plugin_demo.py tests/test_plugin_ui.py)
 NUMERICAL_TESTS=(tests/test_stats_frechet.py tests/test_stats_moments.py tests/test_stats_kid.py tests/test_stats_is.py
                  tests/test_stats_prdc.py tests/test_stats_cmmd.py tests/test_stats_copy_detection.py
-                 tests/test_stats_resize_pil.py tests/test_stats_ssim.py tests/test_registry_format.py)
+                 tests/test_stats_resize_pil.py tests/test_stats_preprocess.py tests/test_stats_ssim.py
+                 tests/test_registry_format.py)
 BLAS_SETUP=(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_CORETYPE=Prescott MKL_CBWR=COMPATIBLE
             ATEN_CPU_CAPABILITY=default)
 
