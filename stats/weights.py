@@ -190,9 +190,10 @@ def fetch_weights(name, progress=True):
             reasons.append(error.summary.split(" (")[0])
         except (DownloadError, OSError) as error:
             errors.append(str(error))
-            reasons.append(type(error).__name__)
+            reasons.append(str(error).rsplit(" failed: ", 1)[-1][:100])
     raise WeightsUnavailableError(f"could not download {entry.filename}, which is not in the cache: " + "; ".join(errors),
-                                  short=f"{entry.filename} is not in the cache and {'; '.join(reasons)}")
+                                  short=f"{entry.filename} is not in the cache and could not be downloaded: "
+                                        f"{'; '.join(reasons)}")
 
 
 def _existing(path, what):
