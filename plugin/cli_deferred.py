@@ -2,7 +2,8 @@
 import logging
 import os
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_PREFIX, METRICS, PRECISIONS
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_PREFIX, PRECISIONS
+from genmetrics.stats.metric_table import METRICS
 
 from .cli_checks import non_negative_float, positive_int
 

@@ -1,4 +1,5 @@
-"""`genmetrics fid A B`: FID (and KID with --kid) between two image sets or statistics files, printed.
+"""`genmetrics fid A B`: FID (and with --metrics any metric of the table) between two image sets or statistics
+files, printed. A is the reference side, B the samples (it matters for KID's subset draw, PRDC and copy).
 
 A and B may each be
 - an image folder (searched recursively) or a .zip of images: Inception pool3 features are extracted
@@ -15,7 +16,8 @@ import os
 import sys
 
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, EXTRACTOR_NAMES, FEATURE_EXTRACTOR,
-                                       MODES, PRECISIONS)
+                                       KID_SUBSET_SIZE, KID_SUBSETS, MODES, PRECISIONS)
+from genmetrics.stats.metric_table import METRICS
 
 from .cli_checks import positive_int
 
@@ -48,15 +50,31 @@ def add_parser(subparsers):
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic of the Inception for image sides: fp32 (exact, default) or bf16 "
                              "(opt-in, faster on CPUs with AVX-512-BF16 / on GPUs; FID moves, see the docs)")
+    parser.add_argument("--metrics", type=_metric_names, default=[],
+                        help="also print these metrics, comma-separated, among: " + "; ".join(
+                            f"{m.name} ({m.description})" for m in METRICS.values() if m.kind == "features"))
     parser.add_argument("--cmmd", action="store_true",
-                        help="also print CMMD (a CLIP extractor; needs features on both sides)")
-    parser.add_argument("--kid", action="store_true", help="also print KID (needs features on both sides)")
-    parser.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default 100)")
-    parser.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default 1000)")
+                        help="also print CMMD (same as --metrics cmmd: a CLIP extractor, features on both sides)")
+    parser.add_argument("--kid", action="store_true",
+                        help="also print KID (same as --metrics kid: needs features on both sides)")
+    parser.add_argument("--kid-subsets", type=positive_int, default=KID_SUBSETS,
+                        help=f"KID subsets (default {KID_SUBSETS})")
+    parser.add_argument("--kid-subset-size", type=positive_int, default=KID_SUBSET_SIZE,
+                        help=f"KID subset size (default {KID_SUBSET_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (default 0)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="compare even when the sides differ in preprocessing mode, extractor or layer")
     parser.set_defaults(func=run_fid)
+
+
+def _metric_names(text):
+    """--metrics: comma-separated names of feature metrics of the table."""
+    names = [name.strip().lower().replace("-", "_") for name in text.split(",") if name.strip()]
+    unknown = [n for n in names if n not in METRICS or METRICS[n].kind != "features"]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(unknown)}; choose among "
+                                         f"{','.join(m.name for m in METRICS.values() if m.kind == 'features')}")
+    return names
 
 
 def _is_image_source(source):
@@ -92,22 +110,6 @@ def _image_side(source, model, mode, args):
     return side
 
 
-def _frechet_order(sides):
-    """(first, second, features2) for frechet_distance, which is symmetric: a side with fewer samples than
-    feature dimensions and its features goes second (the Gram form; the smaller such side), else a side with a
-    cached square root goes first. Features are read only for such a small side."""
-    import numpy as np
-
-    small = [side for side in sides if side.has_features and side.n < side.dim]
-    if small:
-        second = min(small, key=lambda side: side.n)
-        features = np.asarray(second.features)
-        if len(features) == second.n:
-            return sides[1] if second is sides[0] else sides[0], second, features
-    first, second = sorted(sides, key=lambda side: side.sqrt_sigma is None)
-    return first, second, None
-
-
 def run_fid(args):
     """Images are listed (an empty or unreadable folder refused) and statistics read before the network loads."""
     from genmetrics.stats.image_files import list_image_files  # torch-free
@@ -115,15 +117,9 @@ def run_fid(args):
     sources = [args.a, args.b]
     for source in filter(_is_image_source, sources):
         list_image_files(source)
-    from genmetrics.stats import frechet_distance, kernel_inception_distance
-
+    names = list(dict.fromkeys([*(["kid"] if args.kid else []), *(["cmmd"] if args.cmmd else []), *args.metrics]))
     statistics = {s: _load_statistics(s) for s in sources if not _is_image_source(s)}
-    lacking = [source for source, side in statistics.items() if not side.has_features]
-    for flag, wanted in (("--kid", args.kid), ("--cmmd", args.cmmd)):
-        if wanted and lacking:
-            raise ValueError(
-                f"{flag} needs features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; pass "
-                f"image folders, or statistics built with features (genmetrics stats build ... --features)")
+    _check_features(statistics, names)
     images = None  # extractor, mode and layer of the image sides, when there are any
     if any(map(_is_image_source, sources)):
         images = _image_provenance(statistics, args)
@@ -132,9 +128,7 @@ def run_fid(args):
     else:
         statistics[args.b].check_comparable(statistics[args.a], args.allow_mismatch, names=(args.a, args.b))
     extractor = (images or statistics[args.a].provenance)["feature_extractor"] or FEATURE_EXTRACTOR
-    if args.cmmd and not extractor.startswith("clip-"):
-        raise ValueError(f"--cmmd is defined on CLIP embeddings, but the features are {extractor}'s; pass "
-                         f"--extractor clip-vit-l-14-336px (the paper's) or statistics built with it")
+    _check_feature_space(names, extractor)
     model, mode = (_load_model(images, args), images["mode"]) if images else (None, None)
     sides = [statistics[s] if s in statistics else _image_side(s, model, mode, args) for s in sources]
     for label, side in zip("AB", sides):
@@ -144,22 +138,49 @@ def run_fid(args):
             f"A has {sides[0].dim} features per sample but B has {sides[1].dim}; both sides must come from the "
             f"same extractor layer (Inception pool3: 2048)"
         )
-
-    first, second, features2 = _frechet_order(sides)
-    fid = frechet_distance(first.mu, first.sigma, second.mu, second.sigma, sqrt_sigma1=first.sqrt_sigma,
-                           features2=features2)
-    print(f"FID: {fid:.6f}" if extractor == FEATURE_EXTRACTOR else f"FD ({extractor}): {fid:.6f}")
-    if args.cmmd:
-        print(f"CMMD: {_cmmd(sides):.6g}")
-    if args.kid:
-        sizes = {len(sides[0].features), len(sides[1].features)}
-        whole = len(sizes) == 1 and args.kid_subset_size >= min(sizes)  # every subset would be the whole set
-        mean, std = kernel_inception_distance(sides[0].features, sides[1].features,
-                                              subsets=1 if whole else args.kid_subsets,
-                                              subset_size=args.kid_subset_size, seed=args.seed)
-        spread = f"(every subset is the whole set of {min(sizes)}: no std)" if whole else f"± {std:.3g}"
-        print(f"KID: {mean:.6g} {spread}")
+    _print(_compare(sides, ["fid", *names], args), extractor, sides)
     return 0
+
+
+def _check_features(statistics, names):
+    """Metrics that need features refuse statistics files holding only mu/sigma, before any network loads."""
+    lacking = [source for source, side in statistics.items() if not side.has_features]
+    wanting = [name for name in names if "features" in METRICS[name].needs]
+    if wanting and lacking:
+        raise ValueError(
+            f"{', '.join(wanting)} need(s) features on both sides, but {' and '.join(lacking)} hold(s) only mu/sigma; "
+            f"pass image folders, or statistics built with features (genmetrics stats build ... --features)")
+
+
+def _check_feature_space(names, extractor):
+    """Each asked-for metric must be defined on the sides' feature space (CMMD: CLIP; FID/KID: the Inception)."""
+    for name in names:
+        problem = METRICS[name].feature_space_problem(extractor)
+        if problem:
+            raise ValueError(f"{name} cannot be computed here: {problem.replace('the reference holds', 'the sides hold')}")
+
+
+def _compare(sides, names, args):
+    """The metric table's one comparison (the one scoring uses): A is the reference side, B the samples."""
+    from genmetrics.stats.metric_table import compare
+
+    settings = {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size, "seed": args.seed}
+    return compare(sides[1], sides[0], names, settings).values
+
+
+def _print(values, extractor, sides):
+    """One line per metric: ``FID: x`` (``FD (<extractor>): x`` in another feature space), ``KID: mean ± std``,
+    ``CMMD: x``, else ``<key>: x``."""
+    fid = values.pop("fid")
+    print(f"FID: {fid:.6f}" if extractor == FEATURE_EXTRACTOR else f"FD ({extractor}): {fid:.6f}")
+    if "cmmd" in values:
+        print(f"CMMD: {values.pop('cmmd'):.6g}")
+    if "kid" in values:
+        std = values.pop("kid_std", None)
+        whole = f"(every subset is the whole set of {len(sides[1].features)}: no std)"
+        print(f"KID: {values.pop('kid'):.6g} " + (whole if std is None else f"± {std:.3g}"))
+    for key, value in values.items():
+        print(f"{key}: {value:.6g}")
 
 
 def _image_provenance(statistics, args):
@@ -190,12 +211,3 @@ def _load_model(images, args):
     if images["feature_extractor"] == FEATURE_EXTRACTOR:
         return load_inception(args.weights, device=args.device)
     return load_extractor(images["feature_extractor"], weights=args.weights, device=args.device, mode=images["mode"])
-
-
-def _cmmd(sides):
-    """CMMD (sigma 10, scale 1000) between the sides' L2-normalised (CLIP) features."""
-    import numpy as np
-
-    from genmetrics.stats import cmmd
-
-    return cmmd(np.asarray(sides[0].features), np.asarray(sides[1].features), normalize=True)

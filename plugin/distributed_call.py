@@ -52,4 +52,5 @@ def call_settings(opts, ref, targets):
         "is_splits": opts.is_splits,
         "diversity_pairs": opts.diversity_pairs,
         "precision": opts.precision,
+        "metric_options": sorted((opts.metric_options or {}).items()),
     }

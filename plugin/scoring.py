@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
-                                       FEATURE_EXTRACTOR, FEATURE_LAYER, FEATURE_METRICS, IMAGE_METRICS,
-                                       KEPT_FEATURE_METRICS, METRIC_EXTRACTOR_PREFIX, METRICS)
+                                       FEATURE_EXTRACTOR, FEATURE_LAYER, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS)
+from genmetrics.stats.metric_table import METRICS, compare
 from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
 from genmetrics.stats.image_input import check_value_range
 
@@ -92,14 +92,15 @@ class ScoreOptions:
     device: Optional[str] = None
     seed: int = 0
     allow_mismatch: bool = False
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    is_splits: int = 10
+    kid_subsets: int = KID_SUBSETS
+    kid_subset_size: int = KID_SUBSET_SIZE
+    is_splits: int = IS_SPLITS
     diversity_pairs: int = 100
     distributed: bool = True
     copy_pairs: bool = False
     precision: str = "fp32"
     reference_images: object = None
+    metric_options: Optional[dict] = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,6 +196,7 @@ class _Plan:
     mismatches: list = field(default_factory=list)
     tags: dict = field(default_factory=dict)  #: tags a metric adds (copy detection's flagged indices)
     copies: Optional[dict] = None  #: copy_detection's result, when metric copy was computed
+    metric_params: dict = field(default_factory=dict)  #: the settings the metrics report (KID's subsets, ...)
 
 
 def _check_metrics(metrics):
@@ -212,14 +214,14 @@ def _check_metrics(metrics):
 
 def _plan(opts, ref):
     names, explicit = _check_metrics(opts.metrics)
-    plan = _Plan(names, _Skips(explicit, opts.prefix), [m for m in names if m in FEATURE_METRICS],
-                 [m for m in names if m in IMAGE_METRICS], _resolve_device(opts.device))
+    plan = _Plan(names, _Skips(explicit, opts.prefix), [m for m in names if METRICS[m].kind == "features"],
+                 [m for m in names if METRICS[m].kind == "images"], _resolve_device(opts.device))
     if ref is None:
-        for m in [m for m in plan.feature_metrics if m != "is"]:
+        for m in [m for m in plan.feature_metrics if _needs(m, "reference")]:
             plan.skips.skip(m, "no reference given; pass reference='<registry ref>' or a path to an .h5 file")
-        plan.feature_metrics = [m for m in plan.feature_metrics if m == "is"]
+        plan.feature_metrics = [m for m in plan.feature_metrics if not _needs(m, "reference")]
     _check_feature_spaces(plan, ref)
-    for m in [m for m in plan.feature_metrics if m in KEPT_FEATURE_METRICS and not ref.has_features]:
+    for m in [m for m in plan.feature_metrics if _needs(m, "features") and ref is not None and not ref.has_features]:
         plan.skips.skip(m, "the reference stores no features (only mu/sigma); rebuild it with --features")
         plan.feature_metrics.remove(m)
     if plan.feature_metrics:
@@ -234,26 +236,15 @@ def _reference_extractor(ref):
     return None if ref is None else ref.provenance.get("feature_extractor")
 
 
-def _feature_space_problem(metric, extractor):
-    """Why `metric` cannot use the features of `extractor` (a reference's recorded name), or None."""
-    family = METRIC_EXTRACTOR_PREFIX.get(metric)
-    if not extractor or family is None:
-        return None
-    others = tuple(p for p in METRIC_EXTRACTOR_PREFIX.values() if p != "inception")
-    if family == "inception":
-        return None if not extractor.startswith(others) else (
-            f"the reference holds {extractor} features, and {metric} is defined on the FID Inception's; "
-            f"use fd_dinov2 (DINOv2 references) or cmmd (CLIP references)")
-    if not extractor.startswith(family):
-        return (f"the reference holds {extractor} features; {metric} needs a reference built with a {family}* "
-                f"extractor (genmetrics stats build ... --extractor)")
-    return None
+def _needs(name, need):
+    """Whether metric `name` needs `need` (see :class:`genmetrics.stats.metric_table.Metric`)."""
+    return need in METRICS[name].needs
 
 
 def _check_feature_spaces(plan, ref):
     """Skip (or refuse, when named) the feature metrics that the reference's feature space cannot give."""
     for m in list(plan.feature_metrics):
-        problem = _feature_space_problem(m, _reference_extractor(ref))
+        problem = METRICS[m].feature_space_problem(_reference_extractor(ref))
         if problem:
             plan.skips.skip(m, problem)
             plan.feature_metrics.remove(m)
@@ -269,7 +260,8 @@ def _plan_extractor(plan, opts, ref, explicit):
         plan.model = _default_extractor(named, plan.device)
     else:
         plan.model = opts.model or _default_inception(plan.device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
-                                                      explicit and "is" in plan.feature_metrics)
+                                                      explicit and any(_needs(m, "logits") for m in
+                                                                       plan.feature_metrics))
     plan.mode = opts.mode or (ref.provenance["mode"] if ref is not None else None) or DEFAULT_MODE
     if _is_feature_extractor(plan.model):
         recorded = ref.provenance.get("feature_layer") if ref is not None else None
@@ -290,7 +282,7 @@ def _lpips_available(opts, plan):
         from genmetrics.stats.download import offline
 
         short = getattr(exc, "short", None)  # missing weights: one line, and none when the user said offline
-        line = f"LPIPS ({opts.lpips_net}): {short} (the tag {opts.prefix}skipped.lpips says how to provide it)"
+        line = f"LPIPS ({opts.lpips_net}): {short} (how to provide it: tag {opts.prefix}skipped.lpips)"
         plan.skips.skip("lpips", f"LPIPS ({opts.lpips_net}) could not be loaded: {exc}", error=exc,
                         line=line if short else None, quiet=bool(short) and offline())
         return False
@@ -373,8 +365,10 @@ def _accumulate(batches, targets, opts, plan, rank, world):
     accumulator = None
     if plan.feature_metrics:
         accumulator = FeatureAccumulator(plan.model, mode=plan.mode, layer=plan.layer,
-                                         keep_features=any(m in KEPT_FEATURE_METRICS for m in plan.feature_metrics),
-                                         keep_logits="is" in plan.feature_metrics, batch_size=opts.batch_size,
+                                         keep_features=any(_needs(m, "features") or _needs(m, "sample_features")
+                                                           for m in plan.feature_metrics),
+                                         keep_logits=any(_needs(m, "logits") for m in plan.feature_metrics),
+                                         batch_size=opts.batch_size,
                                          distributed=opts.distributed, precision=opts.precision)
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
     keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
@@ -416,70 +410,20 @@ def _image_similarity(name, x, y, opts, device):
         return model(x.to(device) * 2 - 1, y.to(device) * 2 - 1).reshape(-1).cpu()
 
 
-def _fid(stats, ref):
-    from genmetrics.stats import frechet_distance
-
-    if stats.n < 2:
-        raise ValueError(f"FID needs at least 2 samples, got {stats.n}")
-    kept = stats.features if stats.features is not None and len(stats.features) == stats.n else None
-    return {"fid": float(frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, sqrt_sigma1=ref.sqrt_sigma,
-                                          features2=kept))}  # kept features: the Gram form below D samples
-
-
-def _kid_subsets(count, ref, opts):
-    """(subsets, subset_size, why_no_std): KID's subsets as computed. When the subset size equals both the
-    number of samples and of reference features, every subset is the whole set: one subset is computed and
-    no std is reported (it would be rounding noise); `why_no_std` says so."""
-    subset_size = min(opts.kid_subset_size, count, len(ref.features))
-    if subset_size == count == len(ref.features):
-        return 1, subset_size, (f"not logged: every subset is the whole set ({count} samples, {count} reference "
-                                f"features, subset size {subset_size}), so subsets cannot differ")
-    return opts.kid_subsets, subset_size, None
-
-
-def _kid(stats, ref, opts):
-    from genmetrics.stats import kernel_inception_distance
-
-    subsets, subset_size, why_no_std = _kid_subsets(stats.n, ref, opts)
-    if subset_size < 2:
-        raise ValueError(f"KID needs at least 2 samples and 2 reference features, got {stats.n}")
-    ref_features = torch.as_tensor(np.asarray(ref.features), dtype=torch.float32)
-    mean, std = kernel_inception_distance(ref_features, stats.features, subsets=subsets,
-                                          subset_size=subset_size, seed=opts.seed)
-    return {"kid": float(mean)} if why_no_std else {"kid": float(mean), "kid_std": float(std)}
-
-
-def _fd_dinov2(stats, ref):
-    """Fréchet distance in DINOv2 features (Stein et al. 2023): the FID formula on the DINOv2 reference."""
-    return {"fd_dinov2": _fid(stats, ref)["fid"]}
-
-
-def _cmmd(stats, ref):
-    """CMMD (Jayasumana et al. 2024) between the L2-normalised CLIP embeddings of samples and reference."""
-    from genmetrics.stats import cmmd
-
-    return {"cmmd": cmmd(np.asarray(ref.features), stats.features, normalize=True)}
-
-
-def _copies(stats, ref, prefix):
-    """(metrics, tags, result): the share of samples flagged as copies of reference images, the most suspicious
-    sample indices (at most 20, in the order the samples were given) as a tag, and copy_detection's result."""
-    from genmetrics.stats import copy_detection
-
-    result = copy_detection(stats.features, np.asarray(ref.features))
-    worst = ",".join(str(int(i)) for i in result["indices"][:20])
-    return {"copy": result["fraction"]}, {f"{prefix}copy.indices": worst or "none"}, result
-
-
-def _inception_score(stats, opts, skips):
-    from genmetrics.stats import inception_score_from_logits
-
-    if stats.logits is None:
-        skips.skip("is", "the Inception has no classifier head weights (pool3-only weights); pass weights with "
-                         "the 1008-way fc layer (pytorch-fid's pt_inception-2015-12-05 file)")
-        return {}
-    mean, std = inception_score_from_logits(stats.logits, splits=min(opts.is_splits, stats.n))
-    return {"is": float(mean), "is_std": float(std)}
+def _feature_metrics(stats, ref, opts, plan):
+    """The feature metrics, through the metric table's one comparison (``genmetrics.stats.metric_table.compare``,
+    which ``genmetrics fid`` calls too); a metric needing the Inception's logits is skipped (or refused when
+    named) when the network has no classifier head."""
+    for m in [m for m in plan.feature_metrics if _needs(m, "logits") and stats.logits is None]:
+        plan.skips.skip(m, "the Inception has no classifier head weights (pool3-only weights); pass weights with "
+                           "the 1008-way fc layer (pytorch-fid's pt_inception-2015-12-05 file)")
+        plan.feature_metrics.remove(m)
+    settings = {"kid_subsets": opts.kid_subsets, "kid_subset_size": opts.kid_subset_size, "is_splits": opts.is_splits,
+                "seed": opts.seed, **(opts.metric_options or {})}
+    done = compare(stats, ref, plan.feature_metrics, settings)
+    plan.tags.update({f"{opts.prefix}{key}": value for key, value in done.tags.items()})
+    plan.metric_params, plan.copies = done.params, done.details.get("copy")
+    return done.values
 
 
 def _diversity(images, opts, plan, mixed_sizes=None):
@@ -504,21 +448,7 @@ def _diversity(images, opts, plan, mixed_sizes=None):
 def _compute(done, ref, opts, plan):
     results = {}
     if done.accumulator is not None:
-        stats = done.accumulator.compute()
-        if "fid" in plan.feature_metrics:
-            results.update(_fid(stats, ref))
-        if "kid" in plan.feature_metrics:
-            results.update(_kid(stats, ref, opts))
-        if "is" in plan.feature_metrics:
-            results.update(_inception_score(stats, opts, plan.skips))
-        if "fd_dinov2" in plan.feature_metrics:
-            results.update(_fd_dinov2(stats, ref))
-        if "cmmd" in plan.feature_metrics:
-            results.update(_cmmd(stats, ref))
-        if "copy" in plan.feature_metrics:
-            metrics, tags, plan.copies = _copies(stats, ref, opts.prefix)
-            results.update(metrics)
-            plan.tags.update(tags)
+        results.update(_feature_metrics(done.accumulator.compute(), ref, opts, plan))
     if done.paired is not None:
         results.update(done.paired.means(len(done.counts) > 1))
     elif plan.image_metrics:
@@ -612,11 +542,7 @@ def _params(ref, done, opts, plan):
     if plan.feature_metrics:
         params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": plan.layer,
                        "weights_sha256": getattr(plan.model, "weights_sha256", None), "precision": opts.precision})
-    if "kid" in plan.feature_metrics:
-        subsets, subset_size, why_no_std = _kid_subsets(count, ref, opts)
-        params.update({"kid_subsets": subsets, "kid_subset_size": subset_size, "kid_std": why_no_std})
-    if "is" in plan.feature_metrics:
-        params["is_splits"] = opts.is_splits
+    params.update(plan.metric_params)  # the metrics' own settings as computed (KID's subsets, PRDC's k, ...)
     if plan.image_metrics:
         params["image_metrics"] = "paired" if paired else "diversity"
         if not paired:
@@ -654,14 +580,15 @@ def score_samples(
     device: Optional[str] = None,
     seed: int = 0,
     allow_mismatch: bool = False,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    is_splits: int = 10,
+    kid_subsets: int = KID_SUBSETS,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    is_splits: int = IS_SPLITS,
     diversity_pairs: int = 100,
     distributed: bool = True,
     copy_pairs: bool = False,
     precision: str = "fp32",
     reference_images=None,
+    metric_options: Optional[dict] = None,
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
@@ -669,8 +596,9 @@ def score_samples(
         `value_range` such as (-1, 1); NCHW/NHWC batches, iterables, folders), or a sampler callable called
         repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
     reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
-    metrics: names among ``fid, kid, is, ssim, ms_ssim, lpips, fd_dinov2, cmmd, copy``; None = ``fid, kid,
-        is, ssim, lpips`` with unavailable ones skipped (see module docstring). ``fd_dinov2`` / ``cmmd`` need a
+    metrics: names of the metric table (``genmetrics.stats.metric_table.METRICS``: ``fid, kid, is, fd_dinov2,
+        cmmd, copy, prdc, fid_inf, ssim, ms_ssim, lpips`` and any registered with ``register_metric``); None =
+        ``fid, kid, is, ssim, lpips`` with unavailable ones skipped (see module docstring). ``fd_dinov2`` / ``cmmd`` need a
         reference built with a DINOv2 / CLIP extractor (the extractor it records is loaded unless `model` is
         given); ``copy`` (share of samples flagged by ``genmetrics.stats.copy_detection``, the most suspicious
         indices in the ``copy.indices`` tag) works in any feature space; these three and KID need reference
@@ -696,6 +624,8 @@ def score_samples(
         Only then is any reference image read, only inside that location, and only an image whose sha256 is the
         one the statistics file recorded at build is shown. Paths written in the statistics file are never
         opened.
+    metric_options: the metrics' other options as ``<metric>_<option>``, e.g. ``{"prdc_k": 3,
+        "fid_inf_min_samples": 2000, "copy_threshold": 0.4}`` (each metric's options and defaults: its table entry).
     precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, 1.8x
         faster on an AVX-512-BF16 CPU, FID moves by ~0.7 %; docs/performance.md); recorded in the ``precision``
         param.
@@ -713,7 +643,7 @@ def score_samples(
                         allow_mismatch=allow_mismatch, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                         is_splits=is_splits, diversity_pairs=diversity_pairs, distributed=distributed,
                         copy_pairs=copy_pairs, precision=check_precision(precision),
-                        reference_images=reference_images)
+                        reference_images=reference_images, metric_options=metric_options)
     rank, world = rank_and_world() if distributed else (0, 1)
     error = done = None
     try:

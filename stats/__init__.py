@@ -9,8 +9,9 @@ import types
 from .lazy import lazy_exports
 
 _EXPORTS = {
-    "defaults": ("MODES", "DEFAULT_MODE", "FEATURE_LAYER", "FEATURE_EXTRACTOR", "DEFAULT_METRICS", "METRICS",
-                 "DEFAULT_PREFIX"),
+    "defaults": ("MODES", "DEFAULT_MODE", "FEATURE_LAYER", "FEATURE_EXTRACTOR", "DEFAULT_METRICS", "DEFAULT_PREFIX"),
+    "metric_table": ("METRICS", "Metric", "MetricValue", "MetricError", "register_metric", "unregister_metric",
+                     "compare"),
     "messages": ("GenMetricsWarning",),
     "moments": ("GaussianMoments",),
     "accumulator": ("FeatureAccumulator", "FeatureStats"),

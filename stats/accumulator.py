@@ -78,13 +78,28 @@ class FeatureStats:
         return self.moments.n
 
     @property
+    def mu(self):
+        """float64 (D,) mean of the features (the name ``ReferenceStats`` uses: the two are the sides of a metric)."""
+        return self.moments.mean
+
+    @property
+    def sigma(self):
+        """float64 (D, D) unbiased covariance of the features."""
+        return self.moments.cov
+
+    @property
+    def meta(self):
+        """The provenance, under the name ``ReferenceStats`` uses."""
+        return self.provenance
+
+    @property
     def mean(self):
-        """float64 (D,) mean of the features."""
+        """float64 (D,) mean of the features (same as :attr:`mu`)."""
         return self.moments.mean
 
     @property
     def cov(self):
-        """float64 (D, D) unbiased covariance of the features."""
+        """float64 (D, D) unbiased covariance of the features (same as :attr:`sigma`)."""
         return self.moments.cov
 
 

@@ -6,9 +6,9 @@ names without loading the network code.
 
 __all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EXTRACTOR", "EXTRACTOR_NAMES",
            "FID_INCEPTION_WEIGHTS",
-           "weights_identity", "METRICS", "DEFAULT_METRICS", "FEATURE_METRICS", "KEPT_FEATURE_METRICS",
-           "METRIC_EXTRACTOR_PREFIX", "IMAGE_METRICS", "DEFAULT_PREFIX",
-           "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS", "PRECISIONS"]
+           "weights_identity", "DEFAULT_METRICS", "DEFAULT_PREFIX",
+           "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS", "PRECISIONS", "KID_SUBSETS", "KID_SUBSET_SIZE", "IS_SPLITS",
+           "COPY_THRESHOLD", "PRDC_K", "FID_INF_MIN_SAMPLES", "FID_INF_POINTS"]
 
 #: Image preprocessing modes (see :mod:`genmetrics.stats.preprocess`): clean-fid's, TTUR/torch-fidelity's,
 #: pytorch-fid's.
@@ -45,22 +45,9 @@ def weights_identity(sha256):
     return "fid-inception-2015-12-05" if sha256 in FID_INCEPTION_WEIGHTS else str(sha256)
 
 
-#: Every metric name ``log_gen_metrics`` / ``score_samples`` know.
-METRICS = ("fid", "kid", "is", "ssim", "ms_ssim", "lpips", "fd_dinov2", "cmmd", "copy")
 #: The default set everywhere (training loop, deferred scoring, evaluator, CLI): with the default, a
 #: metric whose inputs are unavailable is skipped with a warning; a metric named explicitly is required.
 DEFAULT_METRICS = ("fid", "kid", "is", "ssim", "lpips")
-#: Metrics computed from network features (need the network): the Inception's, or for ``fd_dinov2`` / ``cmmd``
-#: a DINOv2 / CLIP extractor's; ``copy`` (copy detection) in the reference's feature space.
-FEATURE_METRICS = ("fid", "kid", "is", "fd_dinov2", "cmmd", "copy")
-#: Feature metrics that need the features of both sides (a reference built with features).
-KEPT_FEATURE_METRICS = ("kid", "cmmd", "copy")
-#: Feature metrics that need a particular extractor family (recorded-name prefix): the others use the FID
-#: Inception (or a custom model), except ``copy``, which works in any feature space.
-METRIC_EXTRACTOR_PREFIX = {"fid": "inception", "kid": "inception", "is": "inception", "fd_dinov2": "dinov2-",
-                           "cmmd": "clip-"}
-#: Metrics computed on the images themselves (paired with targets, or diversity without).
-IMAGE_METRICS = ("ssim", "ms_ssim", "lpips")
 #: Prefix of every logged metric, param and tag key.
 DEFAULT_PREFIX = "gen/"
 #: Images per network batch.
@@ -72,3 +59,12 @@ PRECISIONS = ("fp32", "bf16")
 #: The provenance two sets of statistics must share to be compared (checked by
 #: ``ReferenceStats.check_comparable``): preprocessing mode, extractor, layer, weights.
 PROVENANCE_KEYS = ("mode", "feature_extractor", "feature_layer", "weights_sha256")
+
+#: Metric options (the metric table, :mod:`genmetrics.stats.metric_table`, declares them with these defaults):
+#: KID's random subsets and their size (as torch-fidelity and clean-fid), the Inception Score's splits,
+#: copy detection's distance-ratio threshold, PRDC's k (Naeem et al.), FID∞'s smallest N and number of points.
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
+IS_SPLITS = 10
+COPY_THRESHOLD = 0.5
+PRDC_K = 5
+FID_INF_MIN_SAMPLES, FID_INF_POINTS = 5000, 15
