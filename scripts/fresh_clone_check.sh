@@ -55,6 +55,7 @@ timed() {  # timed LABEL [offline] COMMAND: run it in the clone with the fresh v
 python3 -m venv "$work/venv"
 venv=". '$work/venv/bin/activate'"
 timed "pip install -e '.[test]' (package registries)" bash -c "$venv && pip install -q -e '.[test]'"
+echo "fresh_clone_check: the venv after command 1: $(du -sh "$work/venv" | cut -f1) ($(du -sh "$work/venv"/lib/python3*/site-packages/nvidia 2>/dev/null | cut -f1 || echo 0) of it NVIDIA libraries)" >&2
 timed "genmetrics demo (no network)" offline bash -c "$venv && genmetrics demo"
 timed "bash scripts/test.sh ${tests[*]} (no network)" offline bash -c "$venv && bash scripts/test.sh ${tests[*]}"
 timed "numerical tests under ${BLAS_SETUP[*]} (no network)" offline \

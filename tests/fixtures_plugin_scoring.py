@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-__all__ = ["TinyExtractor", "tiny_images", "make_tiny_reference", "tiny_reference_path"]
+__all__ = ["TinyExtractor", "tiny_images", "make_tiny_reference", "tiny_reference_path", "no_downloads"]
 
 
 class TinyExtractor(torch.nn.Module):
@@ -48,3 +48,10 @@ def tiny_reference_path(tmp_path_factory):
 
     write_refstats(str(path), make_tiny_reference(tiny_images(24, seed=1)))
     return str(path)
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """GENMETRICS_OFFLINE=1: nothing may download, so LPIPS backbone weights are unavailable (the default metrics
+    skip LPIPS). Scoring tests use it for every test: ``pytestmark = pytest.mark.usefixtures("no_downloads")``."""
+    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")

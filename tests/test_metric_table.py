@@ -8,12 +8,7 @@ from genmetrics.plugin import score_samples
 from genmetrics.stats import extract_features, fid_infinity, prdc
 from genmetrics.stats.metric_table import METRICS, MetricError, compare, register_metric, unregister_metric
 
-pytestmark = pytest.mark.filterwarnings("ignore:covariance of D")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+pytestmark = [pytest.mark.filterwarnings("ignore:covariance of D"), pytest.mark.usefixtures("no_downloads")]
 
 
 @pytest.fixture(scope="module")

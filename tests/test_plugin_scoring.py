@@ -13,13 +13,7 @@ from genmetrics.plugin.grid import make_grid
 from genmetrics.stats import GaussianMoments, extract_features, frechet_distance, kernel_inception_distance
 
 EXPLICIT = ("fid", "kid", "ssim")
-pytestmark = pytest.mark.filterwarnings("ignore:covariance of D")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing here may download: LPIPS backbone weights are then unavailable (the default skips LPIPS)."""
-    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")
+pytestmark = [pytest.mark.filterwarnings("ignore:covariance of D"), pytest.mark.usefixtures("no_downloads")]
 
 
 @pytest.fixture(scope="module")

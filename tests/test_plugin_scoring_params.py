@@ -9,12 +9,7 @@ from fixtures_plugin_scoring import TinyExtractor, make_tiny_reference, tiny_ima
 
 from genmetrics.plugin import score_samples
 
-pytestmark = pytest.mark.filterwarnings("ignore:covariance of D")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("GENMETRICS_OFFLINE", "1")  # LPIPS backbone weights unavailable: the default skips LPIPS
+pytestmark = [pytest.mark.filterwarnings("ignore:covariance of D"), pytest.mark.usefixtures("no_downloads")]
 
 
 @pytest.fixture(scope="module")
