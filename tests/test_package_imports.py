@@ -25,10 +25,12 @@ def test_registry_loads_no_mlflow_and_no_plugin():
     assert not {m for m in loaded if m.startswith("genmetrics.plugin")}
 
 
-@pytest.mark.parametrize("statement", ["import genmetrics.registry",
-                                       "from genmetrics.plugin.cli import main; main(['stats', 'list'])"])
-def test_the_registry_and_its_listing_load_no_torch(statement):
-    """Listing or fetching references needs no torch (its import costs seconds on a busy machine)."""
+@pytest.mark.parametrize("statement", ["import genmetrics.registry", "import genmetrics.plugin",
+                                       "from genmetrics.plugin.cli import main; main(['stats', 'list'])",
+                                       "from genmetrics.stats.metric_table import METRICS"])
+def test_the_registry_the_plugin_and_the_listings_load_no_torch(statement):
+    """Listing or fetching references, the plugin package and the metric table need no torch (its import costs
+    seconds on a busy machine)."""
     loaded = _modules_after(statement)
     assert "torch" not in loaded and "torchvision" not in loaded
 
