@@ -157,7 +157,8 @@ def _check_feature_space(names, extractor):
     for name in names:
         problem = METRICS[name].feature_space_problem(extractor)
         if problem:
-            raise ValueError(f"{name} cannot be computed here: {problem.replace('the reference holds', 'the sides hold')}")
+            problem = problem.replace("the reference holds", "the sides hold")
+            raise ValueError(f"{name} cannot be computed here: {problem}")
 
 
 def _compare(sides, names, args):

@@ -2,7 +2,7 @@
 import inspect
 import time
 
-from genmetrics.stats.defaults import DEFAULT_PREFIX
+from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_PREFIX
 from genmetrics.stats.distributed import check_all_ranks, rank_and_world
 
 from . import background
@@ -131,15 +131,21 @@ def log_gen_metrics(
 
     if blocking:
         return score_and_log(samples, targets, value_range)
-    batch_size = score_options.get("batch_size", 50)
+    return _in_background(score_and_log, samples, targets, num_samples, value_range,
+                          score_options.get("batch_size", DEFAULT_BATCH_SIZE), (run_id, tracking_uri, client, step))
+
+
+def _in_background(score_and_log, samples, targets, num_samples, value_range, batch_size, where):
+    """Draw the samples (and targets) now, score and log them on the background worker; a Future of the dict.
+    `where` = (run_id, tracking_uri, client, step): where an interrupt spools the drawn samples unscored."""
     drawn = [b.clone() for b in collect_samples(samples, num_samples, batch_size, value_range)]
     drawn_targets = None
     if targets is not None:
         drawn_targets = [b.clone() for b in collect_samples(targets, None, batch_size, value_range)]
     # the drawn batches are already uint8 or float in [0, 1]: no value_range in the background
-    return background.submit(lambda: score_and_log(drawn, drawn_targets, None), description=f"scoring of step {step}",
-                             on_interrupt=lambda: _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client,
-                                                                  step))
+    return background.submit(lambda: score_and_log(drawn, drawn_targets, None),
+                             description=f"scoring of step {where[3]}",
+                             on_interrupt=lambda: _spool_unscored(drawn, drawn_targets, *where))
 
 
 def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step):

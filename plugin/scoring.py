@@ -598,11 +598,9 @@ def score_samples(
     reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
     metrics: names of the metric table (``genmetrics.stats.metric_table.METRICS``: ``fid, kid, is, fd_dinov2,
         cmmd, copy, prdc, fid_inf, ssim, ms_ssim, lpips`` and any registered with ``register_metric``); None =
-        ``fid, kid, is, ssim, lpips`` with unavailable ones skipped (see module docstring). ``fd_dinov2`` / ``cmmd`` need a
-        reference built with a DINOv2 / CLIP extractor (the extractor it records is loaded unless `model` is
-        given); ``copy`` (share of samples flagged by ``genmetrics.stats.copy_detection``, the most suspicious
-        indices in the ``copy.indices`` tag) works in any feature space; these three and KID need reference
-        features.
+        ``fid, kid, is, ssim, lpips`` with unavailable ones skipped (see module docstring). What each needs
+        (reference features, a DINOv2 / CLIP reference, whose extractor is then loaded unless `model` is given):
+        its table entry and docs/metrics.md.
     targets: images paired one-to-one with the samples (same form, same `value_range`) for
         SSIM/MS-SSIM/LPIPS; without targets those metrics measure diversity.
     mode: preprocessing (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``); None = the reference's.
@@ -626,15 +624,13 @@ def score_samples(
         opened.
     metric_options: the metrics' other options as ``<metric>_<option>``, e.g. ``{"prdc_k": 3,
         "fid_inf_min_samples": 2000, "copy_threshold": 0.4}`` (each metric's options and defaults: its table entry).
-    precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, 1.8x
-        faster on an AVX-512-BF16 CPU, FID moves by ~0.7 %; docs/performance.md); recorded in the ``precision``
-        param.
+    precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, faster,
+        FID moves by ~0.7 %: docs/performance.md); recorded in the ``precision`` param.
 
     Raises:
         ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
             reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`).
     """
-    from genmetrics.registry import load
     from genmetrics.stats.inception_fast import check_precision
 
     opts = ScoreOptions(metrics=metrics, prefix=prefix, value_range=check_value_range(value_range), mode=mode,
@@ -644,7 +640,15 @@ def score_samples(
                         is_splits=is_splits, diversity_pairs=diversity_pairs, distributed=distributed,
                         copy_pairs=copy_pairs, precision=check_precision(precision),
                         reference_images=reference_images, metric_options=metric_options)
-    rank, world = rank_and_world() if distributed else (0, 1)
+    return _score(samples, reference, targets, opts)
+
+
+def _score(samples, reference, targets, opts):
+    """`score_samples` once its options are checked: plan, one pass over the samples, the metrics, provenance.
+    Under a process group a failure on any rank (before the pass, or in it) raises on every rank."""
+    from genmetrics.registry import load
+
+    rank, world = rank_and_world() if opts.distributed else (0, 1)
     error = done = None
     try:
         batches = _first_batch_decoded(samples, opts, _local_share(opts, rank, world))
@@ -667,7 +671,7 @@ def score_samples(
     results = _compute(done, ref, opts, plan)
     pairs = _copy_pairs(samples, done, ref, opts, plan, world) if rank == 0 else None
     return ScoreResult(
-        metrics={f"{prefix}{k}": float(v) for k, v in results.items()},
+        metrics={f"{opts.prefix}{k}": float(v) for k, v in results.items()},
         params=_params(ref, done, opts, plan),
         tags=_tags(opts, plan),
         preview=as_uint8_nhwc(done.kept[:PREVIEW_MAX_IMAGES]) if done.kept is not None else None,
