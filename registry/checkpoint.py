@@ -1,8 +1,8 @@
 """Build checkpoints and the one-writer lock: who may write an output, and what a checkpoint was made from.
 
 One writer per output: a build holds ``<output>.lock`` (an OS lock that dies with its process: a killed build
-leaves at most an unlocked empty file, which the next build takes over) from reading its checkpoint to renaming the finished file into place, and removes
-it after (see :func:`output_lock`). A second build of the same output does not wait (it would only redo the
+leaves at most an unlocked empty file, which the next build takes over) from reading its checkpoint to renaming
+the finished file into place, and removes it after (see :func:`output_lock`). A second build of the same output does not wait (it would only redo the
 same work): it fails at once with :class:`BuildLockedError`, naming the output and the lock.
 
 A checkpoint (``<output>.ckpt.npz``, written atomically after every chunk) records

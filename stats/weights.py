@@ -191,7 +191,8 @@ def fetch_weights(name, progress=True):
         except (DownloadError, OSError) as error:
             errors.append(str(error))
             reasons.append(str(error).rsplit(" failed: ", 1)[-1][:100])
-    raise WeightsUnavailableError(f"could not download {entry.filename}, which is not in the cache: " + "; ".join(errors),
+    raise WeightsUnavailableError(f"could not download {entry.filename}, which is not in the cache: "
+                                  + "; ".join(errors),
                                   short=f"{entry.filename} is not in the cache and could not be downloaded: "
                                         f"{'; '.join(reasons)}")
 
