@@ -2,8 +2,9 @@
 
 One writer per output: a build holds ``<output>.lock`` (an OS lock that dies with its process: a killed build
 leaves at most an unlocked empty file, which the next build takes over) from reading its checkpoint to renaming
-the finished file into place, and removes it after (see :func:`output_lock`). A second build of the same output does not wait (it would only redo the
-same work): it fails at once with :class:`BuildLockedError`, naming the output and the lock.
+the finished file into place, and removes it after (see :func:`output_lock`). A second build of the same output
+does not wait (it would only redo the same work): it fails at once with :class:`BuildLockedError`, naming the
+output and the lock.
 
 A checkpoint (``<output>.ckpt.npz``, written atomically after every chunk) records
 
