@@ -44,6 +44,7 @@ from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFA
 from genmetrics.stats.metric_table import METRICS, compare
 from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
 from genmetrics.stats.image_input import check_value_range
+from genmetrics.stats.messages import first_time
 
 from .distributed_call import call_settings
 from .grid import gather_images, stack_images
@@ -159,8 +160,6 @@ class _Skips:
     """Metrics requested by default whose inputs are missing: skipped with a tag at every call and a warning
     once per process for each (metric, reason), so a training loop that scores every few steps warns once."""
 
-    warned = set()  #: (metric, reason) pairs already warned about in this process
-
     def __init__(self, explicit, prefix):
         self.explicit, self.prefix, self.tags, self.names = explicit, prefix, {}, set()
 
@@ -174,8 +173,7 @@ class _Skips:
                 raise error
             raise ValueError(f"cannot compute {name!r}: {reason}")
         self.names.add(name)
-        if not quiet and (name, reason) not in _Skips.warned:
-            _Skips.warned.add((name, reason))
+        if not quiet and first_time(("skipped", name, reason)):
             logger.warning("genmetrics: skipping %s: %s", name, line or reason)
         self.tags[f"{self.prefix}skipped.{name}"] = reason[:5000]
 

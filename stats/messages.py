@@ -11,7 +11,7 @@ as one line, ``genmetrics <command>: warning: <message>``, without Python's sour
 """
 import warnings
 
-__all__ = ["GenMetricsWarning", "warn", "warn_once", "forget_warnings"]
+__all__ = ["GenMetricsWarning", "warn", "warn_once", "first_time", "forget_warnings"]
 
 
 class GenMetricsWarning(UserWarning):
@@ -29,10 +29,17 @@ def warn(message, stacklevel=1):
 def warn_once(key, message, stacklevel=1):
     """Warn once per process for `key` (e.g. ``("rank-deficient covariance", n, D)``), whatever Python's
     warning filters would repeat: a training loop scores the same way at every step."""
+    if first_time(key):
+        warnings.warn(message, GenMetricsWarning, stacklevel=stacklevel + 2)
+
+
+def first_time(key):
+    """True the first time `key` is seen in this process, then False (until :func:`forget_warnings`): the one
+    record of what was already said, for warnings and for the plugin's once-per-process log lines."""
     if key in _warned:
-        return
+        return False
     _warned.add(key)
-    warnings.warn(message, GenMetricsWarning, stacklevel=stacklevel + 2)
+    return True
 
 
 def forget_warnings():

@@ -10,10 +10,8 @@ import pytest  # noqa: E402
 def _fresh_once_per_process_warnings():
     """Warnings shown once per process (genmetrics.stats.messages.warn_once, scoring's skip warnings) are shown
     again in each test, so a test does not depend on which tests ran before it in the same process."""
-    from genmetrics.plugin.scoring import _Skips
     from genmetrics.stats.messages import forget_warnings
 
     forget_warnings()
-    _Skips.warned.clear()
     yield
 

@@ -10,7 +10,7 @@ import warnings
 import pytest
 from fixtures_readonly import run_without_write_override
 
-from genmetrics.plugin.scoring import _Skips, _lpips_models
+from genmetrics.plugin.scoring import _lpips_models
 from genmetrics.stats import download as download_module
 from genmetrics.stats import lpips as lpips_module
 from genmetrics.stats.messages import forget_warnings
@@ -37,8 +37,7 @@ def no_network(tmp_path, monkeypatch):
     for name in ("GENMETRICS_OFFLINE", "GENMETRICS_INCEPTION_WEIGHTS"):
         monkeypatch.delenv(name, raising=False)
     download_module.clear_unreachable()
-    forget_warnings()
-    _Skips.warned.clear()  # scoring's skip warnings are once per process too
+    forget_warnings()  # warnings and scoring's skip lines are once per process
     _lpips_models.clear()  # and so is a failed LPIPS load (an earlier test's, from another URL)
     yield
     download_module.clear_unreachable()
