@@ -41,7 +41,7 @@ import torch
 
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
                                        FEATURE_EXTRACTOR, FEATURE_LAYER, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS)
-from genmetrics.stats.metric_table import METRICS, compare
+from genmetrics.stats.metric_table import METRICS, check_options, compare
 from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
 from genmetrics.stats.image_input import check_value_range
 from genmetrics.stats.messages import first_time
@@ -637,7 +637,7 @@ def score_samples(
                         allow_mismatch=allow_mismatch, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                         is_splits=is_splits, diversity_pairs=diversity_pairs, distributed=distributed,
                         copy_pairs=copy_pairs, precision=check_precision(precision),
-                        reference_images=reference_images, metric_options=metric_options)
+                        reference_images=reference_images, metric_options=check_options(metric_options))
     return _score(samples, reference, targets, opts)
 
 

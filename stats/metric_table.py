@@ -31,7 +31,7 @@ from .defaults import (COPY_THRESHOLD, FID_INF_MIN_SAMPLES, FID_INF_POINTS, IS_S
                        PRDC_K)
 
 __all__ = ["Metric", "MetricValue", "MetricError", "METRICS", "register_metric", "unregister_metric", "metric",
-           "compare", "metric_options", "frechet_order", "Comparison"]
+           "compare", "metric_options", "check_options", "frechet_order", "Comparison"]
 
 
 class MetricError(RuntimeError):
@@ -272,6 +272,17 @@ def metric(name):
     if key not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose from {list(METRICS)}")
     return METRICS[key]
+
+
+def check_options(options):
+    """`options` ({``<metric>_<option>``: value}) must name declared options of the table's metrics: a typo such
+    as ``prdc_kk`` is a ValueError listing the valid names, not silently ignored. Returns `options` as a dict."""
+    options = dict(options or {})
+    known = {f"{m.name}_{option}" for m in METRICS.values() for option in m.options} | {"seed"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown metric option(s) {unknown}; the metrics' options are {sorted(known)}")
+    return options
 
 
 def metric_options(entry, settings):

@@ -150,3 +150,13 @@ def test_the_command_line_and_score_samples_agree_on_every_feature_metric(refere
     assert float(printed["KID"].split()[0]) == pytest.approx(scored["gen/kid"], rel=1e-5)
     for key in ("copy", "prdc_precision", "prdc_recall", "density", "coverage"):
         assert float(printed[key]) == pytest.approx(scored[f"gen/{key}"], rel=1e-5)
+
+
+def test_a_misspelt_metric_option_is_refused(reference, samples):
+    with pytest.raises(ValueError, match=r"unknown metric option\(s\) \['prdc_kk'\]; the metrics' options are .*'prdc_k'"):
+        score_samples(samples, reference=reference, model=TinyExtractor(), metrics=["prdc"],
+                      metric_options={"prdc_kk": 3})
+    three = score_samples(samples, reference=reference, model=TinyExtractor(), metrics=["prdc"],
+                          metric_options={"prdc_k": 3})
+    assert three.params["gen/prdc_k"] == "3"
+    assert three.metrics["gen/prdc_recall"] == prdc(np.asarray(reference.features), _features(samples), k=3)["recall"]
