@@ -153,7 +153,8 @@ def test_the_command_line_and_score_samples_agree_on_every_feature_metric(refere
 
 
 def test_a_misspelt_metric_option_is_refused(reference, samples):
-    with pytest.raises(ValueError, match=r"unknown metric option\(s\) \['prdc_kk'\]; the metrics' options are .*'prdc_k'"):
+    refused = r"unknown metric option\(s\) \['prdc_kk'\]; the metrics' options are .*'prdc_k'"
+    with pytest.raises(ValueError, match=refused):
         score_samples(samples, reference=reference, model=TinyExtractor(), metrics=["prdc"],
                       metric_options={"prdc_kk": 3})
     three = score_samples(samples, reference=reference, model=TinyExtractor(), metrics=["prdc"],
