@@ -24,7 +24,7 @@ def _add_common(parser):
                         help=f"images per Inception batch (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic of the FID Inception: fp32 (exact, default) or bf16 (opt-in, faster on "
-                             "CPUs with AVX-512-BF16 and on GPUs, FID moves by ~0.7 %%; recorded in the precision param)")
+                             "CPUs with AVX-512-BF16 and on GPUs, FID moves by ~0.7 %%; recorded in the precision tag)")
     parser.add_argument("--reference-images", default=None, metavar="PATH",
                         help="folder, zip or dataset root of the reference's images: the copy-pairs grid shows a "
                              "reference image only from here, verified against the statistics file (default: the "

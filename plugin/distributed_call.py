@@ -13,7 +13,7 @@ __all__ = ["call_settings", "reference_identity"]
 
 
 def reference_identity(ref):
-    """``none``, ``sha256:<hex>`` of a statistics file's bytes (the hash the params record), or, for statistics
+    """``none``, ``sha256:<hex>`` of a statistics file's bytes (the hash the provenance records), or, for statistics
     in memory, ``in-memory sha256:<hex>`` of their n, mu and sigma."""
     if ref is None:
         return "none"

@@ -623,7 +623,7 @@ def score_samples(
     metric_options: the metrics' other options as ``<metric>_<option>``, e.g. ``{"prdc_k": 3,
         "fid_inf_min_samples": 2000, "copy_threshold": 0.4}`` (each metric's options and defaults: its table entry).
     precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, faster,
-        FID moves by ~0.7 %: docs/performance.md); recorded in the ``precision`` param.
+        FID moves by ~0.7 %: docs/performance.md); recorded as ``precision`` in `ScoreResult.params` (logged as a tag).
 
     Raises:
         ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
