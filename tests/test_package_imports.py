@@ -61,3 +61,17 @@ def test_every_public_module_declares_all():
             if not hasattr(importlib.import_module(name), "__all__"):
                 missing.append(name)
     assert not missing, f"modules without __all__: {missing}"
+
+
+def test_the_development_page_maps_every_module():
+    """docs/development.md's layout names every module, so the map cannot drift from the tree."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "development.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):text.index("## Tests")]
+    named = set(re.findall(r"[a-z_0-9]+\.(?:py|yaml)", layout))
+    missing = [f"{part}/{path.name}" for part in ("stats", "registry", "plugin")
+               for path in sorted((root / part).glob("*.py")) if path.name != "__init__.py" and path.name not in named]
+    assert not missing, f"docs/development.md's layout does not name {missing}"
