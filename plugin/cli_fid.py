@@ -78,7 +78,7 @@ def _metric_names(text):
 
 
 def _is_image_source(source):
-    from genmetrics.stats.image_files import is_image_source
+    from genmetrics.stats.images.image_files import is_image_source
 
     return is_image_source(source)
 
@@ -112,7 +112,7 @@ def _image_side(source, model, mode, args):
 
 def run_fid(args):
     """Images are listed (an empty or unreadable folder refused) and statistics read before the network loads."""
-    from genmetrics.stats.image_files import list_image_files  # torch-free
+    from genmetrics.stats.images.image_files import list_image_files  # torch-free
 
     sources = [args.a, args.b]
     for source in filter(_is_image_source, sources):

@@ -204,7 +204,7 @@ def _merge(args):
 def _build(args):
     """The output location, the source (a folder or zip holding images) and --root are checked before torch
     loads."""
-    from genmetrics.stats.image_files import is_image_source, list_image_files  # torch-free
+    from genmetrics.stats.images.image_files import is_image_source, list_image_files  # torch-free
 
     output_file(args.output)
     if args.root is not None:

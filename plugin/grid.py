@@ -94,7 +94,7 @@ def gather_images(images, mixed_sizes, limit):
     thing. Outside a process group: the arguments unchanged."""
     import torch
 
-    from genmetrics.stats.distributed import all_gather_rows
+    from genmetrics.stats.streaming.distributed import all_gather_rows
 
     from .copy_grid import MAX_CELL
     from .sample_input import as_float01

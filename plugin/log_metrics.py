@@ -3,7 +3,7 @@ import inspect
 import time
 
 from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_PREFIX
-from genmetrics.stats.distributed import check_all_ranks, rank_and_world
+from genmetrics.stats.streaming.distributed import check_all_ranks, rank_and_world
 
 from . import background
 from .grid import make_grid

@@ -1,7 +1,7 @@
 """Generated samples -> normalised image batches, for scoring and sample logging.
 
 What is accepted, and how layout, value range and channels are read, is decided in one place:
-:mod:`genmetrics.stats.image_input` (arrays/tensors, iterables of batches or images, PIL images, folders
+:mod:`genmetrics.stats.images.image_input` (arrays/tensors, iterables of batches or images, PIL images, folders
 and zips, with an optional ``value_range``). This module adds what only generated samples have: a
 sampler callable (``sampler(n)`` or ``sampler()``, called under ``torch.no_grad()`` until
 ``num_samples`` images are drawn), a cap on the number of images, and batches moved to the CPU.
@@ -11,7 +11,7 @@ import inspect
 import numpy as np
 import torch
 
-from genmetrics.stats.image_input import check_value_range, iter_image_batches
+from genmetrics.stats.images.image_input import check_value_range, iter_image_batches
 
 __all__ = ["iter_sample_batches", "collect_samples", "as_float01", "as_uint8_nhwc"]
 
@@ -49,7 +49,7 @@ def _is_sampler(samples):
 def iter_sample_batches(samples, num_samples=None, batch_size=50, value_range=None):
     """Yield normalised CPU batches (uint8 or float32 [0, 1], (n, 3, H, W)) of at most `batch_size` images.
 
-    `samples`: anything :func:`genmetrics.stats.image_input.iter_image_batches` accepts, or a sampler
+    `samples`: anything :func:`genmetrics.stats.images.image_input.iter_image_batches` accepts, or a sampler
     callable (needs `num_samples`). At most `num_samples` images are yielded when it is given.
     """
     value_range = check_value_range(value_range)

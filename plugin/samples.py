@@ -23,7 +23,7 @@ before allocating anything; an array of more than :data:`COMPRESSIBLE_BYTES` (25
 
 Samples are quantised to uint8 before storing (what an image file would hold); grayscale images
 are stored as RGB (the channel repeated), which is what the Inception network sees anyway. Inputs are
-read by the one normaliser, :mod:`genmetrics.stats.image_input`.
+read by the one normaliser, :mod:`genmetrics.stats.images.image_input`.
 """
 import os
 import re
@@ -100,7 +100,7 @@ def _check_step(step):
 
 def to_uint8_nhwc(images, value_range=None, name="samples"):
     """Quantise images to one uint8 (N, H, W, 3) array, read by the one normaliser
-    (:mod:`genmetrics.stats.image_input`: layout, ``value_range``, channels); images of different sizes
+    (:mod:`genmetrics.stats.images.image_input`: layout, ``value_range``, channels); images of different sizes
     give a list of uint8 (H, W, 3) arrays instead.
 
     uint8 input is kept as is; floats in [0, 1] are mapped to 0..255 with rounding, ``round(255 x)``.
@@ -243,7 +243,7 @@ def log_gen_samples(samples, step: int, run_id: Optional[str] = None, value_rang
                     targets=None, client=None) -> str:
     """Store ``samples`` (and optional paired ``targets``) of training ``step`` in an MLflow run.
 
-    ``samples``: any image input of :mod:`genmetrics.stats.image_input` (uint8, or floats in [0, 1] or
+    ``samples``: any image input of :mod:`genmetrics.stats.images.image_input` (uint8, or floats in [0, 1] or
     in a declared ``value_range`` such as (-1, 1); NCHW/NHWC batches, lists of images, ...).
     The samples are written to a temporary ``.npz``, uploaded as an artifact, and only then the
     step is announced with the tag ``genmetrics.samples.<step>`` (see the module docstring).

@@ -42,8 +42,8 @@ import torch
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
                                        FEATURE_EXTRACTOR, FEATURE_LAYER, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS)
 from genmetrics.stats.metric_table import METRICS, check_options, compare
-from genmetrics.stats.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
-from genmetrics.stats.image_input import check_value_range
+from genmetrics.stats.streaming.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
+from genmetrics.stats.images.image_input import check_value_range
 from genmetrics.stats.messages import first_time
 
 from .distributed_call import call_settings
@@ -251,7 +251,7 @@ def _check_feature_spaces(plan, ref):
 def _plan_extractor(plan, opts, ref, explicit):
     """The model, mode and layer of the features, checked against the reference's provenance: the FID
     Inception, or the DINOv2 / CLIP extractor the reference records (its own mode and the reference's layer)."""
-    from genmetrics.stats.accumulator import _is_feature_extractor, extractor_name
+    from genmetrics.stats.streaming.accumulator import _is_feature_extractor, extractor_name
 
     named = _reference_extractor(ref)
     if opts.model is None and named and named != FEATURE_EXTRACTOR and named.startswith(("dinov2-", "clip-")):
@@ -526,7 +526,7 @@ def _params(ref, done, opts, plan):
     """Provenance that is stable for a run (str -> str, keys prefixed). ``metrics``: the metrics computed
     (skipped ones left out; their reasons are ``skipped.<metric>`` tags); ``metrics_requested``: the set asked
     for, ``default:...`` when none was named."""
-    from genmetrics.stats.accumulator import extractor_name
+    from genmetrics.stats.streaming.accumulator import extractor_name
 
     count, paired = sum(done.counts), done.paired is not None
     computed = [m for m in plan.names if m not in plan.skips.names and f"{m}_diversity" not in plan.skips.names]
@@ -590,7 +590,7 @@ def score_samples(
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
-    samples: any image input of :mod:`genmetrics.stats.image_input` (uint8, float in [0, 1] or in
+    samples: any image input of :mod:`genmetrics.stats.images.image_input` (uint8, float in [0, 1] or in
         `value_range` such as (-1, 1); NCHW/NHWC batches, iterables, folders), or a sampler callable called
         repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
     reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
@@ -609,7 +609,7 @@ def score_samples(
     seed: seeds KID subsets and diversity pairs.
     distributed: inside an initialised ``torch.distributed`` process group every rank calls this with its
         own samples (or sampler: each rank draws its share of `num_samples`), the statistics of all ranks are
-        combined (:mod:`genmetrics.stats.distributed`) and every rank returns the same result; a failure on
+        combined (:mod:`genmetrics.stats.streaming.distributed`) and every rank returns the same result; a failure on
         one rank raises on every rank. False = this rank's samples only. No effect outside a process group.
     copy_pairs: when metric ``copy`` flags samples, also build `ScoreResult.copy_pairs`, each flagged sample
         beside its nearest reference image, or beside a placeholder labelled with that image's index when the
@@ -629,7 +629,7 @@ def score_samples(
         ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
             reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`).
     """
-    from genmetrics.stats.inception_fast import check_precision
+    from genmetrics.stats.networks.inception_fast import check_precision
 
     opts = ScoreOptions(metrics=metrics, prefix=prefix, value_range=check_value_range(value_range), mode=mode,
                         model=model, lpips_net=lpips_net, lpips_backbone_weights=lpips_backbone_weights,

@@ -14,7 +14,7 @@ images ``i*N//k .. (i+1)*N//k - 1`` into its own file; shards are disjoint and `
 exactly. Under ``torchrun`` (or inside an initialised ``torch.distributed`` process group) a build without
 ``shard`` shards itself over the ranks, each checkpointing ``<stem>.shard<r>of<k>.h5.ckpt.npz`` locally;
 the ranks then combine their moments with an all-reduce and gather kept features
-(``genmetrics.stats.distributed``) and rank 0 alone writes ``output``: no shared filesystem is needed. A
+(``genmetrics.stats.streaming.distributed``) and rank 0 alone writes ``output``: no shared filesystem is needed. A
 rank that fails makes every rank fail with an error naming it, and nothing is written.
 """
 import os
@@ -59,7 +59,7 @@ def _process_group(device):
 
     import torch.distributed as dist
 
-    from genmetrics.stats.distributed import rank_and_world
+    from genmetrics.stats.streaming.distributed import rank_and_world
 
     if dist.is_available() and dist.is_initialized():
         rank, world = rank_and_world()
@@ -89,7 +89,7 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     source: a folder or zip of images; a dataset name (cifar10, cifar100, stl10, mnist, fashion_mnist,
       celeba, lsun_<category>, imagenet) read from its native files under `root`; a 4-D uint8 / float
       [0, 1] array or tensor; or an iterable of image batches (not shardable); any layout the image
-      normaliser accepts (``genmetrics.stats.image_input``), floats in ``value_range`` when given.
+      normaliser accepts (``genmetrics.stats.images.image_input``), floats in ``value_range`` when given.
     name / split / resolution: recorded identity (defaults: the folder or dataset name, the dataset's
       split or "custom", the dataset's resolution or the first image's size).
     mode: preprocessing (clean, legacy_tensorflow, legacy_pytorch). features: also store the (N, 2048)
@@ -174,7 +174,7 @@ def _build_model(model, extractor, weights, device):
 
 def _run_rank(src, source, shard, run, progress, on_checkpoint, value_range):
     """This rank's chunks; a failure is announced to every rank (they all raise) before the combination."""
-    from genmetrics.stats.distributed import check_all_ranks
+    from genmetrics.stats.streaming.distributed import check_all_ranks
 
     error = None
     try:
@@ -188,7 +188,7 @@ def _finish_ranks(run, output, sqrt_sigma):
     """Combine every rank's moments and features; rank 0 writes `output`; all ranks return the statistics."""
     import torch
 
-    from genmetrics.stats.distributed import all_gather_rows, all_reduce_moments, check_all_ranks, rank_and_world
+    from genmetrics.stats.streaming.distributed import all_gather_rows, all_reduce_moments, check_all_ranks, rank_and_world
 
     local_features = torch.from_numpy(run.kept_features()) if run.keep_features and run.moments.n else None
     local_digests = torch.from_numpy(run.kept_digests()) if run.keep_digests and run.moments.n else None
@@ -242,7 +242,7 @@ def _build_stream(source, run, progress, on_checkpoint, value_range):
     """An iterable of batches: skip the images already in the checkpoint, then chunk the rest."""
     from tqdm.auto import tqdm
 
-    from genmetrics.stats.image_input import iter_image_batches
+    from genmetrics.stats.images.image_input import iter_image_batches
 
     skip, pending, pending_count, digest = run.done, [], 0, StreamDigest()
     with tqdm(initial=run.done, unit="img", desc="reference statistics", disable=not progress) as bar:
@@ -276,7 +276,7 @@ def _build_stream(source, run, progress, on_checkpoint, value_range):
 
 def _size_of(images, value_range):
     """Resolution label of the first image (as the normaliser reads it): H when square, else 'HxW'."""
-    from genmetrics.stats.image_input import iter_image_batches
+    from genmetrics.stats.images.image_input import iter_image_batches
 
     h, w = next(iter_image_batches(images[:1], value_range))[0].shape[1:]
     return int(h) if h == w else f"{h}x{w}"

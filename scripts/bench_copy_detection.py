@@ -1,8 +1,8 @@
 """Peak memory and time of copy detection and CMMD on large feature sets (blocked; never n x m at once).
 
 Generates random float32 features (n samples, m references, d dimensions), runs
-:func:`genmetrics.stats.copy_detection` (reference self-search + sample search) and, with ``--cmmd``,
-:func:`genmetrics.stats.cmmd`, and prints the process's peak resident memory (Linux ``VmHWM``) before and after,
+:func:`genmetrics.stats.metrics.copy_detection` (reference self-search + sample search) and, with ``--cmmd``,
+:func:`genmetrics.stats.metrics.cmmd`, and prints the process's peak resident memory (Linux ``VmHWM``) before and after,
 next to the size an n x m float64 distance matrix would take.
 
     python scripts/bench_copy_detection.py [--n 20000] [--m 20000] [--d 2048] [--chunk 2048] [--threads 2]

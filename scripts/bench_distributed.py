@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="total threads of each configuration")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
-    from genmetrics.stats.weights import installed_fid_helper_weights
+    from genmetrics.stats.networks.weights import installed_fid_helper_weights
 
     genmetrics = os.path.join(os.path.dirname(sys.executable), "genmetrics")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -65,7 +65,7 @@ def _lpips_pair(net, folder, device):
     import torchvision
 
     from genmetrics.stats import LPIPS
-    from genmetrics.stats.lpips import LPIPS_NETS
+    from genmetrics.stats.networks.lpips import LPIPS_NETS
 
     torch.manual_seed(0)
     spec = LPIPS_NETS[net]

@@ -1,11 +1,18 @@
 """genmetrics.stats: the FID Inception, feature extraction and the metrics, as pure functions.
 
-Never imports MLflow, the registry or the plugin. Names are loaded on first use (PEP 562), so
-``import genmetrics.stats.defaults`` (the shared names, used by the command line) does not load torch.
-"""
-import sys
-import types
+Never imports MLflow, the registry or the plugin. The subpackages show the architecture:
 
+- ``images``: images in (the one normaliser, folders and zips, the resize to each network's input);
+- ``networks``: the feature extractors (FID Inception, DINOv2, CLIP, LPIPS) and where their weights come from;
+- ``streaming``: images -> features -> float64 moments, kept features, and their reduction over ranks;
+- ``metrics``: pure ``features -> number`` functions (FID, KID, IS, PRDC, CMMD, SSIM, ...);
+- at the top: the shared names (``defaults``), warnings (``messages``), validators (``checks``), the
+  downloader, exact float32 blocks (``tf32``) and the metric table that names every metric.
+
+Dependencies point one way: ``metrics`` imports only the top-level modules; ``images`` the top level;
+``networks`` images and the top level; ``streaming`` all of those. Names are loaded on first use (PEP 562),
+so ``import genmetrics.stats.defaults`` (the shared names, used by the command line) does not load torch.
+"""
 from .lazy import lazy_exports
 
 _EXPORTS = {
@@ -13,41 +20,27 @@ _EXPORTS = {
     "metric_table": ("METRICS", "Metric", "MetricValue", "MetricError", "register_metric", "unregister_metric",
                      "compare"),
     "messages": ("GenMetricsWarning",),
-    "moments": ("GaussianMoments",),
-    "accumulator": ("FeatureAccumulator", "FeatureStats"),
-    "distributed": ("DistributedError", "is_distributed", "all_reduce_moments", "all_gather_rows"),
-    "frechet": ("frechet_distance", "sqrtm_psd"),
-    "kid": ("kernel_inception_distance", "polynomial_mmd_unbiased"),
-    "inception_score": ("inception_score", "inception_score_from_logits"),
-    "prdc": ("prdc",),
-    "copy_detection": ("copy_detection",),
-    "cmmd": ("cmmd",),
-    "fid_infinity": ("fid_infinity",),
-    "inception": ("FIDInception", "load_inception"),
-    "extractor": ("ExtractorSpec", "FeatureExtractor", "EXTRACTORS", "extractor_spec", "load_extractor"),
-    "dinov2": ("DinoV2", "build_dinov2"),
-    "clip": ("ClipVisual", "build_clip"),
-    "features": ("extract_features",),
-    "preprocess": ("preprocess",),
-    "image_input": ("to_image_batch", "iter_image_batches", "check_value_range"),
-    "image_files": ("list_image_files",),
-    "weights": ("KNOWN_WEIGHTS", "resolve_inception_weights"),
-    "ssim": ("MS_SSIM_WEIGHTS", "ms_ssim", "ssim"),
-    "lpips": ("LPIPS",),
-    "diversity": ("DiversityScore", "diversity_pairs", "pairwise_diversity", "lpips_diversity", "ms_ssim_diversity"),
+    "streaming.moments": ("GaussianMoments",),
+    "streaming.accumulator": ("FeatureAccumulator", "FeatureStats"),
+    "streaming.distributed": ("DistributedError", "is_distributed", "all_reduce_moments", "all_gather_rows"),
+    "metrics.frechet": ("frechet_distance", "sqrtm_psd"),
+    "metrics.kid": ("kernel_inception_distance", "polynomial_mmd_unbiased"),
+    "metrics.inception_score": ("inception_score", "inception_score_from_logits"),
+    "metrics.prdc": ("prdc",),
+    "metrics.copy_detection": ("copy_detection",),
+    "metrics.cmmd": ("cmmd",),
+    "metrics.fid_infinity": ("fid_infinity",),
+    "networks.inception": ("FIDInception", "load_inception"),
+    "networks.extractor": ("ExtractorSpec", "FeatureExtractor", "EXTRACTORS", "extractor_spec", "load_extractor"),
+    "networks.dinov2": ("DinoV2", "build_dinov2"),
+    "networks.clip": ("ClipVisual", "build_clip"),
+    "streaming.features": ("extract_features",),
+    "images.preprocess": ("preprocess",),
+    "images.image_input": ("to_image_batch", "iter_image_batches", "check_value_range"),
+    "images.image_files": ("list_image_files",),
+    "networks.weights": ("KNOWN_WEIGHTS", "resolve_inception_weights"),
+    "metrics.ssim": ("MS_SSIM_WEIGHTS", "ms_ssim", "ssim"),
+    "networks.lpips": ("LPIPS",),
+    "metrics.diversity": ("DiversityScore", "diversity_pairs", "pairwise_diversity", "lpips_diversity", "ms_ssim_diversity"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-
-class _StatsPackage(types.ModuleType):
-    """Importing a submodule named like its function (``ssim``, ``prdc``, ...) binds the package attribute to
-    the function, not to the submodule, as the eager ``from .ssim import ssim`` did."""
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _StatsPackage

@@ -10,7 +10,7 @@ __all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EX
            "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS", "PRECISIONS", "KID_SUBSETS", "KID_SUBSET_SIZE", "IS_SPLITS",
            "COPY_THRESHOLD", "PRDC_K", "FID_INF_MIN_SAMPLES", "FID_INF_POINTS"]
 
-#: Image preprocessing modes (see :mod:`genmetrics.stats.preprocess`): clean-fid's, TTUR/torch-fidelity's,
+#: Image preprocessing modes (see :mod:`genmetrics.stats.images.preprocess`): clean-fid's, TTUR/torch-fidelity's,
 #: pytorch-fid's.
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 #: The mode used when neither the caller nor a reference file names one.
@@ -23,7 +23,7 @@ LOGITS_LAYER = "logits"
 #: Name statistics files record for the FID Inception (torch-fidelity's name for the same network).
 FEATURE_EXTRACTOR = "inception-v3-compat"
 
-#: Every feature extractor by the name files record (:data:`genmetrics.stats.extractor.EXTRACTORS` holds their specs):
+#: Every feature extractor by the name files record (:data:`genmetrics.stats.networks.extractor.EXTRACTORS` holds their specs):
 #: the FID Inception, DINOv2 ViT-S/B/L/G-14, CLIP ViT-B/32, L/14, L/14@336px.
 EXTRACTOR_NAMES = (FEATURE_EXTRACTOR, "dinov2-vit-s-14", "dinov2-vit-b-14", "dinov2-vit-l-14", "dinov2-vit-g-14",
                    "clip-vit-b-32", "clip-vit-l-14", "clip-vit-l-14-336px")
@@ -53,7 +53,7 @@ DEFAULT_PREFIX = "gen/"
 #: Images per network batch.
 DEFAULT_BATCH_SIZE = 50
 #: Arithmetic of the fast FID Inception: ``fp32`` (exact to float32 rounding, the default, what reference
-#: files are built with) or ``bf16`` (opt-in bfloat16; see :mod:`genmetrics.stats.inception_fast`).
+#: files are built with) or ``bf16`` (opt-in bfloat16; see :mod:`genmetrics.stats.networks.inception_fast`).
 PRECISIONS = ("fp32", "bf16")
 
 #: The provenance two sets of statistics must share to be compared (checked by

@@ -8,7 +8,7 @@ function that computes it from two *sides*. A side is anything with
 - ``meta``: provenance (mode, feature_extractor, feature_layer, weights_sha256, ...);
 - where there is one, ``sqrt_sigma`` (a cached square root of sigma) and ``logits`` (the classifier's outputs).
 
-The sample side is the accumulator's :class:`~genmetrics.stats.accumulator.FeatureStats`, the reference side a
+The sample side is the accumulator's :class:`~genmetrics.stats.streaming.accumulator.FeatureStats`, the reference side a
 ``genmetrics.registry.ReferenceStats``. Scoring (``log_gen_metrics``, deferred scoring, the evaluator) and the
 ``genmetrics fid`` command line both call :func:`compare`, so they cannot disagree; ``--help`` and the docs'
 metric list read :data:`METRICS`. SSIM, MS-SSIM and LPIPS are declared here too (``kind="images"``): they
@@ -116,7 +116,7 @@ def frechet_order(sides):
 def _frechet(samples, reference):
     """FID's formula on the two sides: the Fréchet distance of their Gaussian moments (:mod:`.frechet`),
     in the order :func:`frechet_order` picks."""
-    from .frechet import frechet_distance
+    from .metrics.frechet import frechet_distance
 
     first, second, features2 = frechet_order([reference, samples])
     return float(frechet_distance(first.mu, first.sigma, second.mu, second.sigma,
@@ -128,7 +128,7 @@ def _kid(samples, reference, subsets, subset_size, seed):
     both sides' counts every subset is the whole set: one is computed and no ``kid_std`` is given."""
     import numpy as np
 
-    from .kid import kernel_inception_distance
+    from .metrics.kid import kernel_inception_distance
 
     size = min(subset_size, len(samples.features), len(reference.features))
     if size < 2:
@@ -147,7 +147,7 @@ def _kid(samples, reference, subsets, subset_size, seed):
 
 def _inception_score(samples, reference, splits):
     """IS: exp(E KL(p(y|x) || p(y))) over contiguous splits of the softmax of the logits (:mod:`.inception_score`)."""
-    from .inception_score import inception_score_from_logits
+    from .metrics.inception_score import inception_score_from_logits
 
     mean, std = inception_score_from_logits(samples.logits, splits=min(splits, samples.n))
     return MetricValue({"is": float(mean), "is_std": float(std)}, params={"is_splits": str(splits)})
@@ -157,7 +157,7 @@ def _cmmd(samples, reference):
     """CMMD (Jayasumana et al. 2024): MMD with a Gaussian kernel between L2-normalised CLIP embeddings."""
     import numpy as np
 
-    from .cmmd import cmmd
+    from .metrics.cmmd import cmmd
 
     return cmmd(np.asarray(reference.features), samples.features, normalize=True)
 
@@ -167,7 +167,7 @@ def _copies(samples, reference, threshold):
     first, at most 20) and copy_detection's result as the detail (the copy-pairs grid reads it)."""
     import numpy as np
 
-    from .copy_detection import copy_detection
+    from .metrics.copy_detection import copy_detection
 
     result = copy_detection(samples.features, np.asarray(reference.features), threshold=threshold)
     worst = ",".join(str(int(i)) for i in result["indices"][:20])
@@ -176,7 +176,7 @@ def _copies(samples, reference, threshold):
 
 def _prdc(samples, reference, k):
     """PRDC (Naeem et al. 2020): k-NN precision, recall, density and coverage (:mod:`.prdc`)."""
-    from .prdc import prdc
+    from .metrics.prdc import prdc
 
     values = prdc(reference.features, samples.features, k=k)
     return MetricValue({"prdc_precision": values["precision"], "prdc_recall": values["recall"],
@@ -185,7 +185,7 @@ def _prdc(samples, reference, k):
 
 def _fid_infinity(samples, reference, min_samples, num_points, seed):
     """FID∞ (Chong & Forsyth 2020): the intercept of FID_N against 1/N (:mod:`.fid_infinity`)."""
-    from .fid_infinity import fid_infinity
+    from .metrics.fid_infinity import fid_infinity
 
     return fid_infinity(samples.features, reference.mu, reference.sigma, getattr(reference, "sqrt_sigma", None),
                         min_samples=min_samples, num_points=num_points, seed=seed)

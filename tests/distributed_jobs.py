@@ -38,7 +38,7 @@ def job_moments(out, layout):
 
 def job_fail(out, timeout):
     """Rank 1 fails before the reduction; rank 0 must stop with a clear error, not hang."""
-    from genmetrics.stats.distributed import check_all_ranks
+    from genmetrics.stats.streaming.distributed import check_all_ranks
 
     rank = dist.get_rank()
     started = time.monotonic()

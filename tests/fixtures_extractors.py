@@ -8,7 +8,7 @@ __all__ = ["dinov2_file"]
 @pytest.fixture(scope="module")
 def dinov2_file(tmp_path_factory):
     """A DINOv2 ViT-S/14 state dict (the release file's layout) with seeded random weights."""
-    from genmetrics.stats.dinov2 import build_dinov2
+    from genmetrics.stats.networks.dinov2 import build_dinov2
 
     torch.manual_seed(0)
     network = build_dinov2("dinov2-vit-s-14")

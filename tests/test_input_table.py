@@ -1,5 +1,5 @@
 """One table of image inputs against every entry point: each accepts or refuses an input identically and reads it
-with the same layout, because all of them go through genmetrics.stats.image_input.
+with the same layout, because all of them go through genmetrics.stats.images.image_input.
 
 Entry points: extract_features, registry.build, score_samples, log_gen_metrics, log_gen_samples and the
 mlflow.models.evaluate plugin. What each entry point read is compared with what it reads from the expected

@@ -11,7 +11,7 @@ import pytest
 from genmetrics.plugin.cli import COMMAND_MODULES, build_parser, main, one_line_messages
 from genmetrics.stats.messages import GenMetricsWarning
 
-HEAVY = ("torch", "mlflow", "genmetrics.stats.inception", "genmetrics.registry")
+HEAVY = ("torch", "mlflow", "genmetrics.stats.networks.inception", "genmetrics.registry")
 
 RUN_MAIN = """
 import json, sys

@@ -179,7 +179,7 @@ def test_other_extractors_precision_and_cmmd(photo_folders, dinov2_file, fid_wei
                                              capsys):
     """--extractor: the Fréchet distance in that network's features, equal to its features through the Python
     API; a statistics file's extractor is the default for the image side; --precision bf16 moves FID only a
-    little; --cmmd on CLIP statistics equals genmetrics.stats.cmmd; unsupported combinations are refused."""
+    little; --cmmd on CLIP statistics equals genmetrics.stats.metrics.cmmd; unsupported combinations are refused."""
     from genmetrics.registry import ReferenceStats
     from genmetrics.registry.refstats import write_refstats
     from genmetrics.stats import cmmd, load_extractor

@@ -93,7 +93,7 @@ def test_evaluate_image_files_of_different_sizes(tracking, tmp_path, monkeypatch
     image folders are: a file over the pixel limit is refused, naming it."""
     from PIL import Image
 
-    from genmetrics.stats import image_files
+    from genmetrics.stats.images import image_files
 
     rng = np.random.default_rng(3)
     paths = []

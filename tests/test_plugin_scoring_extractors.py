@@ -10,8 +10,8 @@ import torch
 from genmetrics.plugin.scoring import score_samples
 from genmetrics.registry.refstats import ReferenceStats
 from genmetrics.stats import EXTRACTORS, FeatureAccumulator, cmmd, copy_detection, load_extractor
-from genmetrics.stats.clip import ClipArch, ClipVisual, preprocess_clip
-from genmetrics.stats.extractor import FeatureExtractor
+from genmetrics.stats.networks.clip import ClipArch, ClipVisual, preprocess_clip
+from genmetrics.stats.networks.extractor import FeatureExtractor
 
 
 @pytest.fixture(scope="module")

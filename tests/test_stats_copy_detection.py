@@ -16,7 +16,7 @@ from PIL import Image
 from tolerances import sum_tol
 
 from genmetrics.stats import copy_detection, extract_features
-from genmetrics.stats.copy_detection import nearest_neighbours
+from genmetrics.stats.metrics.copy_detection import nearest_neighbours
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera", "moon", "cell", "clock",
           "coins")

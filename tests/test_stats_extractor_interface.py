@@ -7,8 +7,8 @@ import torch
 from tolerances import frechet_tol
 
 from genmetrics.stats import EXTRACTORS, FEATURE_EXTRACTOR, MODES, extractor_spec, load_extractor, preprocess
-from genmetrics.stats.dinov2 import build_dinov2, preprocess_dinov2
-from genmetrics.stats.weights import KNOWN_WEIGHTS, WeightsUnavailableError
+from genmetrics.stats.networks.dinov2 import build_dinov2, preprocess_dinov2
+from genmetrics.stats.networks.weights import KNOWN_WEIGHTS, WeightsUnavailableError
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from genmetrics.stats.clip import CLIP_ARCHS, ClipArch, ClipVisual, build_clip, clip_state_dict, preprocess_clip
-from genmetrics.stats.dinov2 import (DINOV2_ARCHS, DinoV2, DinoV2Arch, build_dinov2, interpolate_pos_embed,
+from genmetrics.stats.networks.clip import CLIP_ARCHS, ClipArch, ClipVisual, build_clip, clip_state_dict, preprocess_clip
+from genmetrics.stats.networks.dinov2 import (DINOV2_ARCHS, DinoV2, DinoV2Arch, build_dinov2, interpolate_pos_embed,
                                      preprocess_dinov2)
 
 timm = pytest.importorskip("timm")
@@ -150,7 +150,7 @@ def test_clip_equals_torch_fidelity(arch):
 
 def test_clip_weights_read_from_a_torchscript_archive(tmp_path):
     """A TorchScript file holding `visual` (as OpenAI's archives do) is read without running its code."""
-    from genmetrics.stats.torchscript_tensors import read_torchscript_tensors
+    from genmetrics.stats.networks.torchscript_tensors import read_torchscript_tensors
 
     reference, full = torch_fidelity_clip(TINY_CLIP, seed=6)
 

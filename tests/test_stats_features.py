@@ -10,8 +10,8 @@ from fixtures_data import make_photo_folder
 from PIL import Image
 
 from genmetrics.stats import extract_features
-from genmetrics.stats.image_files import list_image_files
-from genmetrics.stats.image_input import count_images, iter_image_batches
+from genmetrics.stats.images.image_files import list_image_files
+from genmetrics.stats.images.image_input import count_images, iter_image_batches
 
 
 class BlockMeans(torch.nn.Module):
@@ -97,7 +97,7 @@ def test_files_of_different_sizes_give_each_image_its_features_alone(photos, tmp
     """Images of different sizes (issue 19 item 3) from a folder, a zip and a list: each row equals the image's
     features computed alone, whether the file is decoded and resized in the pool's threads or, as a large one
     (issue 19 item 13; the threshold lowered here), alone in the reading thread."""
-    from genmetrics.stats import image_files
+    from genmetrics.stats.images import image_files
 
     images = [p[:h, :w] for p, (h, w) in zip(photos, [(40, 60), (64, 48), (33, 90), (120, 160), (40, 60)])]
     folder = make_photo_folder(tmp_path / "mixed", images)

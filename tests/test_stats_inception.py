@@ -16,11 +16,12 @@ import torch
 from fixtures_data import make_photo_folder
 
 from genmetrics.stats import extract_features, load_inception
-from genmetrics.stats import weights as weights_module
-from genmetrics.stats.inception import FIDInception, convert_tf_layout, exact_float32
-from genmetrics.stats.preprocess import preprocess
+from genmetrics.stats.networks import weights as weights_module
+from genmetrics.stats.networks.inception import FIDInception, convert_tf_layout
+from genmetrics.stats.tf32 import exact_float32
+from genmetrics.stats.images.preprocess import preprocess
 from genmetrics.stats.download import file_sha256
-from genmetrics.stats.weights import (INCEPTION, INCEPTION_WEIGHTS_ENV, KNOWN_WEIGHTS, URL_BASE_ENV,
+from genmetrics.stats.networks.weights import (INCEPTION, INCEPTION_WEIGHTS_ENV, KNOWN_WEIGHTS, URL_BASE_ENV,
                                       WeightsUnavailableError, resolve_inception_weights)
 
 PYTORCH_FID_URL = KNOWN_WEIGHTS[INCEPTION].urls[0]

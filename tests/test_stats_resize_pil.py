@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 from tolerances import EPS32, gamma, sum_tol
 
-from genmetrics.stats.preprocess import preprocess, resize_clean
-from genmetrics.stats.resize_pil import pil_bicubic_weights, pil_vertical_first, resize_pil_bicubic
+from genmetrics.stats.images.preprocess import preprocess, resize_clean
+from genmetrics.stats.images.resize_pil import pil_bicubic_weights, pil_vertical_first, resize_pil_bicubic
 
 # input (height, width) -> 299x299: upscale, antialiased downscale, unchanged, non-square, and one where
 # Pillow >= 13 runs the vertical pass first

@@ -12,8 +12,8 @@ import torchvision
 from PIL import Image
 
 from genmetrics.stats import LPIPS, ms_ssim, ssim
-from genmetrics.stats.image_files import iter_image_files, list_image_files
-from genmetrics.stats.lpips import LPIPS_NETS
+from genmetrics.stats.images.image_files import iter_image_files, list_image_files
+from genmetrics.stats.networks.lpips import LPIPS_NETS
 
 
 def _png_chunk(kind, data):
@@ -68,7 +68,7 @@ def test_a_zip_member_that_unpacks_huge_is_refused_before_reading(tmp_path, monk
     """A zip bomb member (here: zeros compressing 1000x) is refused from its declared size, naming it."""
     import zipfile
 
-    from genmetrics.stats import image_files
+    from genmetrics.stats.images import image_files
 
     monkeypatch.setattr(image_files, "MAX_ZIP_MEMBER_BYTES", 1 << 20)  # the real cap is 256 MiB
     archive = tmp_path / "bomb.zip"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from genmetrics.stats import load_inception
-from genmetrics.stats.torchscript_tensors import UnsafeTorchScriptError, read_torchscript_tensors
-from genmetrics.stats.weights import INCEPTION_WEIGHTS_ENV
+from genmetrics.stats.networks.torchscript_tensors import UnsafeTorchScriptError, read_torchscript_tensors
+from genmetrics.stats.networks.weights import INCEPTION_WEIGHTS_ENV
 
 
 class _Writer(torch.nn.Module):

@@ -12,9 +12,9 @@ from fixtures_readonly import run_without_write_override
 
 from genmetrics.plugin.scoring import _lpips_models
 from genmetrics.stats import download as download_module
-from genmetrics.stats import lpips as lpips_module
+from genmetrics.stats.networks import lpips as lpips_module
 from genmetrics.stats.messages import forget_warnings
-from genmetrics.stats.weights import (KNOWN_WEIGHTS, WeightsUnavailableError, installed_fid_helper_weights,
+from genmetrics.stats.networks.weights import (KNOWN_WEIGHTS, WeightsUnavailableError, installed_fid_helper_weights,
                                       resolve_inception_weights)
 
 HEAD = KNOWN_WEIGHTS["fid-inception"].filename

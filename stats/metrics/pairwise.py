@@ -1,6 +1,6 @@
 """Blocked pairwise squared Euclidean distances, so that no n x m matrix is ever held at once.
 
-Used by :mod:`genmetrics.stats.copy_detection` (nearest neighbours) and :mod:`genmetrics.stats.cmmd`
+Used by :mod:`genmetrics.stats.metrics.copy_detection` (nearest neighbours) and :mod:`genmetrics.stats.metrics.cmmd`
 (Gaussian kernel sums). Inputs stay in the caller's dtype; each block is converted to the working dtype
 (float64 by default) and centred when it is used, so the peak extra memory is at most
 ``3 * chunk_size * d + chunk_size ** 2`` working-dtype numbers.

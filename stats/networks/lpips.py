@@ -16,7 +16,7 @@ with the non-negative LPIPS v0.1 linear weights w_l (1x1 convolutions without bi
 
 The spatial mean is taken before the channel weighting (both are linear, so this equals the ``lpips``
 package's 1x1 convolution followed by the mean, to float rounding). The forward pass runs in full IEEE
-float32 (no TF32 on CUDA, via :func:`genmetrics.stats.inception.exact_float32`), so GPU and CPU agree.
+float32 (no TF32 on CUDA, via :func:`genmetrics.stats.tf32.exact_float32`), so GPU and CPU agree.
 
 Weights: ``backbone_weights`` is a path to torchvision's state dict of the architecture (the file
 torchvision itself downloads, e.g. ``alexnet-owt-7be5be79.pth``; only its ``features.*`` tensors are used).
@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from .inception import exact_float32
-from .download import cached_file_sha256
+from ..download import cached_file_sha256
+from ..tf32 import exact_float32
 from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, resolve_weights, weights_dir
 
 __all__ = ["LPIPS", "LPIPS_NETS", "resolve_lpips_backbone", "resolve_lpips_lin"]

@@ -10,9 +10,9 @@ authors' reference code (google-research ``cmmd/distance.py``) does, so numbers 
 ``n (n - 1)``), the unbiased estimate of the squared MMD; it can be slightly negative.
 
 The paper uses sigma = 10 and scale = 1000 on L2-normalised CLIP ViT-L/14@336px image embeddings (the
-``clip_l2`` layer of :mod:`genmetrics.stats.clip`); this function takes the embeddings as given unless
+``clip_l2`` layer of :mod:`genmetrics.stats.networks.clip`); this function takes the embeddings as given unless
 ``normalize=True``, which divides each row by its L2 norm (in float64) first. Computed in float64 in blocks
-(:mod:`genmetrics.stats.pairwise`), memory ``O(chunk_size^2)`` beyond the inputs; each kernel sum takes its
+(:mod:`genmetrics.stats.metrics.pairwise`), memory ``O(chunk_size^2)`` beyond the inputs; each kernel sum takes its
 distances about the mean of its second set, so embeddings that share a large offset keep their precision
 (the value is invariant to a common offset of x and y up to float64 rounding of the spread).
 """

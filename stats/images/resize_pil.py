@@ -35,7 +35,7 @@ differently ordered float64 sums round to neighbouring float32 values (1 unit in
 grey levels; not seen in the tests). The default ``dtype=torch.float32`` uses float32 weights and float32
 accumulation: at most ~1e-4 grey levels from PIL (measured: <= 7.6e-5 for 32..2048 px inputs to 299 px),
 which moves Inception pool3 features by ~2e-6 relative (docs/performance.md). The products run under
-:func:`~genmetrics.stats.inception.exact_float32` (no TF32, whose 10-bit mantissa would cost ~0.1 grey
+:func:`~genmetrics.stats.tf32.exact_float32` (no TF32, whose 10-bit mantissa would cost ~0.1 grey
 levels).
 """
 import functools
@@ -44,7 +44,7 @@ import math
 import numpy as np
 import torch
 
-from .inception import exact_float32
+from ..tf32 import exact_float32
 
 __all__ = ["pil_bicubic_weights", "pil_vertical_first", "resize_pil_bicubic", "BICUBIC_A", "BICUBIC_SUPPORT"]
 

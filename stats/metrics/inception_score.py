@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .checks import ArrayLike, _check_features, _check_positive_int, _check_probabilities
+from ..checks import ArrayLike, _check_features, _check_positive_int, _check_probabilities
 
 __all__ = ["inception_score", "inception_score_from_logits"]
 

@@ -184,7 +184,7 @@ def iter_image_batches(images, value_range: Optional[Tuple[float, float]] = None
     batch_size: batches of more images are split into batches of at most this many (default: as given).
     transform: a function applied to each batch before it is yielded (the resize to a network's input, for
       example); what is yielded is its result. Images from a folder or zip come one per batch and are
-      transformed right after decoding, each on its own (:func:`~genmetrics.stats.image_files.iter_image_files`),
+      transformed right after decoding, each on its own (:func:`~genmetrics.stats.images.image_files.iter_image_files`),
       so full-size decoded images are never held together.
     Images of different sizes come in different batches. Raises ValueError when the input holds no image at all.
     """

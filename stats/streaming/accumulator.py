@@ -9,14 +9,14 @@ own loops share it, the way torchmetrics' ``update()/compute()`` metrics are use
     stats = acc.compute()                                          # FeatureStats
     fid = frechet_distance(ref.mu, ref.sigma, stats.mean, stats.cov, features2=stats.features)
 
-State: float64 :class:`~genmetrics.stats.moments.GaussianMoments` of the ``layer`` features (always),
+State: float64 :class:`~genmetrics.stats.streaming.moments.GaussianMoments` of the ``layer`` features (always),
 the float32 features themselves (``keep_features``, for KID / PRDC) and the float64 logits
 (``keep_logits``, for the Inception Score). Memory does not grow with the number of images unless features
 or logits are kept. ``merge(other)`` adds another accumulator's state (shards computed elsewhere);
 ``reset()`` empties it.
 
 Inside an initialised ``torch.distributed`` process group every rank accumulates its own images and
-``compute()`` combines all ranks (:mod:`~genmetrics.stats.distributed`: an all-reduce of the float64
+``compute()`` combines all ranks (:mod:`~genmetrics.stats.streaming.distributed`: an all-reduce of the float64
 moments, a gather of kept features and logits; ranks without images take part too), so every rank gets
 the statistics of all images. ``distributed=False`` keeps a rank's own statistics.
 """
@@ -26,10 +26,10 @@ from typing import Optional
 
 import torch
 
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER
 from .distributed import all_gather_rows, all_reduce_moments, is_distributed
 from .moments import GaussianMoments
-from .preprocess import _check_mode
+from ..images.preprocess import _check_mode
 
 __all__ = ["FeatureAccumulator", "FeatureStats", "extractor_name"]
 
@@ -40,10 +40,10 @@ def extractor_name(model):
 
 
 def _is_feature_extractor(model):
-    """True for a :class:`genmetrics.stats.extractor.FeatureExtractor` (imported only when one could exist)."""
-    if model is None or "genmetrics.stats.extractor" not in sys.modules:
+    """True for a :class:`genmetrics.stats.networks.extractor.FeatureExtractor` (imported only when one could exist)."""
+    if model is None or "genmetrics.stats.networks.extractor" not in sys.modules:
         return False
-    return isinstance(model, sys.modules["genmetrics.stats.extractor"].FeatureExtractor)
+    return isinstance(model, sys.modules["genmetrics.stats.networks.extractor"].FeatureExtractor)
 
 
 def _extractor_mode_and_layer(model, mode, layer):
@@ -109,7 +109,7 @@ class FeatureAccumulator:
     Args:
         model: feature extractor taking float (N, 3, 299, 299) in [-1, 1] and returning a dict of features;
             None = the FID Inception (``load_inception(device=device)``), loaded on the first image update;
-            or a :class:`~genmetrics.stats.extractor.FeatureExtractor` (``load_extractor("dinov2-vit-l-14")``),
+            or a :class:`~genmetrics.stats.networks.extractor.FeatureExtractor` (``load_extractor("dinov2-vit-l-14")``),
             which preprocesses in its own mode (then `mode` is ignored and the extractor's is recorded).
         mode: preprocessing of images (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``).
         layer: the feature whose moments are accumulated (``pool3``; a FeatureExtractor without ``pool3``
@@ -133,7 +133,7 @@ class FeatureAccumulator:
     def __init__(self, model=None, mode: str = DEFAULT_MODE, layer: str = FEATURE_LAYER, keep_features: bool = False,
                  keep_logits: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, device=None, value_range=None,
                  distributed: bool = True, precision: str = "fp32"):
-        from .inception_fast import check_precision
+        from ..networks.inception_fast import check_precision
 
         _check_mode(mode)
         if check_precision(precision) != "fp32" and _is_feature_extractor(model):
@@ -160,7 +160,7 @@ class FeatureAccumulator:
 
     def _extract(self, images):
         from .features import extract_features
-        from .inception import load_inception
+        from ..networks.inception import load_inception
 
         if self.model is None:
             self.model = load_inception(device=self.device, progress=False)
@@ -168,7 +168,7 @@ class FeatureAccumulator:
                                 progress=False, value_range=self.value_range, precision=self.precision)
 
     def update(self, images=None, *, features=None, logits=None) -> dict:
-        """Add images (any input of :mod:`~genmetrics.stats.image_input`), or precomputed ``features``
+        """Add images (any input of :mod:`~genmetrics.stats.images.image_input`), or precomputed ``features``
         (N, D) and optional ``logits`` (N, C) of the same images. Returns this batch's features
         (``{layer: (N, D) float32 CPU tensor, "logits": ...}``), e.g. to store them elsewhere.
         """

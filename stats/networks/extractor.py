@@ -6,14 +6,14 @@ An :class:`ExtractorSpec` declares, for one network:
 - ``layers`` / ``default_layer``: the features it provides;
 - ``input_size``: the side of the square network input;
 - ``modes`` / ``preprocess(images, mode)``: how a normalised batch (N, 3, H, W), uint8 or float in [0, 1]
-  (:mod:`genmetrics.stats.image_input`), becomes the network input; the first mode is the default;
+  (:mod:`genmetrics.stats.images.image_input`), becomes the network input; the first mode is the default;
 - ``weights`` / ``weights_env`` / ``fallback`` / ``load_network(path)``: how its weights resolve (explicit path,
   environment variable, cache, sha256-verified download, installed substitute; see
-  :mod:`genmetrics.stats.weights`) and become the network.
+  :mod:`genmetrics.stats.networks.weights`) and become the network.
 
 Members (:data:`EXTRACTORS`): the FID Inception (``inception-v3-compat``: preprocessing =
-:func:`genmetrics.stats.preprocess.preprocess` in its mode, numbers unchanged), DINOv2 ViT-S/B/L/G-14
-(:mod:`genmetrics.stats.dinov2`) and CLIP ViT-B/32, L/14, L/14@336px (:mod:`genmetrics.stats.clip`). The ViTs
+:func:`genmetrics.stats.images.preprocess.preprocess` in its mode, numbers unchanged), DINOv2 ViT-S/B/L/G-14
+(:mod:`genmetrics.stats.networks.dinov2`) and CLIP ViT-B/32, L/14, L/14@336px (:mod:`genmetrics.stats.networks.clip`). The ViTs
 follow torch-fidelity's preprocessing, whose resize is the ``legacy_tensorflow`` one, so that is their only mode.
 
 Example:
@@ -28,8 +28,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .defaults import DEFAULT_BATCH_SIZE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES
-from .download import cached_file_sha256
+from ..defaults import DEFAULT_BATCH_SIZE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES
+from ..download import cached_file_sha256
 from .weights import INCEPTION, INCEPTION_WEIGHTS_ENV, installed_fid_helper_weights, resolve_weights
 
 __all__ = ["ExtractorSpec", "FeatureExtractor", "EXTRACTORS", "extractor_spec", "load_extractor"]
@@ -88,7 +88,7 @@ class FeatureExtractor(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised batch (N, 3, H, W) uint8 or float [0, 1] -> the network's input, on its device (preprocessed
-        there: on a GPU, ``clean`` resizes with :func:`~genmetrics.stats.resize_pil.resize_pil_bicubic`)."""
+        there: on a GPU, ``clean`` resizes with :func:`~genmetrics.stats.images.resize_pil.resize_pil_bicubic`)."""
         device = self._device()
         return self.spec.preprocess(images.to(device), self.mode).to(device)
 
@@ -99,10 +99,10 @@ class FeatureExtractor(nn.Module):
 
     def extract(self, images, batch_size: int = DEFAULT_BATCH_SIZE, value_range=None,
                 progress: bool = False) -> Dict[str, torch.Tensor]:
-        """Features of any input :mod:`genmetrics.stats.image_input` accepts (arrays, tensors, PIL images,
+        """Features of any input :mod:`genmetrics.stats.images.image_input` accepts (arrays, tensors, PIL images,
         iterables of batches, a folder or zip path), `batch_size` images per network call:
         ``{layer: (N, dim) float32 CPU tensor}`` (:func:`~genmetrics.stats.extract_features` with this model)."""
-        from .features import extract_features
+        from ..streaming.features import extract_features
 
         return extract_features(images, model=self, batch_size=batch_size, value_range=value_range,
                                 progress=progress)
@@ -112,7 +112,7 @@ class FeatureExtractor(nn.Module):
 
 
 def _inception_preprocess(images, mode):
-    from .preprocess import preprocess
+    from ..images.preprocess import preprocess
 
     return preprocess(images, mode)
 
@@ -219,12 +219,12 @@ def load_extractor(name: str = FEATURE_EXTRACTOR, weights: Optional[str] = None,
                    mode: Optional[str] = None, progress: bool = True, fast: bool = True) -> FeatureExtractor:
     """The named extractor with its weights, eval mode, gradients off, on `device` (None: CUDA if available).
 
-    fast: the FID Inception runs in its fast form (:mod:`genmetrics.stats.inception_fast`, same features to
+    fast: the FID Inception runs in its fast form (:mod:`genmetrics.stats.networks.inception_fast`, same features to
     ~1e-6 relative, as :func:`~genmetrics.stats.extract_features` does); False keeps the reference module.
 
     weights: a file path; None resolves ``$<spec.weights_env>`` -> cache -> download (sha256-verified when
     pinned) -> the spec's installed fallback, and fails offline with a message naming the URL, the cache path
-    and the environment variable (:func:`genmetrics.stats.weights.resolve_weights`).
+    and the environment variable (:func:`genmetrics.stats.networks.weights.resolve_weights`).
     """
     spec = extractor_spec(name)
     mode = spec.check_mode(mode)

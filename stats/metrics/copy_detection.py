@@ -11,7 +11,7 @@ reference distribution is about as far from its nearest reference as that refere
 neighbour (score near 1 in high dimension); a copy, even re-encoded or shifted by a pixel, is much
 closer (score near 0). A sample is flagged when ``score_i < threshold``.
 
-Both nearest-neighbour searches run in blocks (:mod:`genmetrics.stats.pairwise`) in float64: memory is
+Both nearest-neighbour searches run in blocks (:mod:`genmetrics.stats.metrics.pairwise`) in float64: memory is
 ``O(chunk_size * (chunk_size + d))`` beyond the inputs, never ``n x m``. Both centre the features on the
 references' mean first, so a large offset shared by samples and references (features far from the origin)
 costs no precision: the result is invariant to a common offset up to float64 rounding of the spread.
@@ -33,7 +33,7 @@ def nearest_neighbours(queries, keys, exclude_self: bool = False, chunk_size: in
                        device: Optional[str] = None):
     """For each row of `queries` its nearest row of `keys`: ``(distances, indices)`` as numpy float64 / int64.
 
-    Distances are computed about the mean of `keys` (see :mod:`genmetrics.stats.pairwise`).
+    Distances are computed about the mean of `keys` (see :mod:`genmetrics.stats.metrics.pairwise`).
 
     exclude_self: `queries` is `keys` and a row may not be its own neighbour (the index, not the value, is
     excluded: a duplicated row has distance 0 to its twin). Needs at least two keys then.

@@ -17,9 +17,9 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from .download import (OFFLINE_ENV, CacheNotWritableError, DownloadError, NetworkUnavailableError, cached_file_sha256,
+from ..download import (OFFLINE_ENV, CacheNotWritableError, DownloadError, NetworkUnavailableError, cached_file_sha256,
                        download, genmetrics_home, offline)
-from .messages import warn_once
+from ..messages import warn_once
 
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
            "weights_urls", "cached_weights", "fetch_weights", "resolve_weights", "resolve_inception_weights",
@@ -55,8 +55,8 @@ KNOWN_WEIGHTS = {
         description="FID Inception-v3 (TF graph inception-2015-12-05) ported by pytorch-fid, with the 1008-way "
                     "classifier head used by the Inception Score (Apache-2.0)",
     ),
-    # LPIPS (stats/lpips.py). torchvision publishes only the first 8 hex digits of a backbone's sha256, in
-    # the file name (sha256=None here; stats/lpips.py checks that prefix as torch.hub does).
+    # LPIPS (stats/networks/lpips.py). torchvision publishes only the first 8 hex digits of a backbone's sha256, in
+    # the file name (sha256=None here; stats/networks/lpips.py checks that prefix as torch.hub does).
     "lpips-alex-backbone": KnownWeights(
         name="lpips-alex-backbone", filename="alexnet-owt-7be5be79.pth",
         urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",), sha256=None,

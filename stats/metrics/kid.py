@@ -30,8 +30,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .checks import ArrayLike, _check_features, _check_positive_int, _check_same_dim
-from .messages import GenMetricsWarning
+from ..checks import ArrayLike, _check_features, _check_positive_int, _check_same_dim
+from ..messages import GenMetricsWarning
 
 __all__ = ["kernel_inception_distance", "polynomial_mmd_unbiased", "polynomial_kernel"]
 

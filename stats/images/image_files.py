@@ -108,7 +108,7 @@ def _check_pixels(size, name):
         raise _ImageTooLarge(
             f"image {name} is too large to decode safely: {width} x {height} = {width * height / 1e6:.3g} megapixels "
             f"({width * height * 3 / 2**30:.1f} GiB decoded), more than the {MAX_IMAGE_PIXELS / 1e6:.3g} megapixels "
-            f"genmetrics decodes (a decompression-bomb guard, genmetrics.stats.image_files.MAX_IMAGE_PIXELS); remove "
+            f"genmetrics decodes (a decompression-bomb guard, genmetrics.stats.images.image_files.MAX_IMAGE_PIXELS); remove "
             f"it or downscale it with a trusted tool")
 
 

@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checks import ArrayLike, _as_float64_numpy, _check_features, _check_positive_int
+from ..checks import ArrayLike, _as_float64_numpy, _check_features, _check_positive_int
 from .frechet import frechet_distance, sqrtm_psd
-from .moments import GaussianMoments
+from ..streaming.moments import GaussianMoments
 
 __all__ = ["fid_infinity"]
 

@@ -22,7 +22,7 @@ from typing import Dict
 
 import torch
 
-from .checks import ArrayLike, _check_features, _check_positive_int, _check_same_dim
+from ..checks import ArrayLike, _check_features, _check_positive_int, _check_same_dim
 
 __all__ = ["prdc"]
 

@@ -1,6 +1,6 @@
 """The FID Inception rewritten for speed, computing the same function as :class:`FIDInception` in float32.
 
-:func:`build_fast_inception` turns a loaded :class:`~genmetrics.stats.inception.FIDInception` (the reference,
+:func:`build_fast_inception` turns a loaded :class:`~genmetrics.stats.networks.inception.FIDInception` (the reference,
 which stays unchanged) into a :class:`FastFIDInception` with the same forward contract: float
 (N, 3, 299, 299) in [-1, 1] -> ``{"pool3": (N, 2048), "logits": (N, 1008)}`` (``logits`` only with the
 head). Every rewrite below is an identity of real arithmetic; only float32 rounding differs (pool3 within
@@ -26,7 +26,7 @@ Measured and not used (2-core AVX-512 CPU, torch 2.14; see docs/performance.md):
 of the traced module gave no gain over the eager module above; ``torch.compile`` (inductor, freezing) ran
 at the same speed (31 vs 30-33 images/s, batch 16) after 27-70 s of compilation in every process.
 
-The forward runs under :func:`~genmetrics.stats.inception.exact_float32` (no TF32, no reduced precision)
+The forward runs under :func:`~genmetrics.stats.tf32.exact_float32` (no TF32, no reduced precision)
 and ``torch.no_grad``. :func:`fast_inception` returns the fast module of a reference, built once per
 weights, device and dtype and cached for that reference object.
 
@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defaults import FEATURE_LAYER, LOGITS_LAYER, PRECISIONS
-from .inception import INPUT_SIZE, BasicConv2d, FIDInception, exact_float32
+from ..defaults import FEATURE_LAYER, LOGITS_LAYER, PRECISIONS
+from ..tf32 import exact_float32
+from .inception import INPUT_SIZE, BasicConv2d, FIDInception
 
 __all__ = ["FastFIDInception", "build_fast_inception", "fast_inception", "CPU_CHUNK", "check_precision"]
 

@@ -36,7 +36,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .messages import GenMetricsWarning
+from ..messages import GenMetricsWarning
 
 __all__ = ["ssim", "ms_ssim", "MS_SSIM_WEIGHTS", "MS_SSIM_MIN_SIZE", "WINDOW_SIZE", "WINDOW_SIGMA", "K1", "K2"]
 

@@ -57,7 +57,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checks import ArrayLike, _as_float64_numpy, _check_array, _check_features, _check_mean_cov, _check_same_dim
+from ..checks import ArrayLike, _as_float64_numpy, _check_array, _check_features, _check_mean_cov, _check_same_dim
 
 __all__ = ["frechet_distance", "sqrtm_psd"]
 
