@@ -41,11 +41,14 @@ def add_parser(subparsers):
     verify.add_argument("ref", nargs="+", help="registry ref(s) or .h5 path(s)")
     verify.set_defaults(func=_verify)
 
-    imp = sub.add_parser("import", help="convert TTUR / clean-fid / pytorch-fid .npz statistics to .h5")
-    imp.add_argument("npz", help="the .npz file (mu, sigma and/or feats)")
+    imp = sub.add_parser("import", help="convert TTUR / clean-fid / pytorch-fid .npz statistics or an ADM "
+                                        "reference batch to .h5")
+    imp.add_argument("npz", help="the .npz file (mu, sigma and/or feats; or an ADM reference batch: arr_0, mu, sigma, "
+                                 "mu_s, sigma_s, whose images' features are computed)")
     imp.add_argument("-o", "--output", help="output .h5 (default: beside the .npz)")
-    imp.add_argument("--mode", required=True, choices=MODES,
-                     help="preprocessing the .npz was made with (TTUR: legacy_tensorflow, pytorch-fid: legacy_pytorch)")
+    imp.add_argument("--mode", choices=MODES,
+                     help="preprocessing the .npz was made with (TTUR: legacy_tensorflow, pytorch-fid: legacy_pytorch); "
+                          "required, except for an ADM reference batch (always legacy_tensorflow)")
     imp.add_argument("--name", help="dataset name (default: the file's stem)")
     imp.add_argument("--split", default="unknown")
     imp.add_argument("--resolution", default="unknown")
@@ -181,7 +184,11 @@ def _import(args):
     if args.output:
         output_file(args.output)
     from genmetrics.registry import import_npz
+    from genmetrics.registry.adm_import import is_adm_reference_batch
 
+    if args.mode is None and not is_adm_reference_batch(args.npz):
+        raise ValueError("--mode is required: the preprocessing the .npz was made with (TTUR: legacy_tensorflow, "
+                         "pytorch-fid: legacy_pytorch, clean-fid: the mode in its file name)")
     stats = import_npz(args.npz, output=args.output, mode=args.mode, name=args.name, split=args.split,
                        resolution=args.resolution, version=args.version, source=args.source,
                        num_samples=args.num_samples, citation=args.citation, license=args.license,

@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 
+from .adm_import import ADM_MODE, import_adm_batch, is_adm_reference_batch, read_adm_batch
 from .refstats import RefStatsFormatError, ReferenceStats, write_refstats
 from .refstats_checks import MAX_COMPRESSION_RATIO, MAX_DIM, MAX_FEATURE_BYTES, check_arrays, check_full
 
@@ -92,17 +93,29 @@ def _load_arrays(path):
     return arrays
 
 
+def _check_adm_mode(mode, path):
+    if mode not in (None, ADM_MODE):
+        raise ValueError(f"{path} is a reference batch of the ADM evaluator, whose preprocessing is {ADM_MODE!r}, not "
+                         f"{mode!r}; pass mode={ADM_MODE!r} (or no mode)")
+
+
 def read_npz(path, source=None, **meta):
     """An upstream .npz -> ReferenceStats (not written anywhere); `meta` becomes its provenance.
 
+    An ADM evaluator reference batch (images, pool3 and spatial moments) is read by
+    :func:`genmetrics.registry.adm_import.read_adm_batch` (its images' features are computed: minutes on a CPU).
+
     Checked in full (the reader's value checks and :func:`~genmetrics.registry.refstats_checks.check_full`,
-    ~1-2 s at D = 2048): imports and fetches are where untrusted statistics enter.
+    costs there): imports and fetches are where untrusted statistics enter.
     """
     from genmetrics.stats.download import file_sha256
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"statistics file {path} does not exist or is not a regular file")
+    if is_adm_reference_batch(path):
+        _check_adm_mode(meta.pop("mode", None), path)
+        return read_adm_batch(path, source=source, **meta)
     arrays = _load_arrays(path)
     features = next((arrays[k] for k in _FEATURE_KEYS if k in arrays), None)
     if features is not None:
@@ -156,7 +169,9 @@ def import_npz(npz_path, output=None, mode=None, name=None, split="unknown", res
 
     mode: the preprocessing the statistics were made with ("legacy_tensorflow" for TTUR, "clean",
       "legacy_tensorflow" or "legacy_pytorch" for clean-fid, "legacy_pytorch" for pytorch-fid); required,
-      since FIDs are only comparable within one mode.
+      since FIDs are only comparable within one mode. An ADM evaluator reference batch (``arr_0`` images with
+      ``mu``, ``sigma``, ``mu_s``, ``sigma_s``) is recognised by its members and is always ``legacy_tensorflow``
+      (:mod:`genmetrics.registry.adm_import`: pool3 and spatial moments, the images' pool3 features).
     output: the .h5 path (default: beside the .npz, same stem). name: dataset name (default: the stem).
     source: where the .npz came from (URL or description; default its path). num_samples: images behind
     the statistics, when known (TTUR files do not say; 0 is stored for unknown).
@@ -164,6 +179,12 @@ def import_npz(npz_path, output=None, mode=None, name=None, split="unknown", res
     """
     from genmetrics.stats.defaults import MODES
 
+    if is_adm_reference_batch(npz_path):
+        _check_adm_mode(mode, npz_path)
+        known = {k: v for k, v in (("resolution", resolution), ("num_samples", num_samples)) if v not in (None, "unknown")}
+        return import_adm_batch(npz_path, output=output, name=name, split="train" if split == "unknown" else split,
+                                version=version, source=source, citation=citation, license=license, provider=provider,
+                                **known, **meta)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES} (the preprocessing the .npz was made with: TTUR -> "
                          f"legacy_tensorflow, pytorch-fid -> legacy_pytorch, clean-fid -> its file name), got {mode!r}")

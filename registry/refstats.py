@@ -15,6 +15,12 @@ dataset            dtype / shape                   meaning
 ``image_sha256``   uint8 (N, 32)                   optional; per ``features`` row, the sha256 of its image
 =================  ==============================  ===========================================
 
+Moments of further layers of the same extractor (e.g. ``spatial``, the FID Inception's sFID features, beside
+``pool3``) are stored as ``<layer>.mu``, ``<layer>.sigma``, ``<layer>.n`` and optionally ``<layer>.sum`` and
+``<layer>.sqrt_sigma``, with the shapes and checks of the root datasets of the same name; the root datasets are
+the moments of ``feature_layer``. Readers before 0.3 ignore them (the format stays version 1);
+:meth:`ReferenceStats.layer` returns them as statistics of their own.
+
 ``image_sha256`` (written by builds with features from a folder, zip or standard dataset; absent in older
 files) is what the copy-detection grid checks an image against before showing it: the digest of the image
 file's bytes (folders and zips) or of its decoded pixels (standard datasets; see
@@ -25,7 +31,7 @@ Since 0.2 the writer stores ``sigma``, ``sqrt_sigma`` and ``features`` chunked w
 gzip (lossless, read back bit for bit by any HDF5 reader, so the format stays version 1 and 0.1 reads
 these files) and no longer writes ``outer_sum``, which is ``(n - 1) sigma + sum sum^T / n`` and which
 ``merge`` does not need (it works from n, mu and sigma): a file of 1000 images with features shrinks from
-74.6 MB to 36.3 MB (``scripts/refstats_size.py``). Files get the mode of the user's umask
+74.6 MB to 36.3 MB (``scripts/refstats_size.py``, docs/registry.md). Files get the mode of the user's umask
 (``0666 & ~umask``), like any file ``open`` creates.
 
 Root attributes: ``format="genmetrics-refstats"``, ``format_version=1`` and the provenance in
@@ -45,7 +51,8 @@ import tempfile
 import numpy as np
 
 from .refstats_checks import (RefStatsFormatError, check_arrays, check_count, check_dataset, check_dim, check_full,
-                              check_image_sha256, check_image_sha256_rows, check_layout, read_attributes)
+                              check_image_sha256, check_image_sha256_rows, check_layer_name, check_layout,
+                              layer_datasets, read_attributes)
 
 from genmetrics.stats.defaults import PROVENANCE_KEYS, weights_identity
 
@@ -79,7 +86,8 @@ class ReferenceStats:
     (the exact moments: mu = sum / n, sigma = (outer_sum - n mu mu^T) / (n - 1)), optional ``image_sha256``
     (N, 32) uint8, the sha256 of each feature row's image (read on first access); ``meta`` holds every
     root attribute of the file (bytes decoded to str, numpy scalars to Python ones); ``path`` the file it
-    came from (or None).
+    came from (or None). ``layers`` maps the names of further layers (e.g. ``spatial``) to their moments, each a
+    ReferenceStats without features (see :meth:`layer`).
 
     Every comparison (scoring, the CLI, deferred scoring, the evaluator) goes through this class:
     :attr:`provenance` says how the features were made and :meth:`check_comparable` refuses to compare
@@ -87,7 +95,7 @@ class ReferenceStats:
     """
 
     def __init__(self, mu, sigma, n, features=None, sqrt_sigma=None, sum=None, outer_sum=None, meta=None,
-                 path=None, image_sha256=None):
+                 path=None, image_sha256=None, layers=None):
         self.mu = np.asarray(mu, dtype=np.float64)
         self.sigma = np.asarray(sigma, dtype=np.float64)
         self.n = int(n)
@@ -101,6 +109,9 @@ class ReferenceStats:
         self._image_sha256 = image_sha256
         if image_sha256 is not None and not callable(image_sha256):
             self._image_sha256 = self._checked_digests(image_sha256)
+        self.layers = {}
+        for name, stats in (layers or {}).items():
+            self.add_layer(name, stats)
 
     @classmethod
     def from_moments(cls, moments, features=None, meta=None):
@@ -181,6 +192,28 @@ class ReferenceStats:
     @property
     def has_features(self):
         return self._features is not None
+
+    def add_layer(self, name, stats):
+        """Store the moments of another layer of the same extractor (`stats`: a ReferenceStats or a
+        GaussianMoments); they take this side's provenance with ``feature_layer`` = `name`."""
+        check_layer_name(name, self.path or "the statistics")
+        if name == self.meta.get("feature_layer"):
+            raise ValueError(f"layer {name!r} is this statistics' own feature_layer; its moments are mu and sigma")
+        mu, sigma = (stats.mu, stats.sigma) if isinstance(stats, ReferenceStats) else (stats.mean, stats.cov)
+        self.layers[name] = ReferenceStats(mu, sigma, stats.n, sqrt_sigma=getattr(stats, "sqrt_sigma", None),
+                                           sum=stats.sum, meta={**self.meta, "feature_layer": name}, path=self.path)
+
+    def layer(self, name):
+        """The statistics of layer `name`: this object for its own ``feature_layer`` (or when `name` is None), else
+        the stored moments of that layer (a ReferenceStats without features, same provenance but the layer)."""
+        if name is None or name == self.meta.get("feature_layer", name):
+            return self
+        if name not in self.layers:
+            held = [self.meta.get("feature_layer") or "its feature_layer", *sorted(self.layers)]
+            raise ValueError(f"{self.describe()} holds no moments of layer {name!r} (it has {', '.join(held)}); "
+                             f"build it with that layer or import a "
+                             f"reference that stores it (an ADM reference batch stores spatial)")
+        return self.layers[name]
 
     @property
     def image_sha256(self):
@@ -301,6 +334,8 @@ def write_refstats(path, stats, features_dtype="float32", outer_sum=False):
                 value = getattr(stats, name)
                 if value is not None:
                     _write_array(f, name, np.asarray(value, dtype=np.float64))
+            for layer, moments in sorted(stats.layers.items()):
+                _write_layer(f, layer, moments)
             if stats.features is not None:
                 _write_array(f, "features", np.asarray(stats.features, dtype=features_dtype))
                 if stats.image_sha256 is not None:  # incompressible: stored as it is
@@ -311,6 +346,16 @@ def write_refstats(path, stats, features_dtype="float32", outer_sum=False):
             os.remove(tmp)
         raise
     return path
+
+
+def _write_layer(f, layer, moments):
+    """The moments of a further layer as ``<layer>.mu``, ``<layer>.sigma``, ``<layer>.n`` (+ sum, sqrt_sigma)."""
+    f.create_dataset(f"{layer}.mu", data=moments.mu.astype(np.float64))
+    _write_array(f, f"{layer}.sigma", moments.sigma.astype(np.float64))
+    f.create_dataset(f"{layer}.n", data=np.int64(moments.n))
+    for name in ("sum", "sqrt_sigma"):
+        if getattr(moments, name) is not None:
+            _write_array(f, f"{layer}.{name}", np.asarray(getattr(moments, name), dtype=np.float64))
 
 
 def _umask():
@@ -380,16 +425,29 @@ def _read_moments(f, path):
     return meta, arrays, n, {name for name in _ROW_ARRAYS if name in f}
 
 
+def _read_layers(f, path):
+    """{layer: (arrays, n)} of the further layers, each validated like the root moments (before reading)."""
+    layers = {}
+    for layer, datasets in layer_datasets(f, path).items():
+        where = f"{path} (layer {layer})"
+        dim = check_dim(datasets["mu"], where)
+        for name, dset in datasets.items():
+            check_dataset(dset, name, dim, where)
+        arrays = {name: dset[()] for name, dset in datasets.items() if name != "n"}
+        layers[layer] = arrays, int(datasets["n"][()])
+    return layers
+
+
 def read_refstats(path, lazy_features=True, full=False):
     """Read and validate a format-v1 file -> ReferenceStats (``features`` read on first access if lazy).
 
     Before anything is read: a regular file; no links, external storage or virtual datasets; attribute
     types; every dataset's dtype, shape (against D and bounds) and stored size. Then on every read the
-    O(D^2) value checks (~0.15 s at D = 2048): finite, symmetric, variances >= 0 and |correlations| <= 1,
+    O(D^2) value checks: finite, symmetric, variances >= 0 and |correlations| <= 1,
     sum/outer_sum consistent with mu/sigma, sqrt_sigma the root of sigma (sampled; it then also proves
     sigma PSD). ``full=True`` adds the expensive checks (sigma PSD by Cholesky, exact root, features' mean
-    == mu; reads the features): what ``genmetrics stats verify``, fetch and import run (~1-2 s at
-    D = 2048). Details and the reasons in :mod:`genmetrics.registry.refstats_checks`.
+    == mu; reads the features): what ``genmetrics stats verify``, fetch and import run.
+    Their costs, details and the reasons in :mod:`genmetrics.registry.refstats_checks`.
 
     Raises RefStatsFormatError (a ValueError), one line naming the file and the failed check.
     """
@@ -399,11 +457,14 @@ def read_refstats(path, lazy_features=True, full=False):
     try:
         with h5py.File(path, "r") as f:
             meta, arrays, n, present = _read_moments(f, path)
+            layers = _read_layers(f, path)
     except RefStatsFormatError:
         raise
     except _READ_ERRORS as error:
         raise _corrupt(path, error) from error
     check_arrays(arrays, path, n)
+    for layer, (layer_arrays, layer_n) in layers.items():
+        check_arrays(layer_arrays, f"{path} (layer {layer})", layer_n)
     has_features = "features" in present
     lazy = has_features and lazy_features and not full
     features = (lambda: _read_features(path)) if lazy else (_read_features(path) if has_features else None)
@@ -411,8 +472,13 @@ def read_refstats(path, lazy_features=True, full=False):
     stats = ReferenceStats(arrays["mu"], arrays["sigma"], n, features=features,
                            sqrt_sigma=arrays.get("sqrt_sigma"), sum=arrays.get("sum"),
                            outer_sum=arrays.get("outer_sum"), meta=meta, path=path, image_sha256=digests)
+    for layer, (layer_arrays, layer_n) in layers.items():
+        stats.add_layer(layer, ReferenceStats(layer_arrays["mu"], layer_arrays["sigma"], layer_n,
+                                              sqrt_sigma=layer_arrays.get("sqrt_sigma"), sum=layer_arrays.get("sum")))
     if full:
         check_full(stats, path)
+        for layer, moments in stats.layers.items():
+            check_full(moments, f"{path} (layer {layer})")
     return stats
 
 

@@ -38,12 +38,14 @@ the object header, so damage is detected; verify and fetch read in a child proce
 
 Every error is a :class:`RefStatsFormatError` (a ValueError), one line naming the file and the failed check.
 """
+import re
+
 import numpy as np
 
 __all__ = ["RefStatsFormatError", "MAX_DIM", "MAX_COMPRESSION_RATIO", "MAX_FEATURE_BYTES", "MAX_MAGNITUDE",
            "STRING_ATTRIBUTES", "INT_ATTRIBUTES", "check_layout", "read_attributes", "check_dataset", "check_dim",
            "check_arrays", "check_count", "check_psd", "check_full", "check_image_sha256", "check_image_sha256_rows",
-           "DIGEST_SIZE"]
+           "DIGEST_SIZE", "LAYER_ARRAYS", "check_layer_name", "layer_datasets"]
 
 MAX_DIM = 16384  # feature dimension: sigma then takes 2 GiB
 MAX_FEATURE_BYTES = 64 << 30  # stored features, uncompressed (ImageNet train at D=2048, float32: 10.5 GB)
@@ -54,6 +56,8 @@ DIGEST_SIZE = 32  # bytes of one sha256 digest: a row of the image_sha256 datase
 STRING_ATTRIBUTES = ("format", "dataset", "split", "mode", "feature_extractor", "feature_layer", "weights_sha256",
                      "created_at", "created_by", "source")
 INT_ATTRIBUTES = ("format_version", "version", "num_samples")
+LAYER_ARRAYS = ("n", "mu", "sigma", "sum", "sqrt_sigma")  # what a further layer stores, as ``<layer>.<name>``
+_LAYER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _REBUILD = "delete it and fetch or build it again"
 _SYMMETRY_RTOL = 1e-9
 _MOMENTS_RTOL = 1e-8
@@ -86,6 +90,32 @@ def check_layout(f, where):
             kind = "a virtual dataset" if obj.is_virtual else "stored in external files"
             _fail(where, "layout", f"dataset {name!r} is {kind}", "refusing to read other files; use a file "
                                                                    "written by genmetrics")
+
+
+def check_layer_name(name, where):
+    """A layer name: lower-case letters, digits and ``_``, starting with a letter, at most 32 characters."""
+    if not isinstance(name, str) or not _LAYER_NAME.match(name):
+        _fail(where, "layers", f"layer name {name!r} is not a lower-case identifier of at most 32 characters",
+              "name layers like pool3 or spatial")
+
+
+def layer_datasets(f, where):
+    """{layer: {array name: dataset}} of the further layers' datasets (``<layer>.<array>``), names checked; each
+    layer must have mu, sigma and n. Root datasets without a dot are not included."""
+    layers = {}
+    for name in f:
+        if "." not in name:
+            continue
+        layer, _, array = name.partition(".")
+        check_layer_name(layer, where)
+        if array not in LAYER_ARRAYS:
+            _fail(where, "layers", f"dataset {name!r}: a layer stores only {', '.join(LAYER_ARRAYS)}")
+        layers.setdefault(layer, {})[array] = f[name]
+    for layer, arrays in layers.items():
+        missing = [a for a in ("mu", "sigma", "n") if a not in arrays]
+        if missing:
+            _fail(where, "layers", f"layer {layer!r} lacks {', '.join(missing)}")
+    return layers
 
 
 def _attribute(f, name, where):

@@ -46,7 +46,8 @@ class _Pool(torch.nn.Module):
 def test_the_pixel_limit_holds_whatever_pil_is_set_to(tmp_path, monkeypatch):
     """Some libraries set PIL's Image.MAX_IMAGE_PIXELS = None; the bomb is still refused, from its header, before
     anything is decoded, with the limit genmetrics applies (image_files.MAX_IMAGE_PIXELS) and how to get past it."""
-    from genmetrics.stats import extract_features, image_files
+    from genmetrics.stats import extract_features
+    from genmetrics.stats.images import image_files
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     folder = tmp_path / "images"

@@ -8,7 +8,9 @@ Containers:
 - an iterable (list, tuple, generator, DataLoader, ...) whose items are 4-D batches, single images
   (3-D; 2-D = one grayscale image) or PIL images; items may differ in size;
 - a PIL image;
-- a path (str or os.PathLike) to a folder (recursive) or zip file of images (see ``image_files``).
+- a path (str or os.PathLike) to a folder (recursive) or zip file of images (see ``image_files``), or to an
+  ``.npz`` whose ``arr_0`` is uint8 (N, H, W, 3), the ADM evaluator's format, read batch by batch (see
+  ``npz_images``).
 
 Layout (decided from the shape, never from the values or the array library): a batch is NCHW when
 ``shape[1]`` is 1, 3 or 4, otherwise NHWC when ``shape[-1]`` is, otherwise refused; a single image
@@ -34,6 +36,7 @@ import torch
 from PIL import Image
 
 from .image_files import iter_image_files, list_image_files
+from .npz_images import is_npz_file, iter_npz_images, npz_images_shape
 
 __all__ = ["to_image_batch", "iter_image_batches", "count_images", "check_value_range", "CHANNEL_COUNTS",
            "RANGE_TOLERANCE"]
@@ -149,6 +152,11 @@ def _is_path(images):
     return isinstance(images, (str, os.PathLike))
 
 
+def _is_file_source(images):
+    """A folder or zip of image files: decoded one image per batch (an ``.npz`` of images is read in batches)."""
+    return _is_path(images) and not is_npz_file(images)
+
+
 def _is_array(x):
     return isinstance(x, np.ndarray) or torch.is_tensor(x)
 
@@ -159,7 +167,10 @@ def _is_single(item):
 
 def _iter_items(images, value_range, transform):
     """The input's batches as given; files already transformed (one image each), others not yet."""
-    if _is_path(images):
+    if is_npz_file(images):
+        for batch in iter_npz_images(images):
+            yield to_image_batch(torch.from_numpy(batch).permute(0, 3, 1, 2), None, f"images of {images}")
+    elif _is_path(images):
         yield from iter_image_files(images, transform=transform)
     elif _is_array(images):
         yield to_image_batch(images, value_range)
@@ -191,7 +202,7 @@ def iter_image_batches(images, value_range: Optional[Tuple[float, float]] = None
     value_range = check_value_range(value_range)
     total = 0
     for batch in _iter_items(images, value_range, transform):
-        if _is_path(images):
+        if _is_file_source(images):
             parts = [batch]
         else:
             step = batch_size or max(1, batch.shape[0])
@@ -206,7 +217,9 @@ def iter_image_batches(images, value_range: Optional[Tuple[float, float]] = None
 
 
 def count_images(images) -> Optional[int]:
-    """Number of images when known without reading them (arrays, folders, lists of arrays), else None."""
+    """Number of images when known without reading them (arrays, folders, .npz, lists of arrays), else None."""
+    if is_npz_file(images):
+        return npz_images_shape(images)[0]
     if _is_path(images):
         return len(list_image_files(images))
     if _is_array(images):
