@@ -107,3 +107,20 @@ def test_cuda_equals_cpu(logits):
     # Another reduction order (was rel=1e-12, below the bound: ~1e-12 of a mean KL of ~2 over 1008 classes)
     assert inception_score_from_logits(logits.cuda(), splits=10, shuffle_seed=5) == pytest.approx(
         inception_score_from_logits(logits, splits=10, shuffle_seed=5), rel=0, abs=_is_tol(logits))
+
+
+def test_split_size_groups_consecutive_rows_with_a_shorter_last_group():
+    """The ADM evaluator's rule: groups of split_size consecutive rows (the last shorter), mean of their scores."""
+    from genmetrics.stats import inception_score_from_logits
+
+    logits = np.random.default_rng(3).normal(size=(12, 7)) * 3
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    scores = []
+    for rows in (slice(0, 5), slice(5, 10), slice(10, 12)):
+        q = p[rows]
+        scores.append(np.exp(np.mean(np.sum(q * (np.log(q) - np.log(q.mean(0, keepdims=True))), 1))))
+    mean, std = inception_score_from_logits(logits, split_size=5)
+    assert mean == pytest.approx(np.mean(scores), rel=1e-12) and std == pytest.approx(np.std(scores), rel=1e-12)
+    with pytest.raises(ValueError, match="split_size"):
+        inception_score_from_logits(logits, split_size=0)

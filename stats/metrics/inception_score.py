@@ -15,7 +15,9 @@ classifier bias (OpenAI code; torch-fidelity's ``logits_unbiased``). Differences
 torch-fidelity shuffles the rows first by default (``numpy.random.RandomState(2020).permutation``,
 reproduced here by ``shuffle_seed=2020``); torchmetrics shuffles with ``torch.randperm`` (unseeded),
 splits with ``torch.chunk`` (ceil(N/splits) rows per group, which can give fewer groups) and reports
-the std with ddof=1. Everything here is float64.
+the std with ddof=1. OpenAI's guided-diffusion evaluator (the ADM suite) splits into groups of a fixed
+``split_size`` = 5000 consecutive rows instead, the last group possibly shorter, and reports the mean.
+Everything here is float64.
 """
 from typing import Optional, Tuple
 
@@ -27,33 +29,46 @@ from ..checks import ArrayLike, _check_features, _check_positive_int, _check_pro
 __all__ = ["inception_score", "inception_score_from_logits"]
 
 
-def inception_score(probs: ArrayLike, splits: int = 10, shuffle_seed: Optional[int] = None) -> Tuple[float, float]:
-    """IS (mean, std) from softmax rows `probs` (N, C) (numpy or torch; rows >= 0 summing to 1)."""
+def inception_score(probs: ArrayLike, splits: int = 10, shuffle_seed: Optional[int] = None,
+                    split_size: Optional[int] = None) -> Tuple[float, float]:
+    """IS (mean, std) from softmax rows `probs` (N, C) (numpy or torch; rows >= 0 summing to 1).
+
+    split_size: groups of this many consecutive rows (the last one shorter) instead of `splits` groups (the ADM
+    evaluator's rule, 5000).
+    """
     _check_probabilities(probs, "probs")
     p = torch.as_tensor(probs).detach().to(torch.float64)
-    return _split_scores(p, torch.log(p), splits, shuffle_seed)
+    return _split_scores(p, torch.log(p), _groups(p.shape[0], splits, split_size), shuffle_seed)
 
 
-def inception_score_from_logits(logits: ArrayLike, splits: int = 10,
-                                shuffle_seed: Optional[int] = None) -> Tuple[float, float]:
+def inception_score_from_logits(logits: ArrayLike, splits: int = 10, shuffle_seed: Optional[int] = None,
+                                split_size: Optional[int] = None) -> Tuple[float, float]:
     """IS (mean, std) from classifier logits (N, C): softmax and log-softmax in float64, then as above."""
     _check_features(logits, "logits", min_samples=1)
     z = torch.as_tensor(logits).detach().to(torch.float64)
-    return _split_scores(z.softmax(dim=1), z.log_softmax(dim=1), splits, shuffle_seed)
+    return _split_scores(z.softmax(dim=1), z.log_softmax(dim=1), _groups(z.shape[0], splits, split_size),
+                         shuffle_seed)
 
 
-def _split_scores(p, log_p, splits, shuffle_seed):
+def _groups(n, splits, split_size):
+    """Row slices of the groups: `splits` near-equal ones, or consecutive ones of `split_size` rows."""
+    if split_size is not None:
+        _check_positive_int(split_size, "split_size")
+        return [slice(start, start + split_size) for start in range(0, n, split_size)]
     _check_positive_int(splits, "splits")
-    n = p.shape[0]
     if n < splits:
         raise ValueError(f"inception score needs at least one sample per split: got {n} samples for {splits} splits; "
                          f"pass more samples or fewer splits")
+    return [slice(s * n // splits, (s + 1) * n // splits) for s in range(splits)]
+
+
+def _split_scores(p, log_p, groups, shuffle_seed):
+    n = p.shape[0]
     if shuffle_seed is not None:
         order = torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(n)).to(p.device)
         p, log_p = p[order], log_p[order]
     scores = []
-    for s in range(splits):
-        rows = slice(s * n // splits, (s + 1) * n // splits)
+    for rows in groups:
         p_split, log_p_split = p[rows], log_p[rows]
         log_marginal = p_split.mean(dim=0, keepdim=True).log()
         # 0 * log 0 = 0: classes with p = 0 contribute nothing (log p may be -inf there).
