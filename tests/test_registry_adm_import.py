@@ -116,3 +116,31 @@ def test_further_layers_round_trip_and_are_validated(tmp_path):
         f["Bad.mu"] = np.zeros(2)
     with pytest.raises(ValueError, match="not a lower-case identifier"):
         read_refstats(path)
+
+
+def test_a_manifest_entry_fetches_an_adm_batch_over_http(adm_batch, fid_weights_path, http_server, genmetrics_home,
+                                                         tmp_path, monkeypatch):
+    """A reference batch served on loopback, named by a user manifest: fetched, converted with its layers, cached."""
+    import json
+
+    from genmetrics import registry
+
+    http_server.files["/VIRTUAL_tiny_labeled.npz"] = open(adm_batch, "rb").read()
+    manifest = tmp_path / "team.yaml"
+    manifest.write_text(json.dumps({"format_version": 1, "entries": [{
+        "name": "adm_tiny", "split": "train", "resolution": 48, "mode": "legacy_tensorflow", "version": 1,
+        "sources": [{"url": http_server.url + "/VIRTUAL_tiny_labeled.npz", "format": "npz"}], "sha256": None}]}))
+    monkeypatch.setenv("GENMETRICS_MANIFEST", str(manifest))
+    monkeypatch.setenv("GENMETRICS_INCEPTION_WEIGHTS", fid_weights_path)
+    stats = registry.load("adm_tiny-train-48", progress=False)
+    assert sorted(stats.layers) == ["spatial"] and stats.features.shape == (6, 2048)
+    assert stats.meta["registry_ref"] == "adm_tiny-train-48-legacy_tensorflow@1" and stats.meta["resolution"] == 48
+
+
+def test_the_shipped_manifest_names_the_published_reference_batches():
+    from genmetrics.registry.manifest import load_manifests
+
+    refs = {e.ref: e for e in load_manifests() if e.provider == "guided-diffusion"}
+    assert {f"adm_imagenet-train-{r}-legacy_tensorflow@1" for r in (64, 128, 256, 512)} <= set(refs)
+    assert all(e.sources[0].url.startswith("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/")
+               for e in refs.values())

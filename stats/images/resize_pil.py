@@ -34,7 +34,7 @@ to float32 after each pass, as Pillow computes them: the results equal PIL's bit
 differently ordered float64 sums round to neighbouring float32 values (1 unit in the last place, 1.5e-5
 grey levels; not seen in the tests). The default ``dtype=torch.float32`` uses float32 weights and float32
 accumulation: at most ~1e-4 grey levels from PIL (measured: <= 7.6e-5 for 32..2048 px inputs to 299 px),
-which moves Inception pool3 features by ~2e-6 relative (docs/performance.md). The products run under
+which moves Inception pool3 features by <= 1.9e-6 of the largest (docs/performance.md). The products run under
 :func:`~genmetrics.stats.tf32.exact_float32` (no TF32, whose 10-bit mantissa would cost ~0.1 grey
 levels).
 """

@@ -24,7 +24,7 @@ The smallest side must exceed (11 - 1) * 2**4 = 160 pixels so that the window fi
 
 Numerics: images are divided by L (so C1 = K1², C2 = K2²; SSIM is invariant to this scaling) and each
 image/channel is centred on the mean of x and y before the second moments are filtered, which keeps the
-E[x²] - mu² cancellation harmless in float32 (agreement with float64 scikit-image is ~6e-7, pytorch-msssim's
+E[x²] - mu² cancellation harmless in float32 (float64 scikit-image agrees: docs/performance.md; pytorch-msssim's
 float32 result is ~1e-5 off). The window is built in float64 (sums to 1 exactly before the cast): a window
 summing to 1 + d gives a constant image the variance d mu², not 0. The separable Gaussian filter runs once
 per direction over the stacked maps [x, y, x², y², xy] (one depthwise convolution each instead of
