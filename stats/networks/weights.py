@@ -117,6 +117,13 @@ for _name, _file, _sha in (
         name=_name, filename=f"clip-{_file}", urls=(_CLIP_URL.format(_sha, _file),), sha256=_sha,
         description=f"OpenAI CLIP {_file[:-3]} release archive (Radford et al. 2021, MIT)",
     )
+# OpenAI CLIP's byte-pair merges (stats/networks/clip_tokenizer.py); open-clip-torch ships the same file.
+KNOWN_WEIGHTS["clip-bpe"] = KnownWeights(
+    name="clip-bpe", filename="bpe_simple_vocab_16e6.txt.gz",
+    urls=("https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz",),
+    sha256="924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
+    description="OpenAI CLIP's byte-pair merges, 1,356,917 bytes (Radford et al. 2021, MIT)",
+)
 
 
 class WeightsUnavailableError(RuntimeError):
