@@ -2,13 +2,17 @@
 import logging
 import os
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_PREFIX, PRECISIONS
+from genmetrics.stats.defaults import DEFAULT_METRICS, WATCH_INTERVAL_S
 from genmetrics.stats.metric_table import METRICS
 
 from .cli_checks import non_negative_float, positive_int
-
+from .options import add_option_flags
 
 __all__ = ["add_parser"]
+
+#: The scoring options (:class:`genmetrics.plugin.options.ScoreOptions`) offered as flags by ``score`` and ``watch``.
+OPTION_FLAGS = ("prefix", "device", "batch_size", "precision", "reference_images")
+
 
 def _add_common(parser):
     parser.add_argument("--reference", required=True,
@@ -18,17 +22,7 @@ def _add_common(parser):
                              f"skipping those whose inputs are unavailable)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"metric key prefix (default: {DEFAULT_PREFIX})")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per Inception batch (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="arithmetic of the FID Inception: fp32 (exact, default) or bf16 (opt-in, faster on "
-                             "CPUs with AVX-512-BF16 and on GPUs, FID moves by ~0.7 %%; recorded in the precision tag)")
-    parser.add_argument("--reference-images", default=None, metavar="PATH",
-                        help="folder, zip or dataset root of the reference's images: the copy-pairs grid shows a "
-                             "reference image only from here, verified against the statistics file (default: the "
-                             "image index instead; paths written in the statistics file are never opened)")
+    add_option_flags(parser, OPTION_FLAGS)
 
 
 def add_parser(subparsers):
@@ -46,7 +40,8 @@ def add_parser(subparsers):
         description="Poll the runs of an experiment and score newly logged samples; run one worker per experiment.",
     )
     watch.add_argument("--experiment", required=True, metavar="NAME", help="experiment name")
-    watch.add_argument("--interval", type=non_negative_float, default=30.0, metavar="S", help="seconds between polls (default: 30)")
+    watch.add_argument("--interval", type=non_negative_float, default=WATCH_INTERVAL_S, metavar="S",
+                       help=f"seconds between polls (default: {WATCH_INTERVAL_S:g})")
     watch.add_argument("--once", action="store_true", help="one pass over the experiment, then exit")
     watch.add_argument("--max-iterations", type=positive_int, default=None, metavar="N", help="stop after N polls")
     _add_common(watch)
@@ -63,8 +58,7 @@ def _options(args):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"--metrics: unknown metric(s) {', '.join(unknown)}; choose among {','.join(METRICS)}")
-    return dict(metrics=metrics, prefix=args.prefix, device=args.device, batch_size=args.batch_size,
-                precision=args.precision, reference_images=args.reference_images)
+    return dict(metrics=metrics, **{name: getattr(args, name) for name in OPTION_FLAGS})
 
 
 def _setup(args):

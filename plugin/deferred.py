@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from genmetrics.stats.defaults import DEFAULT_PREFIX
+from genmetrics.stats.defaults import DEFAULT_PREFIX, WATCH_INTERVAL_S
 
 from .samples import FAILED_TAG_PREFIX, SCORED_TAG_PREFIX, SamplesFileError, pending_sample_steps, read_samples_file
 from .spool import redact_text
@@ -103,9 +103,14 @@ def _mark_failed(client, run_id, step, error):
 
 
 class _Scorer:
-    """Holds the reference and the scoring options of one worker; loads the reference once."""
+    """Holds the reference and the scoring options of one worker; loads the reference once. The options are
+    checked here, once (an unknown name is a TypeError, a bad value a ValueError), not at every step."""
 
     def __init__(self, reference, metrics, prefix, scoring_options):
+        from .log_metrics import SCORE_OPTIONS
+        from .options import ScoreOptions
+
+        ScoreOptions.from_keywords(scoring_options, SCORE_OPTIONS, "score_run/watch", metrics=metrics, prefix=prefix)
         self.reference = reference
         self.metrics = metrics
         self.prefix = prefix
@@ -201,7 +206,8 @@ def score_run(run_id: str, reference, metrics: Optional[Sequence[str]] = None, c
     ``reference``: registry ref, ``.h5`` path or ``ReferenceStats``. ``metrics``: names as for
     ``log_gen_metrics``, None = its default set with unavailable metrics skipped (``targets`` stored
     with the samples make SSIM/LPIPS paired).
-    ``scoring_options`` go to ``log_gen_metrics`` (e.g. ``device``, ``batch_size``).
+    ``scoring_options`` go to ``log_gen_metrics``: options of :class:`genmetrics.plugin.options.ScoreOptions`
+    (e.g. ``device``, ``batch_size``), checked before any step is scored.
     Idempotent and safe to kill at any point (see the module docstring).
     Returns the list of steps scored (or only marked, after a crash) by this call. Raises
     :class:`DeferredScoringError` after scoring the other steps when some could not be scored (its ``failed``
@@ -236,7 +242,7 @@ def watch(
     experiment_name: str,
     reference,
     metrics: Optional[Sequence[str]] = None,
-    interval: float = 30.0,
+    interval: float = WATCH_INTERVAL_S,
     max_iterations: Optional[int] = None,
     client=None,
     prefix: str = DEFAULT_PREFIX,
@@ -249,7 +255,8 @@ def watch(
     is given (1 = one pass, like ``genmetrics watch --once``). Errors of one run (the tracking server
     down, a missing reference) are logged and retried at the next iteration; they never stop the worker. A
     samples file that can never be scored is recorded as failed and warned about once (module docstring).
-    The experiment may not exist yet (the worker can start before training).
+    The experiment may not exist yet (the worker can start before training). ``scoring_options``: as for
+    :func:`score_run`.
     Returns the list of (run_id, step) scored by this call.
     """
     if interval < 0:

@@ -18,10 +18,10 @@ Where the images come from:
 
 Each cell is an image file path, encoded image bytes, or a uint8 / float [0, 1] (H, W, C) array.
 Paired targets (for SSIM / MS-SSIM / LPIPS) come from ``target_column`` or ``targets=``.
-Config keys: ``reference`` (registry ref, ``.h5`` path or ``ReferenceStats``), ``metrics``
-(default: ``log_gen_metrics``'s default set, unavailable metrics skipped), ``image_column``, ``target_column``, ``prefix`` (default ``gen/``), ``step``
-(default 0), ``batch_size`` (default 50); any other key goes to ``score_samples``
-(``device``, ``mode``, ``seed``, ``value_range``, ...).
+Config keys: ``reference`` (registry ref, ``.h5`` path or ``ReferenceStats``), ``image_column``,
+``target_column``, ``step`` (default 0); every other key is an option of ``log_gen_metrics``, i.e. of
+:class:`genmetrics.plugin.options.ScoreOptions` (``metrics``, ``prefix``, ``batch_size``, ``device``, ``mode``,
+``seed``, ``value_range``, ...; their defaults are its defaults), and an unknown key is a TypeError listing them.
 """
 import io
 import os
@@ -29,12 +29,10 @@ import os
 import numpy as np
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
-from genmetrics.stats.defaults import DEFAULT_PREFIX
-
 __all__ = ["GenMetricsEvaluator", "MODEL_TYPE"]
 
 MODEL_TYPE = "image-generation"
-_OWN_KEYS = ("reference", "metrics", "image_column", "target_column", "prefix", "step", "batch_size")
+_OWN_KEYS = ("reference", "image_column", "target_column", "step")  #: config keys that are no scoring option
 
 
 def _load_image(cell):
@@ -113,7 +111,6 @@ class GenMetricsEvaluator(ModelEvaluator):
         from .log_metrics import log_gen_metrics
 
         config = dict(evaluator_config or {})
-        batch_size = int(config.get("batch_size", 50))
         images = _image_cells(model, dataset, config)
         if not images:
             raise ValueError("there are no images to evaluate: the data has no rows")
@@ -127,11 +124,8 @@ class GenMetricsEvaluator(ModelEvaluator):
             (_load_image(cell) for cell in images),
             reference=config.get("reference"),
             step=int(config.get("step", 0)),
-            metrics=config.get("metrics"),
             targets=targets,
             run_id=run_id,
-            prefix=config.get("prefix", DEFAULT_PREFIX),
-            batch_size=batch_size,
             **{k: v for k, v in config.items() if k not in _OWN_KEYS},
         )
         return EvaluationResult(metrics=dict(metrics), artifacts={}, run_id=run_id)

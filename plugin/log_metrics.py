@@ -2,19 +2,17 @@
 import inspect
 import time
 
-from genmetrics.stats.defaults import DEFAULT_BATCH_SIZE, DEFAULT_PREFIX
+from genmetrics.stats.defaults import DEFAULT_PREFIX
 from genmetrics.stats.streaming.distributed import check_all_ranks, rank_and_world
 
 from . import background
 from .grid import make_grid
+from .options import OPTION_NAMES, ScoreOptions
 from .sample_input import collect_samples
 from .scoring import score_samples
 from .spool import get_sender
 
 __all__ = ["log_gen_metrics"]
-
-_SCORE_OPTIONS = frozenset(inspect.signature(score_samples).parameters) - {
-    "samples", "reference", "metrics", "targets", "prefix", "value_range", "num_samples", "copy_pairs"}
 
 
 def _resolve_run(run_id, client):
@@ -92,20 +90,20 @@ def log_gen_metrics(
     call order, and a `concurrent.futures.Future` of that dict is returned; errors of earlier
     background work are raised by the next call and by `flush()`.
 
-    `score_options` go to `score_samples` (mode, model, lpips_net, lpips_backbone_weights, batch_size,
-    device, seed, allow_mismatch, kid_subsets, kid_subset_size, is_splits, diversity_pairs, distributed,
-    precision, reference_images). `client`
-    is an `MlflowClient` to log with (its tracking URI), default the fluent API's tracking URI.
+    `metrics`, `prefix`, `num_samples`, `value_range` and `score_options` are the options of
+    :class:`genmetrics.plugin.options.ScoreOptions` (each one's meaning and default: ``help(ScoreOptions)``), all
+    but ``copy_pairs``, which follows `log_grid`; they are checked before anything is drawn (an unknown name is a
+    TypeError listing the valid ones). `client` is an `MlflowClient` to log with (its tracking URI), default the
+    fluent API's tracking URI.
 
     Inside an initialised ``torch.distributed`` process group (multi-GPU training) every rank calls it with its
     own sampler: each rank draws its share of `num_samples`, the statistics are combined, rank 0 logs once (only
     rank 0 needs an MLflow run) and every rank returns the same dict; ``distributed=False`` opts out.
     """
     background.raise_pending_error()
-    unknown = set(score_options) - _SCORE_OPTIONS
-    if unknown:
-        raise TypeError(f"log_gen_metrics got unknown option(s) {sorted(unknown)}; valid: {sorted(_SCORE_OPTIONS)}")
-    rank, world = rank_and_world() if score_options.get("distributed", True) else (0, 1)
+    opts = ScoreOptions.from_keywords(score_options, SCORE_OPTIONS, "log_gen_metrics", metrics=metrics, prefix=prefix,
+                                      num_samples=num_samples, value_range=value_range, copy_pairs=log_grid)
+    rank, world = rank_and_world() if opts.distributed else (0, 1)
     if world > 1 and not blocking:
         raise ValueError("blocking=False cannot be used inside a torch.distributed process group: the ranks combine "
                          "their statistics with collectives, which must not run on a background thread; call "
@@ -122,26 +120,24 @@ def log_gen_metrics(
     timestamp = int(time.time() * 1000)
 
     def score_and_log(samples, targets, value_range):
-        result = score_samples(samples, reference=reference, metrics=metrics, targets=targets, prefix=prefix,
-                               value_range=value_range, num_samples=num_samples, copy_pairs=log_grid,
-                               **score_options)
+        result = score_samples(samples, reference=reference, targets=targets,
+                               **dict(opts.keywords(), value_range=value_range))
         if rank != 0:  # under a process group rank 0 logs, every rank returns the same numbers
             return dict(result.metrics)
         return _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix)
 
     if blocking:
-        return score_and_log(samples, targets, value_range)
-    return _in_background(score_and_log, samples, targets, num_samples, value_range,
-                          score_options.get("batch_size", DEFAULT_BATCH_SIZE), (run_id, tracking_uri, client, step))
+        return score_and_log(samples, targets, opts.value_range)
+    return _in_background(score_and_log, samples, targets, opts, (run_id, tracking_uri, client, step))
 
 
-def _in_background(score_and_log, samples, targets, num_samples, value_range, batch_size, where):
+def _in_background(score_and_log, samples, targets, opts, where):
     """Draw the samples (and targets) now, score and log them on the background worker; a Future of the dict.
     `where` = (run_id, tracking_uri, client, step): where an interrupt spools the drawn samples unscored."""
-    drawn = [b.clone() for b in collect_samples(samples, num_samples, batch_size, value_range)]
+    drawn = [b.clone() for b in collect_samples(samples, opts.num_samples, opts.batch_size, opts.value_range)]
     drawn_targets = None
     if targets is not None:
-        drawn_targets = [b.clone() for b in collect_samples(targets, None, batch_size, value_range)]
+        drawn_targets = [b.clone() for b in collect_samples(targets, None, opts.batch_size, opts.value_range)]
     # the drawn batches are already uint8 or float in [0, 1]: no value_range in the background
     return background.submit(lambda: score_and_log(drawn, drawn_targets, None),
                              description=f"scoring of step {where[3]}",
@@ -155,3 +151,9 @@ def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step):
     samples = to_uint8_nhwc(drawn)  # the batches as drawn: images of different sizes stay apart
     targets = to_uint8_nhwc(drawn_targets, name="targets") if drawn_targets else None
     get_sender(tracking_uri, client).spool_samples(run_id, step, samples, targets)
+
+
+#: The options `log_gen_metrics` takes as ``**score_options``: every option of `ScoreOptions` except its own
+#: parameters and ``copy_pairs`` (which `log_grid` sets).
+SCORE_OPTIONS = tuple(name for name in OPTION_NAMES
+                      if name not in inspect.signature(log_gen_metrics).parameters and name != "copy_pairs")

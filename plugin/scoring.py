@@ -39,15 +39,16 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_METRICS, DEFAULT_MODE, DEFAULT_PREFIX,
+from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LPIPS_NET, DEFAULT_METRICS, DEFAULT_MODE,
+                                       DEFAULT_PRECISION, DEFAULT_PREFIX, DEFAULT_SEED, DIVERSITY_PAIRS,
                                        FEATURE_EXTRACTOR, FEATURE_LAYER, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS)
-from genmetrics.stats.metric_table import METRICS, check_options, compare
+from genmetrics.stats.metric_table import METRICS, compare
 from genmetrics.stats.streaming.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
-from genmetrics.stats.images.image_input import check_value_range
 from genmetrics.stats.messages import first_time
 
 from .distributed_call import call_settings
 from .grid import gather_images, stack_images
+from .options import OPTION_NAMES, ScoreOptions
 from .sample_input import as_float01, as_uint8_nhwc, iter_sample_batches
 
 __all__ = ["score_samples", "ScoreResult", "ScoreOptions"]
@@ -77,33 +78,6 @@ class ScoreResult:
     copy_pairs: np.ndarray = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Every setting of one `score_samples` call (see its docstring for each)."""
-
-    metrics: Optional[tuple] = None
-    prefix: str = DEFAULT_PREFIX
-    value_range: Optional[tuple] = None
-    mode: Optional[str] = None
-    model: object = None
-    lpips_net: str = "alex"
-    lpips_backbone_weights: Optional[str] = None
-    num_samples: Optional[int] = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    device: Optional[str] = None
-    seed: int = 0
-    allow_mismatch: bool = False
-    kid_subsets: int = KID_SUBSETS
-    kid_subset_size: int = KID_SUBSET_SIZE
-    is_splits: int = IS_SPLITS
-    diversity_pairs: int = 100
-    distributed: bool = True
-    copy_pairs: bool = False
-    precision: str = "fp32"
-    reference_images: object = None
-    metric_options: Optional[dict] = None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Models (loaded once per process and device)
 
@@ -131,25 +105,32 @@ def _default_extractor(name, device):
     return load_extractor(name, device=device, progress=False)
 
 
-_lpips_models = {}
+@functools.lru_cache(maxsize=8)
+def _loaded_lpips(net, device, backbone_path):
+    """LPIPS on `device` (backbone from the absolute `backbone_path` or default resolution), or the exception
+    that loading it raised; once per process and key (see :func:`clear_lpips_models`)."""
+    from genmetrics.stats import LPIPS
+
+    try:
+        return LPIPS(net=net, backbone_weights=backbone_path, progress=False).to(device).eval()
+    except (RuntimeError, OSError, ValueError) as exc:
+        return exc
 
 
 def _lpips_model(net, device, backbone_weights=None):
     """LPIPS on `device` (backbone from `backbone_weights` or default resolution), built once per process; a
-    failure to load it (weights unavailable offline) is remembered too, so a training loop does not retry
-    the weight resolution at every call."""
-    key = (net, device, None if backbone_weights is None else os.path.abspath(os.fspath(backbone_weights)))
-    if key not in _lpips_models:
-        from genmetrics.stats import LPIPS
-
-        try:
-            _lpips_models[key] = LPIPS(net=net, backbone_weights=backbone_weights, progress=False).to(device).eval()
-        except (RuntimeError, OSError, ValueError) as exc:
-            _lpips_models[key] = exc
-    model = _lpips_models[key]
+    failure to load it (weights unavailable offline) is remembered too and raised again, so a training loop does
+    not retry the weight resolution at every call."""
+    path = None if backbone_weights is None else os.path.abspath(os.fspath(backbone_weights))
+    model = _loaded_lpips(net, device, path)
     if isinstance(model, Exception):
         raise model
     return model
+
+
+def clear_lpips_models():
+    """Forget the LPIPS models and load failures remembered by this process (the next call loads again)."""
+    _loaded_lpips.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -416,9 +397,7 @@ def _feature_metrics(stats, ref, opts, plan):
         plan.skips.skip(m, "the Inception has no classifier head weights (pool3-only weights); pass weights with "
                            "the 1008-way fc layer (pytorch-fid's pt_inception-2015-12-05 file)")
         plan.feature_metrics.remove(m)
-    settings = {"kid_subsets": opts.kid_subsets, "kid_subset_size": opts.kid_subset_size, "is_splits": opts.is_splits,
-                "seed": opts.seed, **(opts.metric_options or {})}
-    done = compare(stats, ref, plan.feature_metrics, settings)
+    done = compare(stats, ref, plan.feature_metrics, opts.metric_settings())
     plan.tags.update({f"{opts.prefix}{key}": value for key, value in done.tags.items()})
     plan.metric_params, plan.copies = done.params, done.details.get("copy")
     return done.values
@@ -571,73 +550,43 @@ def score_samples(
     value_range: Optional[Tuple[float, float]] = None,
     mode: Optional[str] = None,
     model: Optional[torch.nn.Module] = None,
-    lpips_net: str = "alex",
+    lpips_net: str = DEFAULT_LPIPS_NET,
     lpips_backbone_weights: Optional[str] = None,
     num_samples: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: Optional[str] = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     allow_mismatch: bool = False,
     kid_subsets: int = KID_SUBSETS,
     kid_subset_size: int = KID_SUBSET_SIZE,
     is_splits: int = IS_SPLITS,
-    diversity_pairs: int = 100,
+    diversity_pairs: int = DIVERSITY_PAIRS,
     distributed: bool = True,
     copy_pairs: bool = False,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     reference_images=None,
     metric_options: Optional[dict] = None,
 ) -> ScoreResult:
     """Compute generative metrics of `samples`; returns a `ScoreResult` (metrics, params, tags, preview).
 
-    samples: any image input of :mod:`genmetrics.stats.images.image_input` (uint8, float in [0, 1] or in
-        `value_range` such as (-1, 1); NCHW/NHWC batches, iterables, folders), or a sampler callable called
-        repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
-    reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
-    metrics: names of the metric table (``genmetrics.stats.metric_table.METRICS``: ``fid, kid, is, fd_dinov2,
-        cmmd, copy, prdc, fid_inf, ssim, ms_ssim, lpips`` and any registered with ``register_metric``); None =
-        ``fid, kid, is, ssim, lpips`` with unavailable ones skipped (see module docstring). What each needs
-        (reference features, a DINOv2 / CLIP reference, whose extractor is then loaded unless `model` is given):
-        its table entry and docs/metrics.md.
-    targets: images paired one-to-one with the samples (same form, same `value_range`) for
-        SSIM/MS-SSIM/LPIPS; without targets those metrics measure diversity.
-    mode: preprocessing (``clean``, ``legacy_tensorflow``, ``legacy_pytorch``); None = the reference's.
-    model: feature extractor (default: the FID Inception from default weight resolution).
-    lpips_backbone_weights: path to the torchvision state dict of the LPIPS backbone (e.g.
-        ``alexnet-owt-7be5be79.pth``); None = cache, torch.hub's folder, then download.
-    allow_mismatch: compare even when mode / extractor / layer / weights differ from the reference's.
-    seed: seeds KID subsets and diversity pairs.
-    distributed: inside an initialised ``torch.distributed`` process group every rank calls this with its
-        own samples (or sampler: each rank draws its share of `num_samples`), the statistics of all ranks are
-        combined (:mod:`genmetrics.stats.streaming.distributed`) and every rank returns the same result; a failure on
-        one rank raises on every rank. False = this rank's samples only. No effect outside a process group.
-    copy_pairs: when metric ``copy`` flags samples, also build `ScoreResult.copy_pairs`, each flagged sample
-        beside its nearest reference image, or beside a placeholder labelled with that image's index when the
-        image is not shown (:mod:`genmetrics.plugin.copy_grid`). When no flagged sample can be shown the reason
-        is warned (``GenMetricsWarning``, once per process) and tagged ``<prefix>skipped.copy_pairs``.
-    reference_images: where the reference images are, for the copy-pairs grid: the folder or zip the reference
-        was built from, or the root of its standard dataset (or a ``genmetrics.registry.datasets.ImageSource``).
-        Only then is any reference image read, only inside that location, and only an image whose sha256 is the
-        one the statistics file recorded at build is shown. Paths written in the statistics file are never
-        opened.
-    metric_options: the metrics' other options as ``<metric>_<option>``, e.g. ``{"prdc_k": 3,
-        "fid_inf_min_samples": 2000, "copy_threshold": 0.4}`` (each metric's options and defaults: its table entry).
-    precision: ``fp32`` (exact, default) or ``bf16``: the FID Inception's fast form in bfloat16 (opt-in, faster,
-        FID moves by ~0.7 %: docs/performance.md); recorded as ``precision`` in `ScoreResult.params` (logged as a tag).
+    Args:
+        samples: any image input of :mod:`genmetrics.stats.images.image_input` (uint8, float in [0, 1] or in
+            `value_range` such as (-1, 1); NCHW/NHWC batches, iterables, folders), or a sampler callable called
+            repeatedly (``sampler(n)`` or ``sampler()``) until `num_samples` images are drawn.
+        reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
+        targets: images paired one-to-one with the samples (same form, same `value_range`) for
+            SSIM/MS-SSIM/LPIPS; without targets those metrics measure diversity.
+
+    Every other keyword is an option, declared once in :class:`genmetrics.plugin.options.ScoreOptions` (its
+    meaning, default and check: ``help(ScoreOptions)``); this signature lists the same names and defaults, which
+    a test keeps equal to the fields, so that editors complete and check them.
 
     Raises:
-        ValueError: bad images, unknown metrics, a metric named explicitly whose input is missing, a
+        ValueError: bad images or options, unknown metrics, a metric named explicitly whose input is missing, a
             reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`).
     """
-    from genmetrics.stats.networks.inception_fast import check_precision
-
-    opts = ScoreOptions(metrics=metrics, prefix=prefix, value_range=check_value_range(value_range), mode=mode,
-                        model=model, lpips_net=lpips_net, lpips_backbone_weights=lpips_backbone_weights,
-                        num_samples=num_samples, batch_size=batch_size, device=device, seed=seed,
-                        allow_mismatch=allow_mismatch, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                        is_splits=is_splits, diversity_pairs=diversity_pairs, distributed=distributed,
-                        copy_pairs=copy_pairs, precision=check_precision(precision),
-                        reference_images=reference_images, metric_options=check_options(metric_options))
+    given = locals()  # exactly the parameters: nothing else is defined yet
+    opts = ScoreOptions(**{name: given[name] for name in OPTION_NAMES})
     return _score(samples, reference, targets, opts)
 
 

@@ -4,10 +4,8 @@ Every write of the plugin (metrics + tags batch, params, sample grid; the sample
 Ctrl-C left unscored) is an *operation*: a JSON-able dict (``op`` is ``log_batch``, ``log_params``,
 ``log_image`` or ``log_samples``). `Sender.submit` tries it a few times with exponential backoff (default
 3 tries, 0.5 s then 1 s apart), all within ``GENMETRICS_LOG_TIMEOUT`` seconds (30) even on a server that
-accepts connections and never answers: MLflow's own retries are switched off during our requests and
-its request timeout is set to what is left (`mlflow_http_limits`; the user's MLFLOW_HTTP_REQUEST_*
-values are restored afterwards). When the server is down (`server_down`: a connection error, a timeout,
-an HTTP 5xx or 401) it writes the operation to the spool directory
+accepts connections and never answers (see "Bounded waits" below). When the server is down (`server_down`: a
+connection error, a timeout, an HTTP 5xx or 401) it writes the operation to the spool directory
 
     $GENMETRICS_HOME/spool/<sha256(redact_uri(tracking uri))[:16]>/<sequence>-<id>.json   (+ <id>.png for images)
 
@@ -41,6 +39,28 @@ first reads what the run already holds and sends only what is missing:
   a *different* value (params are immutable) is logged as a tag of the same key instead.
 A file lock on the spool directory makes one process at a time replay it.
 
+Bounded waits, without touching MLflow's settings. Nothing here sets environment variables or changes
+MLflow's state: MLflow's own retries and timeouts (MLFLOW_HTTP_REQUEST_MAX_RETRIES, ..._TIMEOUT) apply to
+our requests as the user set them. MLflow offers no per-client timeout (only those process-wide variables;
+bounding its REST store and artifact repositories per client would mean re-implementing their private
+request code), so the wait is bounded on our side: for an http(s) tracking server every MLflow call of a
+sender runs on a request thread of its own (`Sender._call`) and the caller waits for it until the
+operation's deadline. A call still running then is *late*: the write is spooled, the late call is left to
+finish (its outcome is ignored), and until it has finished every MLflow call of that sender is refused
+as "server down" at once, so writes queue in the spool and a replay starts only when the late request has
+ended: its verify-before-resend then sees whatever that request stored. A fast-failing server (refused
+connection, TLS error, 5xx on /health) is caught first by a /health probe with no retries (`_probe`).
+File and database stores (``file:``, ``sqlite:``, ...) are called directly.
+
+Process state. `senders` (a `SenderRegistry`) holds the process's one sender per tracking URI; besides
+constants, the only other process-wide value is `Sender._sequence`, a counter that orders the files one
+process writes within the same nanosecond (never reset: only its order matters). At interpreter exit
+(`atexit`) `senders` closes them: one last replay each, then a warning naming what stays spooled. `atexit`
+handlers run after `concurrent.futures` has stopped its thread pools, so a write that needs a pool then
+(an artifact upload through one) waits in the spool (`server_down`) for ``genmetrics replay``; Python >= 3.12
+starts no thread there either, so at exit the request is made in the calling thread, bounded by MLflow's
+own limits only.
+
 Permanent errors never block the queue. An operation refused for any other reason (MLflow's client
 rejects an invalid key such as ``gen<x>/fid`` or a step of 2**70; the server answers 4xx such as
 INVALID_PARAMETER_VALUE for a deleted run or RESOURCE_DOES_NOT_EXIST) is not retried: it is written to
@@ -49,8 +69,7 @@ in this process and in every other process sharing the spool. ``genmetrics repla
 (exit status 2) until they are deleted.
 """
 import atexit
-import contextlib
-import concurrent.futures.thread  # noqa: F401 - see the exit hook at the end
+import concurrent.futures
 import hashlib
 import itertools
 import json
@@ -67,7 +86,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "redact_uri", "redact_text",
-           "server_down", "mlflow_http_limits", "Sender", "get_sender", "replay"]
+           "server_down", "Sender", "SenderRegistry", "senders", "get_sender", "replay"]
 
 logger = logging.getLogger("genmetrics")
 
@@ -78,7 +97,7 @@ class RetryPolicy:
 
     `timeout` bounds one write on a server that does not answer: its tries stop, and the write is
     spooled, once `timeout` seconds have passed (worst case about `timeout` + 1 s, whatever MLflow's
-    MLFLOW_HTTP_REQUEST_* settings say; see `mlflow_http_limits`).
+    MLFLOW_HTTP_REQUEST_* settings say; see "Bounded waits" in the module docstring).
 
     Defaults come from GENMETRICS_LOG_TRIES (3), GENMETRICS_LOG_BACKOFF (0.5), GENMETRICS_LOG_TIMEOUT (30)
     and GENMETRICS_REPLAY_INTERVAL (5) when set.
@@ -163,7 +182,8 @@ def _http_status(exc):
 def server_down(exc):
     """True when `exc` means the write cannot get through now: a connection error (a TLS certificate that
     is not trusted included), a timeout, an HTTP 5xx/429 answer, or 401 (credentials missing or wrong:
-    the write waits in the spool until they are right). Everything else (an invalid key or value rejected
+    the write waits in the spool until they are right), or a thread pool that takes no more work because
+    the interpreter is exiting (`_refused_at_exit`). Everything else (an invalid key or value rejected
     by MLflow's client, a 4xx such as INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST, a deleted run)
     is permanent."""
     import requests
@@ -171,12 +191,19 @@ def server_down(exc):
     network = (TrackingUnavailable, requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
                ConnectionError, TimeoutError)
     for cause in _causes(exc):
-        if isinstance(cause, network):
+        if isinstance(cause, network) or _refused_at_exit(cause):
             return True
         status = _http_status(cause)
         if status is not None and (status >= 500 or status == 401):
             return True
     return False
+
+
+def _refused_at_exit(exc):
+    """True for the RuntimeError of `concurrent.futures` ("cannot schedule new futures after [interpreter]
+    shutdown") or `threading` ("can't create new thread at interpreter shutdown"): at interpreter exit,
+    `atexit` handlers run after the thread pools have stopped (an artifact upload through one fails)."""
+    return isinstance(exc, RuntimeError) and ("after shutdown" in str(exc) or "interpreter shutdown" in str(exc))
 
 
 def _advice(exc):
@@ -191,41 +218,6 @@ def _advice(exc):
             return ("; the server refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
                     "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
     return ""
-
-
-_http_limits_lock = threading.Lock()
-_http_limits_depth = 0
-_http_saved_env = {}
-_HTTP_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-
-
-@contextlib.contextmanager
-def mlflow_http_limits():
-    """While inside, MLflow makes no retries of its own (we retry, within our deadline); on leaving the
-    outermost block the user's MLFLOW_HTTP_REQUEST_* values are restored (the variables are process-wide,
-    so MLflow calls of other threads made meanwhile see them too)."""
-    global _http_limits_depth
-    with _http_limits_lock:
-        if _http_limits_depth == 0:
-            _http_saved_env.update({name: os.environ.get(name) for name in _HTTP_ENV})
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        _http_limits_depth += 1
-    try:
-        yield
-    finally:
-        with _http_limits_lock:
-            _http_limits_depth -= 1
-            if _http_limits_depth == 0:
-                for name, value in _http_saved_env.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
-
-
-def _set_request_timeout(seconds):
-    """MLflow's per-request timeout (whole seconds, at least 1) for the calls made inside `mlflow_http_limits`."""
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(seconds)))
 
 
 def _fsync_dir(path):
@@ -270,6 +262,16 @@ def _one_line(exc):
     return f"{type(exc).__name__}: {_first_line(exc)}"[:500] + _advice(exc)
 
 
+def _run_into(future, call, args, kwargs):
+    """Run ``call(*args, **kwargs)`` and settle `future` with its result or exception (a request thread's body)."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(call(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, or ignored when it is late
+        future.set_exception(exc)
+
+
 def _attachments(op):
     """Files spooled beside an operation (its image, its samples)."""
     return [op[key] for key in ("png", "npz") if isinstance(op.get(key), str)]
@@ -294,6 +296,8 @@ class Sender:
         self._wakeup = threading.Event()
         self._daemon = None
         self._deadline = 0.0
+        self._remote = tracking_uri.startswith(("http://", "https://"))
+        self._late = None  # the Future of an MLflow call that outlived its deadline
         self.last_error = None
 
     # ---- public -------------------------------------------------------------------------------
@@ -366,7 +370,7 @@ class Sender:
         The request goes through MLflow's `http_request` with MLflow's host credentials, so its TLS
         settings (CA bundle, insecure mode, client certificate) and auth apply; no retries of its own.
         """
-        if not self.tracking_uri.startswith(("http://", "https://")):
+        if not self._remote:
             return
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
@@ -381,14 +385,38 @@ class Sender:
             raise TrackingUnavailable(f"{self.display_uri}/health answered {response.status_code}")
 
     def _call(self, name, *args, **kwargs):
-        """``self.client.<name>(...)`` with MLflow's own retries off and a request timeout that ends by the
-        deadline of the current operation (TrackingUnavailable once it has passed)."""
+        """``self.client.<name>(...)``, waited for until the deadline of the current operation at most.
+
+        For an http(s) server the call runs on a request thread and the caller waits `deadline - now`
+        seconds for it; a call still running then is kept as late (TrackingUnavailable), and until it has
+        ended every call is refused at once (see "Bounded waits" in the module docstring). Other stores
+        are called directly.
+        """
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise TrackingUnavailable(f"{self.display_uri} did not answer within {self.policy.timeout:g} s "
-                                      f"(GENMETRICS_LOG_TIMEOUT)")
-        _set_request_timeout(left)
-        return getattr(self.client, name)(*args, **kwargs)
+            raise self._no_answer()
+        call = getattr(self.client, name)
+        if not self._remote:
+            return call(*args, **kwargs)
+        if self._late is not None and not self._late.done():
+            raise TrackingUnavailable(f"{self.display_uri} has not answered an earlier request yet")
+        future = concurrent.futures.Future()
+        try:
+            threading.Thread(target=_run_into, args=(future, call, args, kwargs), name="genmetrics-mlflow-request",
+                             daemon=True).start()
+        except RuntimeError:  # Python >= 3.12 starts no thread at interpreter exit: MLflow's own limits apply
+            return call(*args, **kwargs)
+        try:
+            return future.result(timeout=left)
+        except concurrent.futures.TimeoutError:
+            raise self._no_answer() from None
+        finally:
+            if not future.done():  # timed out, or the caller was interrupted (Ctrl-C)
+                self._late = future
+
+    def _no_answer(self):
+        return TrackingUnavailable(f"{self.display_uri} did not answer within {self.policy.timeout:g} s "
+                                   f"(GENMETRICS_LOG_TIMEOUT)")
 
     def _execute(self, op, image, verify, deadline=None):
         """Perform one operation; every MLflow request ends by `deadline` (default: `policy.timeout` from now)."""
@@ -400,8 +428,7 @@ class Sender:
                     "log_samples": lambda: self._log_samples(op)}
         if kind not in handlers:
             raise ValueError(f"unknown spooled operation {kind!r}")
-        with mlflow_http_limits():
-            handlers[kind]()
+        handlers[kind]()
 
     def _log_batch(self, op, verify):
         from mlflow.entities import Metric, RunTag
@@ -650,9 +677,13 @@ class Sender:
             except Exception as exc:  # noqa: BLE001 - the daemon must survive anything
                 logger.warning("genmetrics: background replay failed: %s", redact_text(exc))
 
+    def stop(self):
+        """Stop the replay daemon (now, or at the end of a replay in progress); the spool stays as it is."""
+        self._wakeup.set()
+
     def close(self):
         """Stop the replay daemon after one last replay attempt; warn about what stays spooled."""
-        self._wakeup.set()
+        self.stop()
         try:
             self.replay()
         except Exception as exc:  # noqa: BLE001
@@ -671,27 +702,47 @@ class Sender:
                 "MLFLOW_TRACKING_PASSWORD, or give them in --tracking-uri)")
 
 
-_senders = {}
-_senders_lock = threading.Lock()
+class SenderRegistry:
+    """The process's senders, one per tracking URI: the spool's only module-level state (`senders`).
+
+    A sender keeps the spool folder of the GENMETRICS_HOME it was created under, so a test that changes
+    GENMETRICS_HOME calls `reset` first. At interpreter exit `close` gives each sender one last replay.
+    """
+
+    def __init__(self):
+        self._senders = {}
+        self._lock = threading.Lock()
+
+    def get(self, tracking_uri, client=None):
+        """The Sender of `tracking_uri`, created on first use (`client` is used when it is created)."""
+        with self._lock:
+            sender = self._senders.get(tracking_uri)
+            if sender is None:
+                sender = self._senders[tracking_uri] = Sender(tracking_uri, client=client)
+            return sender
+
+    def close(self):
+        """Close every sender: one last replay each, and a warning naming what stays spooled."""
+        with self._lock:
+            current = list(self._senders.values())
+        for sender in current:
+            sender.close()
+
+    def reset(self):
+        """Stop every sender's replay daemon and forget the senders; what they spooled stays on disk."""
+        with self._lock:
+            current, self._senders = list(self._senders.values()), {}
+        for sender in current:
+            sender.stop()
+
+
+senders = SenderRegistry()
+atexit.register(senders.close)  # genmetrics.plugin.background registers its flush later: it runs first
 
 
 def get_sender(tracking_uri, client=None):
-    """The process-wide Sender of a tracking URI (one per URI; `client` is used when it is created)."""
-    with _senders_lock:
-        sender = _senders.get(tracking_uri)
-        if sender is None:
-            sender = _senders[tracking_uri] = Sender(tracking_uri, client=client)
-        return sender
-
-
-def _close_senders():
-    for sender in list(_senders.values()):
-        sender.close()
-
-
-# threading's exit hooks run last-registered first, before plain atexit handlers; registered after
-# concurrent.futures.thread's own hook, ours runs while thread pools still accept work
-getattr(threading, "_register_atexit", atexit.register)(_close_senders)
+    """The process's Sender of a tracking URI (``senders.get``)."""
+    return senders.get(tracking_uri, client)
 
 
 def _stored_uris():

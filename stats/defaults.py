@@ -7,8 +7,10 @@ names without loading the network code.
 __all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EXTRACTOR", "EXTRACTOR_NAMES",
            "FID_INCEPTION_WEIGHTS",
            "weights_identity", "DEFAULT_METRICS", "DEFAULT_PREFIX",
-           "DEFAULT_BATCH_SIZE", "PROVENANCE_KEYS", "PRECISIONS", "KID_SUBSETS", "KID_SUBSET_SIZE", "IS_SPLITS",
-           "COPY_THRESHOLD", "PRDC_K", "FID_INF_MIN_SAMPLES", "FID_INF_POINTS"]
+           "DEFAULT_BATCH_SIZE", "DEFAULT_PRECISION", "DEFAULT_SEED", "DEFAULT_LPIPS_NET", "DIVERSITY_PAIRS",
+           "WATCH_INTERVAL_S", "PROVENANCE_KEYS", "PRECISIONS", "KID_SUBSETS", "KID_SUBSET_SIZE", "IS_SPLITS",
+           "COPY_THRESHOLD", "PRDC_K", "FID_INF_MIN_SAMPLES", "FID_INF_POINTS", "CLIP_CONTEXT_LENGTH",
+           "ADM_PR_K", "SPATIAL_LAYER"]
 
 #: Image preprocessing modes (see :mod:`genmetrics.stats.images.preprocess`): clean-fid's, TTUR/torch-fidelity's,
 #: pytorch-fid's.
@@ -68,3 +70,22 @@ IS_SPLITS = 10
 COPY_THRESHOLD = 0.5
 PRDC_K = 5
 FID_INF_MIN_SAMPLES, FID_INF_POINTS = 5000, 15
+#: Scoring options (:class:`genmetrics.plugin.options.ScoreOptions` declares them with these defaults): the FID
+#: Inception's arithmetic (exact float32), the seed of every random draw (KID subsets, diversity pairs, ...), the
+#: LPIPS backbone, and the number of seeded random pairs of distinct samples that SSIM / MS-SSIM / LPIPS diversity
+#: averages over (drawn among the first 2 x pairs samples).
+DEFAULT_PRECISION = "fp32"
+DEFAULT_SEED = 0
+DEFAULT_LPIPS_NET = "alex"
+DIVERSITY_PAIRS = 100
+#: Seconds between two polls of the deferred-scoring worker (``genmetrics watch``, ``genmetrics.plugin.watch``).
+WATCH_INTERVAL_S = 30.0
+#: Tokens per CLIP prompt (start and end tokens included): every OpenAI CLIP text tower takes 77.
+CLIP_CONTEXT_LENGTH = 77
+#: The FID Inception's sFID layer (computed only when asked for): the first 7 channels of Mixed_6d's 1x1 branch
+#: (after its ReLU, 17 x 17 for a 299 input) flattened in (height, width, channel) order, 2023-D, as OpenAI's
+#: guided-diffusion evaluator reads ``mixed_6/conv`` (see :mod:`genmetrics.stats.networks.inception`).
+SPATIAL_LAYER = "spatial"
+#: precision/recall by the ADM evaluator's rule (:mod:`genmetrics.stats.metrics.precision_recall`): each point's
+#: radius is the squared distance to its k-th nearest other point of its set, k = 3 (Kynkäänniemi et al.).
+ADM_PR_K = 3

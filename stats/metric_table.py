@@ -27,8 +27,8 @@ This module imports neither torch nor numpy at import time (the command line lis
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .defaults import (COPY_THRESHOLD, FID_INF_MIN_SAMPLES, FID_INF_POINTS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
-                       PRDC_K)
+from .defaults import (ADM_PR_K, COPY_THRESHOLD, FID_INF_MIN_SAMPLES, FID_INF_POINTS, IS_SPLITS, KID_SUBSET_SIZE,
+                       KID_SUBSETS, PRDC_K, SPATIAL_LAYER)
 
 __all__ = ["Metric", "MetricValue", "MetricError", "METRICS", "register_metric", "unregister_metric", "metric",
            "compare", "metric_options", "check_options", "frechet_order", "Comparison"]
@@ -62,7 +62,8 @@ class Metric:
     reference, **options) -> float | dict | MetricValue`` (a float is logged under `name`). options: its
     settings and their defaults; a caller sets one as ``<name>_<option>`` (``kid_subsets=50``) and ``seed``
     as ``seed``. needs: ``"reference"`` (a reference side), ``"features"`` (the features of both sides),
-    ``"sample_features"`` (the samples' features), ``"logits"`` (the samples' classifier outputs).
+    ``"sample_features"`` (the samples' features), ``"logits"`` (the samples' classifier outputs),
+    ``"spatial"`` (both sides' moments of the Inception's ``spatial`` layer, through ``side.layer("spatial")``).
     extractor: the feature space it is defined on, as a prefix of the recorded extractor name
     (``"inception"``, ``"dinov2-"``, ``"clip-"``), or None for any. min_samples: fewer samples are an error.
     kind: ``"features"`` (computed here from two sides) or ``"images"`` (pairwise on images, by the plugin).
@@ -123,6 +124,12 @@ def _frechet(samples, reference):
                                   sqrt_sigma1=getattr(first, "sqrt_sigma", None), features2=features2))
 
 
+def _sfid(samples, reference):
+    """sFID (Nash et al. 2021, as the ADM evaluator computes it): the Fréchet distance of the moments of the FID
+    Inception's ``spatial`` layer (the first 7 channels of Mixed_6d's 1x1 branch, 17x17, (H, W, C) order)."""
+    return _frechet(samples.layer(SPATIAL_LAYER), reference.layer(SPATIAL_LAYER))
+
+
 def _kid(samples, reference, subsets, subset_size, seed):
     """KID: unbiased MMD² with the cubic kernel over random subsets (:mod:`.kid`). When the subset size equals
     both sides' counts every subset is the whole set: one is computed and no ``kid_std`` is given."""
@@ -145,12 +152,14 @@ def _kid(samples, reference, subsets, subset_size, seed):
     return MetricValue(values, params={k: str(v) for k, v in params.items() if v is not None})
 
 
-def _inception_score(samples, reference, splits):
-    """IS: exp(E KL(p(y|x) || p(y))) over contiguous splits of the softmax of the logits (:mod:`.inception_score`)."""
+def _inception_score(samples, reference, splits, split_size):
+    """IS: exp(E KL(p(y|x) || p(y))) over contiguous splits of the softmax of the logits (:mod:`.inception_score`):
+    `splits` near-equal ones, or ones of `split_size` rows when set (the ADM evaluator's rule, 5000)."""
     from .metrics.inception_score import inception_score_from_logits
 
-    mean, std = inception_score_from_logits(samples.logits, splits=min(splits, samples.n))
-    return MetricValue({"is": float(mean), "is_std": float(std)}, params={"is_splits": str(splits)})
+    mean, std = inception_score_from_logits(samples.logits, splits=min(splits, samples.n), split_size=split_size)
+    rule = {"is_split_size": str(split_size)} if split_size else {"is_splits": str(splits)}
+    return MetricValue({"is": float(mean), "is_std": float(std)}, params=rule)
 
 
 def _cmmd(samples, reference):
@@ -183,6 +192,29 @@ def _prdc(samples, reference, k):
                         "density": values["density"], "coverage": values["coverage"]}, params={"prdc_k": str(k)})
 
 
+def _adm_precision(samples, reference, k):
+    """Precision by the ADM evaluator's rule (Kynkäänniemi et al. 2019): the share of samples inside or on some
+    reference feature's ball, radius the squared distance to its k-th nearest other reference feature
+    (:mod:`.metrics.precision_recall`)."""
+    import numpy as np
+
+    from .metrics.precision_recall import fraction_in_balls
+
+    value = fraction_in_balls(np.asarray(reference.features), samples.features, k=k)
+    return MetricValue({"precision": value}, params={"precision_k": str(k)})
+
+
+def _adm_recall(samples, reference, k):
+    """Recall by the ADM evaluator's rule: the share of reference features inside or on some sample's ball (the
+    roles of :func:`_adm_precision` swapped)."""
+    import numpy as np
+
+    from .metrics.precision_recall import fraction_in_balls
+
+    value = fraction_in_balls(samples.features, np.asarray(reference.features), k=k)
+    return MetricValue({"recall": value}, params={"recall_k": str(k)})
+
+
 def _fid_infinity(samples, reference, min_samples, num_points, seed):
     """FID∞ (Chong & Forsyth 2020): the intercept of FID_N against 1/N (:mod:`.fid_infinity`)."""
     from .metrics.fid_infinity import fid_infinity
@@ -201,7 +233,10 @@ METRICS = {m.name: m for m in (
            _kid, keys=("kid", "kid_std"), options={"subsets": KID_SUBSETS, "subset_size": KID_SUBSET_SIZE, "seed": 0},
            needs=_FEATURES),
     Metric("is", "Inception Score: exp(E KL(p(y|x) || p(y))) over splits, mean and std (needs the classifier head)",
-           _inception_score, keys=("is", "is_std"), options={"splits": IS_SPLITS}, needs=frozenset({"logits"})),
+           _inception_score, keys=("is", "is_std"), options={"splits": IS_SPLITS, "split_size": None},
+           needs=frozenset({"logits"})),
+    Metric("sfid", "sFID: Fréchet distance of the Inception's spatial features (Mixed_6d, 2023-D; the ADM suite)",
+           _sfid, keys=("sfid",), needs=frozenset({"reference", "spatial"})),
     Metric("fd_dinov2", "Fréchet distance in DINOv2 features (Stein et al. 2023; a DINOv2 reference)", _frechet,
            keys=("fd_dinov2",), extractor="dinov2-"),
     Metric("cmmd", "CMMD: Gaussian-kernel MMD of CLIP embeddings (Jayasumana et al. 2024; a CLIP reference)",
@@ -211,6 +246,12 @@ METRICS = {m.name: m for m in (
     Metric("prdc", "precision, recall, density, coverage of k-NN manifolds (Naeem et al. 2020, k = 5)", _prdc,
            keys=("prdc_precision", "prdc_recall", "density", "coverage"), options={"k": PRDC_K}, needs=_FEATURES,
            min_samples=6),
+    Metric("precision", "precision as ImageNet papers print it (ADM evaluator, Kynkäänniemi et al. 2019): share of "
+           "samples inside or on a reference feature's k-NN ball, squared distances, k = 3", _adm_precision,
+           keys=("precision",), options={"k": ADM_PR_K}, needs=_FEATURES),
+    Metric("recall", "recall as ImageNet papers print it (ADM evaluator): share of reference features inside or on a "
+           "sample's k-NN ball, squared distances, k = 3", _adm_recall,
+           keys=("recall",), options={"k": ADM_PR_K}, needs=_FEATURES, min_samples=ADM_PR_K + 1),
     Metric("fid_inf", "FID∞: FID extrapolated to infinitely many samples (Chong & Forsyth 2020; > 5,000 samples)",
            _fid_infinity, keys=("fid_inf",),
            options={"min_samples": FID_INF_MIN_SAMPLES, "num_points": FID_INF_POINTS, "seed": 0},

@@ -122,9 +122,9 @@ def sqlite_client(tmp_path, monkeypatch):
     monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("GENMETRICS_LOG_TRIES", "2")
     monkeypatch.chdir(tmp_path)
-    spool._senders.clear()
+    spool.senders.reset()
     yield MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    spool._senders.clear()
+    spool.senders.reset()
 
 
 def _logged_pairs(client, run_id):

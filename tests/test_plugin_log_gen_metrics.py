@@ -30,12 +30,12 @@ def isolated_spool(tmp_path, monkeypatch):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):  # set_tracking_uri exports them; restored after
         monkeypatch.setenv(name, os.environ.get(name, ""))
         monkeypatch.delenv(name)
-    spool._senders.clear()
+    spool.senders.reset()
     previous = tracking_utils._tracking_uri
     yield
     flush()
     mlflow.set_tracking_uri(previous)
-    spool._senders.clear()
+    spool.senders.reset()
 
 
 def _server_run(server):

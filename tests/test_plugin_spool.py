@@ -13,8 +13,9 @@ from genmetrics.plugin.cli import main as cli_main
 @pytest.fixture
 def genmetrics_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GENMETRICS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(spool, "_senders", {})  # the process-wide senders hold the spool folder they began with
-    return tmp_path / "home"
+    spool.senders.reset()  # the process's senders hold the spool folder they began with
+    yield tmp_path / "home"
+    spool.senders.reset()
 
 
 @pytest.fixture
@@ -198,29 +199,66 @@ def test_server_down_is_only_network_errors_timeouts_and_5xx():
     assert not spool.server_down(ValueError("Value out of range: 1180591620717411303424"))
 
 
+def test_a_thread_pool_stopped_for_interpreter_exit_means_the_write_waits_in_the_spool():
+    """`atexit` handlers run after `concurrent.futures` stopped its pools: an upload through one is spooled."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool.shutdown()
+    with pytest.raises(RuntimeError) as refused:
+        pool.submit(print)
+    assert spool.server_down(refused.value)
+    assert not spool.server_down(RuntimeError("a bug"))
+
+
 # ---------------------------------------------------------------- bounded on a dead server (issue 11, item 9)
 
 
 def test_a_server_that_stops_answering_after_the_probe_costs_one_bounded_wait(http_server, genmetrics_home,
                                                                               monkeypatch):
-    """/health answers, every API request hangs: the write is spooled while the server still holds it."""
+    """/health answers, every API request hangs: the write is spooled while the server still holds it; nothing
+    is sent again while that request is open; MLflow's settings (process-wide variables) are never changed."""
     import threading
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    environment = dict(os.environ)
     http_server.files["/health"] = b"OK"
     release = threading.Event()
     http_server.stalls["/api/"] = release
     sender = spool.Sender(http_server.url, policy=spool.RetryPolicy(tries=3, backoff=0.05, probe_timeout=1,
                                                                     replay_interval=60, timeout=2))
+    sent = []
+    writer = threading.Thread(target=lambda: sent.append(sender.submit(_batch("0" * 32, 1, 1.0, 1))))
     try:
-        assert not sender.submit(_batch("0" * 32, 1, 1.0, 1))
+        writer.start()
+        assert _wait_for(lambda: _api_requests(http_server))  # the server holds our request now
+        assert dict(os.environ) == environment  # also while our request is in flight
+        writer.join()
+        assert sent == [False]
         assert http_server.stalls_answered == 0  # we gave up before the server answered anything
         assert len(sender.pending()) == 1
         assert "did not answer" in sender.last_error or "timed out" in sender.last_error, sender.last_error
+        assert not sender.replay()  # the held request is still open: nothing is sent again until it ends
+        assert _api_requests(http_server) == 1 and len(sender.pending()) == 1
     finally:
         release.set()
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"  # the user's MLflow settings are restored
-    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+    assert dict(os.environ) == environment
+
+
+def _api_requests(http_server):
+    with http_server.lock:
+        return sum(path.startswith("/api/") for path, _ in http_server.requests)
+
+
+def _wait_for(condition, seconds=30):
+    """Poll `condition` until it holds (True) or `seconds` have passed (False)."""
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_the_write_timeout_comes_from_the_environment(monkeypatch):

@@ -125,5 +125,5 @@ def test_extract_features_takes_an_extractor(dinov2_s_file, small_photos, tmp_pa
     features = extract_features(str(tmp_path), model=extractor, batch_size=2, progress=False)
     assert set(features) == {"dinov2"}
     torch.testing.assert_close(features["dinov2"], extractor(small_photos)["dinov2"], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="needs the fast FID Inception"):
+    with pytest.raises(ValueError, match="precision='bf16' is not available for extractor dinov2-vit-s-14"):
         extract_features(small_photos, model=extractor, progress=False, precision="bf16")

@@ -10,7 +10,7 @@ import warnings
 import pytest
 from fixtures_readonly import run_without_write_override
 
-from genmetrics.plugin.scoring import _lpips_models
+from genmetrics.plugin.scoring import clear_lpips_models
 from genmetrics.stats import download as download_module
 from genmetrics.stats.networks import lpips as lpips_module
 from genmetrics.stats.messages import forget_warnings
@@ -38,7 +38,7 @@ def no_network(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     download_module.clear_unreachable()
     forget_warnings()  # warnings and scoring's skip lines are once per process
-    _lpips_models.clear()  # and so is a failed LPIPS load (an earlier test's, from another URL)
+    clear_lpips_models()  # and so is a failed LPIPS load (an earlier test's, from another URL)
     yield
     download_module.clear_unreachable()
 
@@ -98,7 +98,7 @@ def test_log_gen_metrics_five_times_without_network_warns_once_per_missing_file(
     attempts = []
     monkeypatch.setattr(download_module, "_http_attempt", _counted(download_module._http_attempt, attempts))
     monkeypatch.chdir(tmp_path)
-    spool._senders.clear()
+    spool.senders.reset()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     caplog.set_level(logging.WARNING, logger="genmetrics")
     per_call = []
@@ -110,7 +110,7 @@ def test_log_gen_metrics_five_times_without_network_warns_once_per_missing_file(
             per_call.append(len(attempts) - before)
         flush()
     mlflow.set_tracking_uri(None)
-    spool._senders.clear()
+    spool.senders.reset()
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     for missing in (HEAD, ALEX):
         about = [m for m in messages if missing in m]

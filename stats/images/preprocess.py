@@ -12,8 +12,8 @@ statistics record the mode and scores refuse to mix modes):
   TF-ported network. One rule decides where the resize runs: with PIL on the CPU (bit-identical to
   clean-fid's ``build_resizer("clean")``) unless the target device is CUDA; then on that device as two
   matrix products with PIL's own coefficients (:func:`~genmetrics.stats.images.resize_pil.resize_pil_bicubic`),
-  equal to PIL to 1e-4 grey levels (measured <= 7.6e-5 for 32..2048 px inputs), which moves Inception
-  pool3 features by ~2e-6 relative, so that a GPU is not starved by a per-image CPU resize.
+  equal to PIL to 1e-4 grey levels (measured in docs/performance.md), which moves Inception
+  pool3 features by <= 1.9e-6 of the largest, so that a GPU is not starved by a per-image CPU resize.
   ``resize_clean(..., backend="torch")`` runs the matrix form on the CPU too (tests, benchmarks).
 ``legacy_tensorflow`` (TTUR's original TF code, torch-fidelity, clean-fid's ``legacy_tensorflow``):
   TensorFlow 1.x ``resize_bilinear(align_corners=False)`` on 0..255 floats: output pixel i samples the

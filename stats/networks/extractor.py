@@ -3,16 +3,25 @@
 An :class:`ExtractorSpec` declares, for one network:
 
 - ``name``: the name statistics files record (``feature_extractor``) and comparisons enforce;
-- ``layers`` / ``default_layer``: the features it provides;
+- ``layers`` / ``default_layer``: the features it provides; ``on_request``: those of its layers the network
+  computes only when asked for (``network(x, <layer>=True)``; the FID Inception's ``spatial``), so that the
+  default outputs cost nothing more;
 - ``input_size``: the side of the square network input;
 - ``modes`` / ``preprocess(images, mode)``: how a normalised batch (N, 3, H, W), uint8 or float in [0, 1]
   (:mod:`genmetrics.stats.images.image_input`), becomes the network input; the first mode is the default;
+- ``precisions``: the arithmetic it runs in (``fp32``; the FID Inception also ``bf16``, its fast form in bfloat16);
 - ``weights`` / ``weights_env`` / ``fallback`` / ``load_network(path)``: how its weights resolve (explicit path,
   environment variable, cache, sha256-verified download, installed substitute; see
   :mod:`genmetrics.stats.networks.weights`) and become the network.
 
+The spec is where a request is validated, for every extractor alike: :meth:`ExtractorSpec.check_mode`,
+:meth:`~ExtractorSpec.check_precision`, :meth:`~ExtractorSpec.check_layers`, combined for a model (or the
+default FID Inception, ``model=None``) by :func:`check_extraction`, which
+:func:`~genmetrics.stats.extract_features` and :class:`~genmetrics.stats.FeatureAccumulator` call.
+
 Members (:data:`EXTRACTORS`): the FID Inception (``inception-v3-compat``: preprocessing =
-:func:`genmetrics.stats.images.preprocess.preprocess` in its mode, numbers unchanged), DINOv2 ViT-S/B/L/G-14
+:func:`genmetrics.stats.images.preprocess.preprocess` in its mode, numbers unchanged; layers ``pool3``,
+``logits``, ``spatial``, see :mod:`genmetrics.stats.networks.inception`), DINOv2 ViT-S/B/L/G-14
 (:mod:`genmetrics.stats.networks.dinov2`) and CLIP ViT-B/32, L/14, L/14@336px (:mod:`genmetrics.stats.networks.clip`). The ViTs
 follow torch-fidelity's preprocessing, whose resize is the ``legacy_tensorflow`` one, so that is their only mode.
 
@@ -23,16 +32,21 @@ Example:
 """
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..defaults import DEFAULT_BATCH_SIZE, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES
+from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES,
+                        PRECISIONS, SPATIAL_LAYER)
 from ..download import cached_file_sha256
+from ..images.preprocess import preprocess
+from .inception import FIDInception, load_inception
+from .inception_fast import FastFIDInception, build_fast_inception, check_precision
 from .weights import INCEPTION, INCEPTION_WEIGHTS_ENV, installed_fid_helper_weights, resolve_weights
 
-__all__ = ["ExtractorSpec", "FeatureExtractor", "EXTRACTORS", "extractor_spec", "load_extractor"]
+__all__ = ["ExtractorSpec", "FeatureExtractor", "EXTRACTORS", "extractor_spec", "load_extractor", "spec_of",
+           "check_extraction", "has_logits"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class ExtractorSpec:
     load_network: Callable[[str], nn.Module]
     fallback: Optional[Callable[[], Optional[str]]] = None
     description: str = ""
+    on_request: Tuple[str, ...] = ()
+    precisions: Tuple[str, ...] = (DEFAULT_PRECISION,)
 
     def check_mode(self, mode: Optional[str]) -> str:
         """`mode`, or the default one when None; a mode this extractor does not use is refused."""
@@ -57,8 +73,37 @@ class ExtractorSpec:
             return self.modes[0]
         if mode not in self.modes:
             raise ValueError(f"extractor {self.name} preprocesses with mode {' or '.join(self.modes)}, not {mode!r}; "
-                             f"pass mode=None for its default")
+                             f"pass one of those, or mode=None for its default ({self.modes[0]})")
         return mode
+
+    def check_precision(self, precision: str) -> str:
+        """`precision` when this extractor runs in it; an unknown name or one it does not run in is refused."""
+        check_precision(precision)
+        if precision not in self.precisions:
+            raise ValueError(f"precision={precision!r} is not available for extractor {self.name}, which runs in "
+                             f"{' or '.join(self.precisions)}; use precision={self.precisions[0]!r}")
+        return precision
+
+    def check_layers(self, layers: Union[None, str, Sequence[str]]) -> Optional[Tuple[str, ...]]:
+        """None (the network's default outputs), else the requested layer names as a tuple without repeats (one
+        name may be given as a str); an empty request or a layer this extractor does not provide is refused."""
+        if layers is None:
+            return None
+        names = _layer_names(layers)
+        unknown = [name for name in names if name not in self.layers]
+        if unknown:
+            raise ValueError(f"extractor {self.name} provides layers {', '.join(self.layers)}, not "
+                             f"{', '.join(map(repr, unknown))}; pass some of those, or layers=None for its default "
+                             f"outputs")
+        return names
+
+
+def _layer_names(layers: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """Layer names as a tuple without repeats, in order (one name may be a str); an empty request is refused."""
+    names = tuple(dict.fromkeys((layers,) if isinstance(layers, str) else layers))
+    if not names:
+        raise ValueError("layers is empty; name the layers to return, or pass layers=None for the default outputs")
+    return names
 
 
 class FeatureExtractor(nn.Module):
@@ -98,28 +143,21 @@ class FeatureExtractor(nn.Module):
         return {layer: value.float() for layer, value in out.items()}
 
     def extract(self, images, batch_size: int = DEFAULT_BATCH_SIZE, value_range=None,
-                progress: bool = False) -> Dict[str, torch.Tensor]:
+                progress: bool = False, layers: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
         """Features of any input :mod:`genmetrics.stats.images.image_input` accepts (arrays, tensors, PIL images,
         iterables of batches, a folder or zip path), `batch_size` images per network call:
-        ``{layer: (N, dim) float32 CPU tensor}`` (:func:`~genmetrics.stats.extract_features` with this model)."""
+        ``{layer: (N, dim) float32 CPU tensor}`` (:func:`~genmetrics.stats.extract_features` with this model;
+        `layers` as there)."""
         from ..streaming.features import extract_features
 
         return extract_features(images, model=self, batch_size=batch_size, value_range=value_range,
-                                progress=progress)
+                                progress=progress, layers=layers)
 
 
 # ---- the members -------------------------------------------------------------------------------------------
 
 
-def _inception_preprocess(images, mode):
-    from ..images.preprocess import preprocess
-
-    return preprocess(images, mode)
-
-
 def _inception_network(path):
-    from .inception import load_inception
-
     return load_inception(path, device="cpu")
 
 
@@ -196,10 +234,12 @@ def _clip_spec(name, size, dim):
 #: Every known extractor by recorded name.
 EXTRACTORS: Dict[str, ExtractorSpec] = {
     FEATURE_EXTRACTOR: ExtractorSpec(
-        name=FEATURE_EXTRACTOR, layers=(FEATURE_LAYER, LOGITS_LAYER), default_layer=FEATURE_LAYER, input_size=299,
-        modes=MODES, preprocess=_inception_preprocess, weights=INCEPTION, weights_env=INCEPTION_WEIGHTS_ENV,
-        load_network=_inception_network, fallback=installed_fid_helper_weights,
-        description="FID Inception-v3 (TF graph 2015-12-05): pool3 (2048-D), logits (1008, needs the fc head)"),
+        name=FEATURE_EXTRACTOR, layers=(FEATURE_LAYER, LOGITS_LAYER, SPATIAL_LAYER), default_layer=FEATURE_LAYER,
+        input_size=299, modes=MODES, preprocess=preprocess, weights=INCEPTION,
+        weights_env=INCEPTION_WEIGHTS_ENV, load_network=_inception_network, fallback=installed_fid_helper_weights,
+        on_request=(SPATIAL_LAYER,), precisions=PRECISIONS,
+        description="FID Inception-v3 (TF graph 2015-12-05): pool3 (2048-D), logits (1008, needs the fc head), "
+                    "spatial (2023-D, Mixed_6d 1x1 branch, 7 channels, for sFID)"),
     **{name: _dinov2_spec(name, dim) for name, dim in (("dinov2-vit-s-14", 384), ("dinov2-vit-b-14", 768),
                                                          ("dinov2-vit-l-14", 1024), ("dinov2-vit-g-14", 1536))},
     **{name: _clip_spec(name, size, dim) for name, size, dim in (("clip-vit-b-32", 224, 512),
@@ -213,6 +253,42 @@ def extractor_spec(name: str) -> ExtractorSpec:
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; use one of {', '.join(EXTRACTORS)}")
     return EXTRACTORS[name]
+
+
+def spec_of(model) -> Optional[ExtractorSpec]:
+    """The spec describing `model`: a FeatureExtractor's own; the FID Inception's for an :class:`FIDInception`,
+    a :class:`FastFIDInception` or None (the default model); None for a user's module (unknown layers)."""
+    if isinstance(model, FeatureExtractor):
+        return model.spec
+    if model is None or isinstance(model, (FIDInception, FastFIDInception)):
+        return EXTRACTORS[FEATURE_EXTRACTOR]
+    return None
+
+
+def has_logits(model) -> bool:
+    """True when `model` returns the Inception's classifier logits: an FID Inception (plain, fast, or the network
+    of a FeatureExtractor) whose weights include the 1008-way head."""
+    network = model.network if isinstance(model, FeatureExtractor) else model
+    return isinstance(network, (FIDInception, FastFIDInception)) and network.has_logits
+
+
+def check_extraction(model, mode: Optional[str] = None, precision: str = DEFAULT_PRECISION,
+                     layers: Union[None, str, Sequence[str]] = None) -> Tuple[str, str, Optional[Tuple[str, ...]]]:
+    """``(mode, precision, layers)`` of a feature request to `model`, validated by its spec (:func:`spec_of`).
+
+    mode: a FeatureExtractor preprocesses in its own mode (returned; `mode` is not used); other models (the FID
+    Inception, a user's module taking its input) in `mode` of :data:`~genmetrics.stats.defaults.MODES` (None:
+    ``clean``). precision: a name of :data:`~genmetrics.stats.defaults.PRECISIONS` the spec runs in (a user's
+    module: any name; only the fast FID Inception runs ``bf16``, see ``extract_features``). layers: None (the
+    default outputs) or layer names the spec provides (a user's module: not checked here, it returns its own).
+    Raises ValueError naming the valid choices.
+    """
+    spec = spec_of(model)
+    inception = EXTRACTORS[FEATURE_EXTRACTOR]
+    mode = model.mode if isinstance(model, FeatureExtractor) else inception.check_mode(mode)
+    if spec is None:
+        return mode, check_precision(precision), None if layers is None else _layer_names(layers)
+    return mode, spec.check_precision(precision), spec.check_layers(layers)
 
 
 def load_extractor(name: str = FEATURE_EXTRACTOR, weights: Optional[str] = None, device=None,
@@ -232,8 +308,6 @@ def load_extractor(name: str = FEATURE_EXTRACTOR, weights: Optional[str] = None,
                                progress=progress)
     network = spec.load_network(resolved.path)
     if fast and spec.name == FEATURE_EXTRACTOR:
-        from .inception_fast import build_fast_inception
-
         network = build_fast_inception(network)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

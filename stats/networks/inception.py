@@ -21,6 +21,13 @@ Logits: ``logits = pool3 @ fc.weight.T`` *without* ``fc.bias``. This is what the
 code reads from the TF graph (the ``softmax/logits/MatMul`` op, before the bias add) and what
 torch-fidelity (``logits_unbiased``) and torchmetrics feed to IS; ``fc.bias`` is loaded (state-dict
 compatibility) but does not enter the IS logits.
+
+Spatial features (sFID, Nash et al. 2021), computed only when asked for (``forward(x, spatial=True)``): the
+output of Mixed_6d's 1x1 branch (``branch1x1``: conv, BatchNorm, ReLU; the TF graph's ``mixed_6/conv``,
+(N, 192, 17, 17) for a 299 input), its first :data:`SPATIAL_CHANNELS` = 7 channels, flattened in
+(height, width, channel) order: ``spatial[n, (h * 17 + w) * 7 + c] = branch1x1(x)[n, c, h, w]``,
+(N, :data:`SPATIAL_DIM` = 2023). This is what OpenAI's guided-diffusion evaluator reads for sFID
+(``mixed_6/conv[..., :7]`` of the NHWC tensor, reshaped to (N, -1)).
 """
 import os
 
@@ -28,19 +35,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..defaults import FEATURE_EXTRACTOR, FEATURE_LAYER
+from ..defaults import FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, SPATIAL_LAYER
 from ..download import cached_file_sha256
 from ..tf32 import exact_float32
 from .torchscript_tensors import is_torchscript, read_torchscript_tensors
 from .weights import missing_inception_head_message, resolve_inception_weights
 
-__all__ = ["FIDInception", "load_inception", "convert_tf_layout", "FEATURE_EXTRACTOR",
-           "INPUT_SIZE", "POOL3_DIM", "NUM_LOGITS"]
+__all__ = ["FIDInception", "load_inception", "convert_tf_layout", "spatial_features", "FEATURE_EXTRACTOR",
+           "INPUT_SIZE", "POOL3_DIM", "NUM_LOGITS", "SPATIAL_CHANNELS", "SPATIAL_DIM"]
 
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008
 BN_EPS = 1e-3
+#: Channels of Mixed_6d's 1x1 branch kept as spatial features, and their dimension for a 299 input (17 x 17 x 7).
+SPATIAL_CHANNELS = 7
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
+
+
+def spatial_features(branch1x1):
+    """Mixed_6d's 1x1 branch output (N, 192, H, W) (after its ReLU) -> (N, H * W * 7) float32: its first
+    :data:`SPATIAL_CHANNELS` channels flattened in (height, width, channel) order (see the module docstring)."""
+    kept = branch1x1[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1)
+    return kept.reshape(kept.shape[0], -1).float()
 
 
 class BasicConv2d(nn.Module):
@@ -181,10 +198,11 @@ class InceptionE(nn.Module):
 
 
 class FIDInception(nn.Module):
-    """The FID Inception-v3. forward(x): x float (N, 3, 299, 299) scaled to [-1, 1].
+    """The FID Inception-v3. forward(x, spatial=False): x float (N, 3, 299, 299) scaled to [-1, 1].
 
     Returns ``{"pool3": (N, 2048)}`` plus ``"logits": (N, 1008)`` (= pool3 @ fc.weight.T, see the module
-    docstring) when built with ``with_head=True``. Runs in full float32 (:func:`exact_float32`).
+    docstring) when built with ``with_head=True``, plus ``"spatial": (N, 2023)`` (:func:`spatial_features`) when
+    `spatial` is True. Runs in full float32 (:func:`exact_float32`).
     Attributes set by :func:`load_inception`: ``weights_path``, ``weights_sha256``, ``weights_source``.
     """
 
@@ -216,13 +234,14 @@ class FIDInception(nn.Module):
         """True when the 1008-way classifier head (needed for the Inception Score) is present."""
         return self.fc is not None
 
-    def forward(self, x):
+    def forward(self, x, spatial: bool = False):
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(
                 f"FIDInception takes float images of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) scaled to [-1, 1], "
                 f"got shape {tuple(x.shape)}; resize with genmetrics.stats.preprocess first"
             )
         x = x.to(self.Conv2d_1a_3x3.conv.weight.dtype)
+        out = {}
         with exact_float32():
             x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
             x = F.max_pool2d(x, kernel_size=3, stride=2)
@@ -230,11 +249,13 @@ class FIDInception(nn.Module):
             x = F.max_pool2d(x, kernel_size=3, stride=2)
             for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
                           self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+                if spatial and block is self.Mixed_6d:
+                    out[SPATIAL_LAYER] = spatial_features(block.branch1x1(x))
                 x = block(x)
             pool3 = x.mean(dim=(2, 3))  # the TF graph's 8x8 average pool
-            out = {FEATURE_LAYER: pool3}
+            out = {FEATURE_LAYER: pool3, **out}
             if self.fc is not None:
-                out["logits"] = pool3 @ self.fc.weight.t()
+                out[LOGITS_LAYER] = pool3 @ self.fc.weight.t()
         return out
 
 

@@ -3,8 +3,10 @@
 :func:`build_fast_inception` turns a loaded :class:`~genmetrics.stats.networks.inception.FIDInception` (the reference,
 which stays unchanged) into a :class:`FastFIDInception` with the same forward contract: float
 (N, 3, 299, 299) in [-1, 1] -> ``{"pool3": (N, 2048), "logits": (N, 1008)}`` (``logits`` only with the
-head). Every rewrite below is an identity of real arithmetic; only float32 rounding differs (pool3 within
-~1e-6 relative of the reference, see ``tests/test_stats_inception_fast.py``):
+head; ``"spatial": (N, 2023)`` added by ``forward(x, spatial=True)``, taken from the fused Mixed_6d 1x1 output
+after its ReLU, :func:`~genmetrics.stats.networks.inception.spatial_features`). Every rewrite below is an
+identity of real arithmetic; only float32 rounding differs (pool3 within ~1e-6 relative of the reference, see
+``tests/test_stats_inception_fast.py``):
 
 - **BatchNorm folded into the convolution.** ``bn(conv(x)) = conv(x; w * s) + (beta - mean * s)`` with
   ``s = gamma / sqrt(var + 1e-3)``, computed in float64 and rounded once to float32.
@@ -33,8 +35,8 @@ weights, device and dtype and cached for that reference object.
 **Opt-in bfloat16** (``precision="bf16"``, :data:`PRECISIONS`): the folded weights and the activations are
 rounded to bfloat16 (8 significant bits), the convolutions run in bf16 (oneDNN's AVX-512-BF16/AMX kernels on
 the CPU, tensor cores on a GPU) and the global average pool and classifier head in float32. Not exact: on
-the benchmark's photos pool3 features move by ~2-3 % (relative L2) and FID by ~0.7 % (``scripts/bench.py``
-section (e)), for 1.8x the speed on an AVX-512-BF16 CPU; reference statistics are always built in float32.
+the benchmark's photos pool3 features move by ~2-3 % (relative L2) and FID by 0.74 % (docs/performance.md,
+section (e)), for more speed on an AVX-512-BF16 CPU; reference statistics are always built in float32.
 """
 import threading
 import weakref
@@ -44,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..defaults import FEATURE_LAYER, LOGITS_LAYER, PRECISIONS
+from ..defaults import DEFAULT_PRECISION, FEATURE_LAYER, LOGITS_LAYER, PRECISIONS, SPATIAL_LAYER
 from ..tf32 import exact_float32
-from .inception import INPUT_SIZE, BasicConv2d, FIDInception
+from .inception import INPUT_SIZE, BasicConv2d, FIDInception, spatial_features
 
 __all__ = ["FastFIDInception", "build_fast_inception", "fast_inception", "CPU_CHUNK", "check_precision"]
 
@@ -136,7 +138,9 @@ class FastB(nn.Module):
 
 
 class FastC(nn.Module):
-    """Mixed_6b..6e: fused 1x1 (branch1x1 | 7x7_1 | 7x7dbl_1 | pool conv) -> 1x7-7x1 / 7x1-1x7-7x1-1x7 / avgpool."""
+    """Mixed_6b..6e: fused 1x1 (branch1x1 | 7x7_1 | 7x7dbl_1 | pool conv) -> 1x7-7x1 / 7x1-1x7-7x1-1x7 / avgpool.
+
+    ``forward(x, spatial=True)`` returns ``(output, spatial_features(relu(branch1x1)))`` (for Mixed_6d)."""
 
     def __init__(self, ref):
         super().__init__()
@@ -145,9 +149,11 @@ class FastC(nn.Module):
         self.dbl = nn.Sequential(*(FusedConv([layer]) for layer in (ref.branch7x7dbl_2, ref.branch7x7dbl_3,
                                                                      ref.branch7x7dbl_4, ref.branch7x7dbl_5)))
 
-    def forward(self, x):
+    def forward(self, x, spatial: bool = False):
         a, b7, dbl, p = self.heads(x).split(self.heads.sizes, 1)
-        return torch.cat([F.relu(a), self.b7(F.relu(b7)), self.dbl(F.relu(dbl)), F.relu(_avg_pool_same(p))], 1)
+        a = F.relu(a)
+        out = torch.cat([a, self.b7(F.relu(b7)), self.dbl(F.relu(dbl)), F.relu(_avg_pool_same(p))], 1)
+        return (out, spatial_features(a)) if spatial else out
 
 
 class FastD(nn.Module):
@@ -190,7 +196,7 @@ class FastE(nn.Module):
 
 
 class _Network(nn.Module):
-    """The rewritten layers; forward(x) -> (pool3, logits or pool3 again when there is no head)."""
+    """The rewritten layers; forward(x, spatial) -> {"pool3", "logits" (with the head), "spatial" (when asked)}."""
 
     def __init__(self, ref: FIDInception):
         super().__init__()
@@ -204,26 +210,35 @@ class _Network(nn.Module):
         self.fc_weight_t = (nn.Parameter(ref.fc.weight.detach().t().contiguous(), requires_grad=False)
                             if ref.fc is not None else None)
 
-    def forward(self, x):
+    def forward(self, x, spatial: bool = False):
         x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem[2](self.stem[1](self.stem[0](x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.stem[4](self.stem[3](x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        pool3 = self.blocks(x).float().mean(dim=(2, 3))
-        return pool3, (pool3 @ self.fc_weight_t.float() if self.fc_weight_t is not None else pool3)
+        out = {}
+        if spatial:  # the blocks up to Mixed_6d, Mixed_6d with its 1x1 branch kept, the rest
+            x, out[SPATIAL_LAYER] = self.blocks[6](self.blocks[:6](x), spatial=True)
+            x = self.blocks[7:](x)
+        else:
+            x = self.blocks(x)
+        pool3 = x.float().mean(dim=(2, 3))
+        out = {FEATURE_LAYER: pool3, **out}
+        if self.fc_weight_t is not None:
+            out[LOGITS_LAYER] = pool3 @ self.fc_weight_t.float()
+        return out
 
 
 class FastFIDInception(nn.Module):
     """The FID Inception with the rewrites of the module docstring; same forward contract and attributes
     (``feature_extractor``, ``weights_path``, ``weights_sha256``, ``weights_source``, ``has_logits``)
     as the :class:`FIDInception` it was built from, plus ``precision`` (:data:`PRECISIONS`). Build it with
-    :func:`build_fast_inception`.
+    :func:`build_fast_inception`. ``forward(x, spatial=False)`` as :class:`FIDInception`'s.
     """
 
     feature_extractor = FIDInception.feature_extractor
 
-    def __init__(self, reference: FIDInception, precision: str = "fp32"):
+    def __init__(self, reference: FIDInception, precision: str = DEFAULT_PRECISION):
         super().__init__()
         self.network = _Network(reference)
         self.precision = precision
@@ -234,7 +249,7 @@ class FastFIDInception(nn.Module):
         self.weights_sha256 = reference.weights_sha256
         self.weights_source = reference.weights_source
 
-    def forward(self, x) -> Dict[str, torch.Tensor]:
+    def forward(self, x, spatial: bool = False) -> Dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(
                 f"the FID Inception takes float images of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) scaled to "
@@ -242,22 +257,21 @@ class FastFIDInception(nn.Module):
         x = x.to(self.network.stem[0].weight.dtype)
         chunks = x.split(CPU_CHUNK) if x.device.type == "cpu" else [x]
         with torch.inference_mode(), exact_float32():
-            pool3, logits = (torch.cat(parts) for parts in zip(*(self.network(chunk) for chunk in chunks)))
-        out = {FEATURE_LAYER: pool3.clone()}
-        if self.has_logits:
-            out[LOGITS_LAYER] = logits.clone()
-        return out
+            outs = [self.network(chunk, spatial) for chunk in chunks]
+            out = {layer: torch.cat([part[layer] for part in outs]) for layer in outs[0]}
+        return {layer: value.float().clone() for layer, value in out.items()}
 
 
 def check_precision(precision: str) -> str:
-    """`precision` when it is one of :data:`PRECISIONS`; otherwise a ValueError naming them."""
+    """`precision` when it is one of :data:`PRECISIONS`; otherwise a ValueError naming them. The names only: which
+    extractor runs in which precision is :meth:`genmetrics.stats.networks.extractor.ExtractorSpec.check_precision`."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))} (fp32: exact, the default; "
                          f"bf16: opt-in bfloat16, faster, FID moves, see docs/performance.md), got {precision!r}")
     return precision
 
 
-def build_fast_inception(reference: FIDInception, precision: str = "fp32") -> FastFIDInception:
+def build_fast_inception(reference: FIDInception, precision: str = DEFAULT_PRECISION) -> FastFIDInception:
     """A :class:`FastFIDInception` computing `reference`'s function on its device; in its dtype for ``fp32``,
     in bfloat16 for ``bf16`` (see the module docstring)."""
     if not isinstance(reference, FIDInception):
@@ -275,7 +289,7 @@ def _weights_key(reference):
                  for t in list(reference.parameters()) + list(reference.buffers()))
 
 
-def fast_inception(reference: FIDInception, precision: str = "fp32") -> FastFIDInception:
+def fast_inception(reference: FIDInception, precision: str = DEFAULT_PRECISION) -> FastFIDInception:
     """The :class:`FastFIDInception` of `reference` in `precision`, rebuilt only when its weights, device or
     dtype changed (``load_state_dict``, ``.to()``, in-place edits); cached per reference object and precision."""
     key = _weights_key(reference)

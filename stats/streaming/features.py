@@ -11,21 +11,26 @@ consumed in the caller's thread: their code may rely on its grad mode, CUDA devi
 An :class:`~genmetrics.stats.networks.inception.FIDInception` is run through its fast form
 (:func:`genmetrics.stats.networks.inception_fast.fast_inception`, same features to ~1e-6) unless ``fast=False``;
 ``precision="bf16"`` runs that fast form in bfloat16 (opt-in, not exact; see the ``inception_fast`` docstring).
+
+Mode, precision and layers are validated by the model's extractor spec
+(:func:`genmetrics.stats.networks.extractor.check_extraction`); a layer the spec computes only on request
+(the FID Inception's ``spatial``) is computed only when `layers` names it.
 """
 import os
 import queue
 import threading
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .accumulator import _is_feature_extractor
-from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, FEATURE_LAYER
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_PRECISION, FEATURE_LAYER, LOGITS_LAYER
 from ..images.image_input import count_images, iter_image_batches
+from ..images.preprocess import preprocess
+from ..networks.extractor import FeatureExtractor, check_extraction, spec_of
 from ..networks.inception import FIDInception, load_inception
-from ..images.preprocess import _check_mode, preprocess
+from ..networks.inception_fast import fast_inception
 
 #: Network batches prepared ahead of the network by the background thread.
 PREFETCH = 2
@@ -131,37 +136,55 @@ def _prefetchable(images) -> bool:
 
 def _network(model, fast, precision):
     """The module that computes `model`'s features: the fast form of a plain FIDInception when `fast`, in
-    `precision`; reduced precision exists only for that fast form. A FeatureExtractor runs its network."""
-    from ..networks.inception_fast import check_precision, fast_inception
-
-    if check_precision(precision) != "fp32" and not (fast and type(model) is FIDInception):
+    `precision` (a name its spec accepts); reduced precision exists only for that fast form. A FeatureExtractor
+    runs its network."""
+    fast_form = fast and type(model) is FIDInception
+    if precision != DEFAULT_PRECISION and not fast_form:
         raise ValueError(f"precision={precision!r} needs the fast FID Inception (the default model with fast=True); "
-                         f"other models run as they are: use precision='fp32'")
-    if fast and type(model) is FIDInception:
+                         f"other models run as they are: use precision={DEFAULT_PRECISION!r}")
+    if fast_form:
         return fast_inception(model, precision)
-    return model.network if _is_feature_extractor(model) else model
+    return model.network if isinstance(model, FeatureExtractor) else model
 
 
 def _preparation(model, mode, device):
     """normalised batch -> network input on `device`: the extractor's own preprocessing for a FeatureExtractor
     (its mode), else :func:`~genmetrics.stats.images.preprocess.preprocess` in `mode`."""
-    if _is_feature_extractor(model):
+    if isinstance(model, FeatureExtractor):
         return model.prepare
     return lambda batch: preprocess(batch, mode, device=device)
 
 
-def _features(model, x):
-    """Run the model on one network batch; dict of float32 CPU tensors (a bare tensor counts as pool3)."""
-    out = model(x)
+def _on_request(model, layers) -> Dict[str, bool]:
+    """Keyword arguments asking `model`'s network for the requested layers that its spec computes only on
+    request (``{"spatial": True}``); empty for the default outputs, so the network runs exactly as by default."""
+    spec = spec_of(model)
+    if layers is None or spec is None:
+        return {}
+    return {layer: True for layer in layers if layer in spec.on_request}
+
+
+def _features(network, x, asked, layers):
+    """Run the network on one network batch (with the keyword arguments `asked`); dict of float32 CPU tensors
+    (a bare tensor counts as pool3), exactly the `layers` when given (one it did not return is refused)."""
+    out = network(x, **asked)
     if torch.is_tensor(out):
         out = {FEATURE_LAYER: out.flatten(1)}
+    if layers is not None:
+        missing = [layer for layer in layers if layer not in out]
+        if missing:
+            head = (f"; {LOGITS_LAYER!r} needs Inception weights with the 1008-way classifier head "
+                    f"(load_inception(require_logits=True))" if LOGITS_LAYER in missing else "")
+            raise ValueError(f"the model returned layers {', '.join(out)}, not {', '.join(map(repr, missing))}{head}")
+        out = {layer: out[layer] for layer in layers}
     return {name: value.detach().to("cpu", torch.float32) for name, value in out.items()}
 
 
 def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str = DEFAULT_MODE,
                      batch_size: int = DEFAULT_BATCH_SIZE, device=None, progress: bool = True,
                      value_range: Optional[Tuple[float, float]] = None, fast: bool = True,
-                     precision: str = "fp32") -> Dict[str, torch.Tensor]:
+                     precision: str = DEFAULT_PRECISION,
+                     layers: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
     """Inception features of `images` -> {"pool3": (N, 2048), "logits": (N, 1008) if the model has the head}.
 
     images: uint8 (0..255) or float [0, 1] arrays/tensors in NCHW or NHWC, iterables of batches or
@@ -179,27 +202,36 @@ def extract_features(images, model: Optional[torch.nn.Module] = None, mode: str 
     fast: run an FIDInception through its fast form (BatchNorm folded, fused convolutions, channels-last;
       float32 like the module, features equal to ~1e-6 relative); False runs the module as it is. A
       FeatureExtractor runs its network as loaded (``load_extractor(..., fast=False)`` keeps the module).
-    precision: "fp32" (exact, default) or "bf16": the fast Inception in bfloat16, 1.8x faster on an
-      AVX-512-BF16 CPU, pool3 features ~2-3 % off and FID ~0.7 % (docs/performance.md; opt-in, reference
+    precision: "fp32" (exact, default) or "bf16": the fast Inception in bfloat16, faster on an
+      AVX-512-BF16 CPU, pool3 features and FID a little off (docs/performance.md; opt-in, reference
       statistics are always built in fp32).
+    layers: None (the model's default outputs, above) or the layers to return, exactly those, e.g.
+      ``["pool3", "spatial"]`` -> {"pool3": (N, 2048), "spatial": (N, 2023)}: the FID Inception provides
+      ``pool3``, ``logits`` and ``spatial`` (sFID's features, computed only when named here; see
+      :mod:`genmetrics.stats.networks.inception`), a FeatureExtractor its spec's layers; an unknown name is
+      refused with the valid ones.
     Returns float32 CPU tensors, rows in input order.
+
+    Raises:
+        ValueError: an unknown mode, precision or layer (the spec's message lists the valid ones), a bad
+            `batch_size`, a device that is not the model's, or images the normaliser refuses.
     """
-    _check_mode(mode)
+    mode, precision, layers = check_extraction(model, mode, precision, layers)
     _check_batch_size(batch_size)
     if model is None:
         model = load_inception(device=device)
     device = _model_device(model, device)
-    network, collected = _network(model, fast, precision), {}
+    network, asked, collected = _network(model, fast, precision), _on_request(model, layers), {}
     was_training = model.training
     model.eval()
     batches = _network_input(images, _preparation(model, mode, device), batch_size, value_range)
     batches = _prefetched(batches) if _prefetchable(images) else batches
     try:
         with torch.no_grad(), tqdm(total=count_images(images), disable=not progress, unit="img",
-                                   desc=f"{model.name} features ({model.mode})" if _is_feature_extractor(model)
+                                   desc=f"{model.name} features ({model.mode})" if isinstance(model, FeatureExtractor)
                                    else f"Inception features ({mode})", leave=False) as bar:
             for x in batches:
-                for name, value in _features(network, x).items():
+                for name, value in _features(network, x, asked, layers).items():
                     collected.setdefault(name, []).append(value)
                 bar.update(x.shape[0])
     finally:
