@@ -5,10 +5,17 @@ races the training step that follows), then queues scoring + logging here and re
 `concurrent.futures.Future` whose ``result()`` is the metrics dict. One worker and a FIFO queue keep
 the steps in order. An exception raised by queued work is never dropped: it is raised (wrapped in
 `BackgroundScoringError`, the original as ``__cause__``) by the next `log_gen_metrics` call and by
-`flush()`; at interpreter exit pending work is flushed (before thread pools shut down) and errors are
-logged. A KeyboardInterrupt (Ctrl-C) during `flush()` or the exit flush does not drop queued steps: each
+`flush()`; at interpreter exit pending work is finished and errors are logged. A
+KeyboardInterrupt (Ctrl-C) during `flush()` or the exit flush does not drop queued steps: each
 step not yet logged is handed to its ``on_interrupt`` callback (log_gen_metrics spools its samples for
 deferred scoring, see `genmetrics.plugin.spool.Sender.spool_samples`), then the interrupt goes on.
+
+Process state: `_worker`, the one `_Worker` of the process (its thread runs while work is queued; `reset`
+empties it for tests). At exit: the worker thread is not a daemon, so Python joins it before the `atexit`
+handlers run, after `concurrent.futures` has stopped its pools (the shared image pool then computes inline,
+`genmetrics.stats.images.threads`); then a plain `atexit` handler, registered after the spool's (imported first,
+so it runs before the spool's last replay), logs the errors of that work and, after a Ctrl-C, spools the steps
+not yet logged.
 """
 import atexit
 import concurrent.futures
@@ -18,7 +25,7 @@ import threading
 
 from . import spool  # noqa: F401 - imported first: its exit hook (final replay) runs after our flush
 
-__all__ = ["BackgroundScoringError", "submit", "raise_pending_error", "flush", "register_exit_hook"]
+__all__ = ["BackgroundScoringError", "submit", "raise_pending_error", "flush", "reset"]
 
 logger = logging.getLogger("genmetrics")
 
@@ -28,6 +35,12 @@ class BackgroundScoringError(RuntimeError):
 
 
 class _Worker:
+    """One thread running queued work in FIFO order while there is any; keeps the errors until they are raised.
+
+    The thread is not a daemon and ends when the queue is empty: at interpreter exit Python joins it (before the
+    ``atexit`` handlers run), so queued steps are scored and logged before the process ends, with no exit hook.
+    """
+
     def __init__(self):
         self._queue = queue.Queue()
         self._errors = []
@@ -39,19 +52,31 @@ class _Worker:
     def submit(self, function, description, on_interrupt=None):
         future = concurrent.futures.Future()
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="genmetrics-scoring", daemon=True)
+            self._queue.put((future, function, description, on_interrupt))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="genmetrics-scoring")
                 self._thread.start()
-        self._queue.put((future, function, description, on_interrupt))
         return future
+
+    def _next_job(self):
+        """The next queued job, or None when the queue is empty: the thread then ends (under the lock, so that a
+        job queued at that moment starts a new thread)."""
+        with self._lock:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                self._thread = None
+                return None
+            self._running = job
+            return job
 
     def _run(self):
         while True:
-            job = self._queue.get()
+            job = self._next_job()
+            if job is None:
+                return
             future, function, description, _ = job
             try:
-                with self._lock:
-                    self._running = job
                 if future.set_running_or_notify_cancel():
                     try:
                         future.set_result(function())
@@ -101,6 +126,13 @@ class _Worker:
     def wait(self):
         self._queue.join()
 
+    def reset(self):
+        """Wait for the queued work, then forget its errors not yet raised and the steps already saved."""
+        self.wait()
+        with self._lock:
+            self._errors = []
+            self._saved = set()
+
 
 _worker = _Worker()
 
@@ -142,17 +174,9 @@ def _flush_at_exit():
         pass
 
 
-def register_exit_hook(function):
-    """Run `function` at interpreter exit while thread pools still accept work.
-
-    Plain `atexit` runs after `concurrent.futures` has shut its pools down (scoring uses them, e.g. for
-    resizing), so the hook goes to threading's exit hooks, which run first and last-registered first;
-    `concurrent.futures.thread` is imported before, so its own hook runs after ours.
-    """
-    import concurrent.futures.thread  # noqa: F401
-
-    register = getattr(threading, "_register_atexit", atexit.register)
-    register(function)
+def reset():
+    """Empty the worker: wait for its queued work, forget errors not yet raised (tests start clean)."""
+    _worker.reset()
 
 
-register_exit_hook(_flush_at_exit)
+atexit.register(_flush_at_exit)

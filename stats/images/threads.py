@@ -4,6 +4,8 @@ computed exactly as it would be alone, and results come back in input order).
 
 Work submitted from inside one of the pool's own threads (a file decoded and resized in a worker, whose
 resize would fan out again) runs inline in that thread: a worker never waits for tasks queued behind it.
+So does work submitted once `concurrent.futures` has stopped its pools at interpreter exit (scoring queued
+with blocking=False runs from an `atexit` handler then, see `genmetrics.plugin.background`).
 """
 import collections
 import concurrent.futures
@@ -42,7 +44,25 @@ def thread_map(fn, items):
     items = list(items)
     if len(items) < 2 or _in_worker():
         return [fn(item) for item in items]
-    return list(_executor().map(fn, items))
+    try:
+        results = _executor().map(fn, items)  # submits every item now: refused at once after the pools stopped
+    except RuntimeError:  # "cannot schedule new futures after [interpreter] shutdown"
+        return [fn(item) for item in items]
+    return list(results)
+
+
+def _submit(fn, item):
+    """A Future of fn(item) from the shared pool, or one already settled inline when the pool takes no more work
+    (at interpreter exit)."""
+    try:
+        return _executor().submit(fn, item)
+    except RuntimeError:
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(item))
+        except Exception as exc:  # noqa: BLE001 - raised where its result is read, as from the pool
+            future.set_exception(exc)
+        return future
 
 
 def thread_imap(fn, items, ahead):
@@ -58,7 +78,7 @@ def thread_imap(fn, items, ahead):
     items, pending = iter(items), collections.deque()
     try:
         for item in items:
-            pending.append(_executor().submit(fn, item))
+            pending.append(_submit(fn, item))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:
