@@ -52,6 +52,11 @@ def add_parser(subparsers):
                         help="also print CMMD (same as --metrics cmmd: a CLIP extractor, features on both sides)")
     parser.add_argument("--kid", action="store_true",
                         help="also print KID (same as --metrics kid: needs features on both sides)")
+    parser.add_argument("--suite", choices=("adm",), default=None,
+                        help="adm: the five lines of OpenAI's guided-diffusion evaluator (Inception Score, FID, sFID, "
+                             "Precision, Recall) for A = its reference batch .npz (or an .h5 / ref holding spatial "
+                             "moments and features) and B = a samples .npz (arr_0) or image folder; see "
+                             "docs/imagenet.md")
     add_option_flags(parser, OPTION_FLAGS)
     parser.set_defaults(func=run_fid)
 
@@ -102,6 +107,11 @@ def _image_side(source, model, mode, args):
 def run_fid(args):
     """Images are listed (an empty or unreadable folder refused) and statistics read before the network loads."""
     from genmetrics.stats.images.image_files import list_image_files  # torch-free
+
+    if args.suite == "adm":
+        from .cli_adm import run_adm_suite
+
+        return run_adm_suite(args)
 
     sources = [args.a, args.b]
     for source in filter(_is_image_source, sources):
