@@ -8,12 +8,13 @@ when metric ``copy`` flags samples, from the result of ``genmetrics.stats.metric
   a grey placeholder cell labelled with its index (:func:`placeholder_cell`); all fitted into one square cell
   (the largest side among the shown images, between :data:`MIN_CELL` and :data:`MAX_CELL` pixels; enlarged
   with nearest-neighbour pixels, reduced with Lanczos; a non-square image is centred on white).
-- **sample images**: samples that can be read again are re-read by index, only the shown ones (memory stays
-  bounded): arrays and tensors (sliced), folders and zips (the named files), lists and tuples of batches
-  (iterated again). From a generator, iterator, ``DataLoader`` or sampler callable only the samples kept for
-  the preview grid (the first 64, more when diversity metrics keep pairs) are available, and likewise under
-  ``torch.distributed``; flagged samples beyond them are left out of the grid (their indices stay in the
-  ``copy.indices`` tag).
+- **sample images**: the samples kept for the preview grid (the first 64, more when diversity metrics keep
+  pairs), else the rows the call's sample stream gives by index (:class:`~genmetrics.plugin.sample_input.SampleBatches`:
+  the batches drawn for background scoring; or, only the shown rows, read again from an input that can be
+  read again: arrays and tensors sliced, folders and zips the named files, lists and tuples of arrays the
+  named items). From a generator, iterator, ``DataLoader``, ``.npz`` file or sampler callable only the kept
+  samples are available, and likewise under ``torch.distributed``; flagged samples beyond them are left out
+  of the grid (their indices stay in the ``copy.indices`` tag).
 - **reference images** are read only from the location the caller names, ``reference_images=`` (a folder or
   zip of the images the statistics were built from, or the root of the standard dataset they were built
   from; ``genmetrics.registry.datasets.open_reference_images``). Paths stored in the statistics file
@@ -27,15 +28,10 @@ when metric ``copy`` flags samples, from the result of ``genmetrics.stats.metric
 
 When no flagged sample is available there is no grid; the caller says why (see ``scoring``).
 """
-import os
-
 import numpy as np
-import torch
-
-from genmetrics.stats.images.image_input import to_image_batch
 
 from .grid import make_grid
-from .sample_input import as_uint8_nhwc, iter_sample_batches
+from .sample_input import as_uint8_nhwc
 
 __all__ = ["MAX_PAIRS", "MIN_CELL", "MAX_CELL", "copy_pairs", "pairs_grid", "fit_cell", "placeholder_cell",
            "sample_images", "reference_labels", "verified_references"]
@@ -76,39 +72,17 @@ def pairs_grid(pairs, padding=2):
     return make_grid(tiles, columns=2, max_images=len(tiles), padding=padding)
 
 
-def _rereadable(samples):
-    """Samples that can be read again by index: arrays/tensors, folders/zips, lists/tuples of batches."""
-    return isinstance(samples, (np.ndarray, torch.Tensor, str, os.PathLike, list, tuple))
-
-
-def sample_images(samples, indices, kept, value_range=None, num_samples=None, batch_size=50):
+def sample_images(samples, indices, kept):
     """{index: uint8 (H, W, 3)} for the `indices` whose image is available (see the module docstring).
 
-    kept: the preview samples (N, 3, H, W) (sample i is row i), or None. samples: the samples as given to
-    scoring, or None when only `kept` may be used.
+    kept: the preview samples (N, 3, H, W) (sample i is row i), or None. samples: the call's
+    :class:`~genmetrics.plugin.sample_input.SampleBatches` (the rows beyond `kept` it can give), or None when only
+    `kept` may be used.
     """
     found = {i: as_uint8_nhwc(kept[i:i + 1])[0] for i in indices if kept is not None and i < kept.shape[0]}
-    missing = sorted(i for i in indices if i not in found)
-    if not missing or samples is None or not _rereadable(samples):
-        return found
-    if isinstance(samples, (str, os.PathLike)):
-        from genmetrics.stats.images.image_files import iter_image_files, list_image_files
-
-        names = list_image_files(samples)
-        batches = iter_image_files(samples, [names[i] for i in missing])
-        found.update((i, as_uint8_nhwc(batch)[0]) for i, batch in zip(missing, batches))
-    elif isinstance(samples, (np.ndarray, torch.Tensor)):
-        rows = samples[torch.as_tensor(missing)] if isinstance(samples, torch.Tensor) else samples[missing]
-        found.update(zip(missing, as_uint8_nhwc(to_image_batch(rows, value_range).cpu())))
-    else:
-        wanted, position = set(missing), 0
-        for batch in iter_sample_batches(samples, num_samples, batch_size, value_range):
-            for row in [i for i in wanted if position <= i < position + batch.shape[0]]:
-                found[row] = as_uint8_nhwc(batch[row - position:row - position + 1])[0]
-                wanted.discard(row)
-            position += batch.shape[0]
-            if not wanted:
-                break
+    missing = [i for i in indices if i not in found]
+    if missing and samples is not None:
+        found.update(samples.rows(missing))
     return found
 
 
@@ -206,8 +180,7 @@ def _rows_text(shown, result, labels, found, why, general):
     return "; ".join(lines)
 
 
-def copy_pairs(result, ref, samples, kept, value_range=None, num_samples=None, batch_size=50,
-               reference_images=None):
+def copy_pairs(result, ref, samples, kept, reference_images=None):
     """(grid, rows) for a ``copy_detection`` `result`, or (None, reason) when no flagged sample is available.
 
     grid: uint8 (H, W, 3) (see :func:`pairs_grid`); rows: one line per row, ``sample i ~ reference NAME
@@ -221,13 +194,13 @@ def copy_pairs(result, ref, samples, kept, value_range=None, num_samples=None, b
     from genmetrics.stats.messages import warn_once
 
     flagged = [int(i) for i in result["indices"]]
-    if samples is None or not _rereadable(samples):
+    if samples is None or not samples.rereadable:
         flagged = [i for i in flagged if kept is not None and i < kept.shape[0]]
     flagged = flagged[:MAX_PAIRS]
     if not flagged:
         return None, ("no flagged sample is among those available for the grid (from a generator or sampler only "
                       "the first preview samples are kept)")
-    images = sample_images(samples, flagged, kept, value_range, num_samples, batch_size)
+    images = sample_images(samples, flagged, kept)
     shown = [i for i in flagged if i in images]
     rows = [int(result["nearest"][i]) for i in shown]
     labels = reference_labels(ref.meta, rows)

@@ -11,7 +11,8 @@ Exactly once, also across a crash or a kill of the worker:
 2. before scoring a pending step, the metric histories of the run's metrics under ``prefix`` are
    read; if any of them already has an entry at that step, the worker died after logging and before
    marking: the step is only marked, never logged again;
-3. otherwise the metrics are logged with ``log_gen_metrics`` (one ``log_batch``), and only then the
+3. otherwise the metrics are logged with ``log_gen_metrics`` (one ``log_batch``; linked to the LoggedModel the
+   run logged as an output at that step, when there is exactly one: `_model_at_step`), and only then the
    step is marked. ``log_gen_metrics`` spools writes when the tracking server is down; spooled
    metrics are invisible to check 2, so a worker replays the spool before scoring and marks a step
    only when nothing stays spooled (otherwise it stops and a later pass continues).
@@ -131,10 +132,20 @@ class _Scorer:
 
         logged = log_gen_metrics(
             samples, reference=self.loaded_reference(), step=step, metrics=self.metrics, targets=targets,
-            run_id=run_id, prefix=self.prefix, client=client, **self.options,
+            run_id=run_id, prefix=self.prefix, client=client, model_id=_model_at_step(client, run_id, step),
+            **self.options,
         )
         _require_empty_spool(client)
         return sorted(logged)
+
+
+def _model_at_step(client, run_id, step):
+    """The id of the LoggedModel that the run logged as an output at `step` (MLflow 3: ``mlflow.<flavor>.log_model(
+    ..., step=step)``, the checkpoint whose samples these are), so the step's metrics link to it as MLflow's own
+    ``log_metrics`` links metrics logged at a model's step; None when there is none, several, or no LoggedModels."""
+    outputs = getattr(client.get_run(run_id), "outputs", None)
+    ids = {output.model_id for output in (getattr(outputs, "model_outputs", None) or []) if output.step == step}
+    return ids.pop() if len(ids) == 1 else None
 
 
 def _require_empty_spool(client):

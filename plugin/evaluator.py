@@ -22,6 +22,11 @@ Config keys: ``reference`` (registry ref, ``.h5`` path or ``ReferenceStats``), `
 ``target_column``, ``step`` (default 0); every other key is an option of ``log_gen_metrics``, i.e. of
 :class:`genmetrics.plugin.options.ScoreOptions` (``metrics``, ``prefix``, ``batch_size``, ``device``, ``mode``,
 ``seed``, ``value_range``, ...; their defaults are its defaults), and an unknown key is a TypeError listing them.
+
+Lineage: the reference file becomes a dataset input of the evaluation run (context ``reference``, as for
+``log_gen_metrics``). With ``mlflow.models.evaluate(..., model_id=...)`` (or a logged model; MLflow >= 3) the
+metrics are linked to that LoggedModel as measured on the reference dataset; MLflow then logs the returned
+metrics to the model once more, against the evaluation data.
 """
 import io
 import os
@@ -107,7 +112,8 @@ class GenMetricsEvaluator(ModelEvaluator):
         return model_type == MODEL_TYPE
 
     def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
-        """Score the images of ``dataset`` (or the model's output on it) and log the metrics to ``run_id``."""
+        """Score the images of ``dataset`` (or the model's output on it) and log the metrics to ``run_id``, linked
+        to the LoggedModel ``kwargs["model_id"]`` when MLflow (>= 3) passes one."""
         from .log_metrics import log_gen_metrics
 
         config = dict(evaluator_config or {})
@@ -126,6 +132,7 @@ class GenMetricsEvaluator(ModelEvaluator):
             step=int(config.get("step", 0)),
             targets=targets,
             run_id=run_id,
+            model_id=kwargs.get("model_id"),
             **{k: v for k, v in config.items() if k not in _OWN_KEYS},
         )
         return EvaluationResult(metrics=dict(metrics), artifacts={}, run_id=run_id)

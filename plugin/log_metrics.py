@@ -7,8 +7,9 @@ from genmetrics.stats.streaming.distributed import check_all_ranks, rank_and_wor
 
 from . import background
 from .grid import make_grid
+from .lineage import REFERENCE_CONTEXT, reference_dataset
 from .options import OPTION_NAMES, ScoreOptions
-from .sample_input import collect_samples
+from .sample_input import SampleBatches
 from .scoring import score_samples
 from .spool import get_sender
 
@@ -30,20 +31,27 @@ def _resolve_run(run_id, client):
     return run_id, tracking_uri
 
 
-def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix):
-    """Send metrics, provenance and tags (one log_batch), the sample grid and the copy-pairs grid; never raises
-    for tracking-server failures (see spool.py).
+def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix, model_id=None):
+    """Send the reference as a dataset input, metrics, provenance and tags (one log_batch), the sample grid and the
+    copy-pairs grid; never raises for tracking-server failures (see spool.py).
 
     The provenance (`ScoreResult.params`) is logged as tags, not MLflow params: the UI's image card prints every
     param of the run above the sample grid, and ~20 provenance values (two 64-digit hashes, paths) pushed the
     grid out of the card; tags also take the latest value when a later call differs.
+
+    Lineage (`genmetrics.plugin.lineage`): the reference file is a dataset input of the run (the sender adds it
+    once per run); with `model_id` the metrics are also the LoggedModel's, measured on that reference dataset.
     """
     sender = get_sender(tracking_uri, client)
-    sender.submit({
-        "op": "log_batch", "run_id": run_id,
-        "metrics": [[key, value, timestamp, step] for key, value in result.metrics.items()],
-        "tags": {**result.params, **result.tags},
-    })
+    dataset = reference_dataset(result.params, prefix)
+    if dataset is not None:
+        sender.submit({"op": "log_inputs", "run_id": run_id, "datasets": [dataset], "context": REFERENCE_CONTEXT})
+    batch = {"op": "log_batch", "run_id": run_id,
+             "metrics": [[key, value, timestamp, step] for key, value in result.metrics.items()],
+             "tags": {**result.params, **result.tags}}
+    if model_id is not None:
+        batch.update(model_id=model_id, dataset=None if dataset is None else [dataset["name"], dataset["digest"]])
+    sender.submit(batch)
     if log_grid and result.preview is not None:
         sender.submit(
             {"op": "log_image", "run_id": run_id, "key": f"{prefix}samples", "step": step, "timestamp": timestamp},
@@ -55,6 +63,21 @@ def _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid,
             image=result.copy_pairs,
         )
     return dict(result.metrics)
+
+
+def _check_model_id(model_id):
+    """`model_id` when it is a non-empty string (a LoggedModel's id); for None, MLflow's active model of the calling
+    thread (``mlflow.set_active_model``, ``MLFLOW_ACTIVE_MODEL_ID``; MLflow >= 3), as MLflow's own ``log_metrics``
+    does, or None; anything else is a TypeError saying what to pass."""
+    if model_id is None:
+        import mlflow
+
+        active = getattr(mlflow, "get_active_model_id", None)  # MLflow >= 3
+        return active() if active is not None else None
+    if isinstance(model_id, str) and model_id:
+        return model_id
+    raise TypeError(f"model_id must be the id string of an MLflow LoggedModel (e.g. 'm-...': `model_id` of what "
+                    f"mlflow.<flavor>.log_model returned, or of mlflow.create_external_model(...)), got {model_id!r}")
 
 
 def log_gen_metrics(
@@ -70,6 +93,7 @@ def log_gen_metrics(
     client=None,
     num_samples=None,
     value_range=None,
+    model_id=None,
     **score_options,
 ):
     """Score `samples` (see `score_samples`) and log them to the active MLflow run (or `run_id`).
@@ -96,11 +120,15 @@ def log_gen_metrics(
     TypeError listing the valid ones). `client` is an `MlflowClient` to log with (its tracking URI), default the
     fluent API's tracking URI.
 
+    Lineage (`genmetrics.plugin.lineage`): the reference file is logged once per run as a dataset input; `model_id`
+    (a LoggedModel's id; default MLflow's active model) links the metrics to that model too (MLflow >= 3).
+
     Inside an initialised ``torch.distributed`` process group (multi-GPU training) every rank calls it with its
     own sampler: each rank draws its share of `num_samples`, the statistics are combined, rank 0 logs once (only
     rank 0 needs an MLflow run) and every rank returns the same dict; ``distributed=False`` opts out.
     """
     background.raise_pending_error()
+    model_id = _check_model_id(model_id)
     opts = ScoreOptions.from_keywords(score_options, SCORE_OPTIONS, "log_gen_metrics", metrics=metrics, prefix=prefix,
                                       num_samples=num_samples, value_range=value_range, copy_pairs=log_grid)
     rank, world = rank_and_world() if opts.distributed else (0, 1)
@@ -124,7 +152,7 @@ def log_gen_metrics(
                                **dict(opts.keywords(), value_range=value_range))
         if rank != 0:  # under a process group rank 0 logs, every rank returns the same numbers
             return dict(result.metrics)
-        return _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix)
+        return _log_result(result, run_id, tracking_uri, client, step, timestamp, log_grid, prefix, model_id)
 
     if blocking:
         return score_and_log(samples, targets, opts.value_range)
@@ -133,11 +161,14 @@ def log_gen_metrics(
 
 def _in_background(score_and_log, samples, targets, opts, where):
     """Draw the samples (and targets) now, score and log them on the background worker; a Future of the dict.
-    `where` = (run_id, tracking_uri, client, step): where an interrupt spools the drawn samples unscored."""
-    drawn = [b.clone() for b in collect_samples(samples, opts.num_samples, opts.batch_size, opts.value_range)]
+    `where` = (run_id, tracking_uri, client, step): where an interrupt spools the drawn samples unscored.
+
+    The input is decoded once, here: the held batches (:meth:`SampleBatches.drawn`) are what scoring, the grids
+    and the spool consume, without decoding again."""
+    drawn = SampleBatches(samples, opts.num_samples, opts.batch_size, opts.value_range).drawn()
     drawn_targets = None
     if targets is not None:
-        drawn_targets = [b.clone() for b in collect_samples(targets, None, opts.batch_size, opts.value_range)]
+        drawn_targets = SampleBatches(targets, None, opts.batch_size, opts.value_range).drawn()
     # the drawn batches are already uint8 or float in [0, 1]: no value_range in the background
     return background.submit(lambda: score_and_log(drawn, drawn_targets, None),
                              description=f"scoring of step {where[3]}",
@@ -145,11 +176,12 @@ def _in_background(score_and_log, samples, targets, opts, where):
 
 
 def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step):
-    """Spool the drawn samples of a step that an interrupt left unscored, for deferred scoring."""
+    """Spool the drawn samples of a step that an interrupt left unscored, for deferred scoring (the held batches of
+    `drawn` / `drawn_targets`, :class:`SampleBatches`, quantised to uint8 without decoding again)."""
     from .samples import to_uint8_nhwc
 
     samples = to_uint8_nhwc(drawn)  # the batches as drawn: images of different sizes stay apart
-    targets = to_uint8_nhwc(drawn_targets, name="targets") if drawn_targets else None
+    targets = to_uint8_nhwc(drawn_targets, name="targets") if drawn_targets is not None else None
     get_sender(tracking_uri, client).spool_samples(run_id, step, samples, targets)
 
 

@@ -32,6 +32,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from genmetrics.stats.environment import MAX_SAMPLES_BYTES
+
 __all__ = ["samples_artifact_path", "logged_sample_steps", "pending_sample_steps", "to_uint8_nhwc", "image_shapes",
            "write_samples_file", "read_samples_file", "log_gen_samples", "SAMPLES_DIR", "SAMPLES_TAG_PREFIX",
            "SCORED_TAG_PREFIX", "FAILED_TAG_PREFIX", "SamplesFileError", "max_samples_bytes",
@@ -41,7 +43,7 @@ SAMPLES_DIR = "genmetrics/samples"
 SAMPLES_TAG_PREFIX = "genmetrics.samples."
 SCORED_TAG_PREFIX = "genmetrics.scored."
 FAILED_TAG_PREFIX = "genmetrics.failed."
-MAX_SAMPLES_ENV = "GENMETRICS_MAX_SAMPLES_BYTES"
+MAX_SAMPLES_ENV = MAX_SAMPLES_BYTES.name
 DEFAULT_MAX_SAMPLES_BYTES = 4 << 30  # 20,000 images of 256x256 (samples alone)
 COMPRESSIBLE_BYTES = 256 << 20  # arrays up to this size may compress any amount (e.g. black images)
 
@@ -79,7 +81,7 @@ class SamplesFileError(ValueError):
 
 def max_samples_bytes():
     """The size limit of a samples file's arrays: ``GENMETRICS_MAX_SAMPLES_BYTES``, else 4 GiB."""
-    text = os.environ.get(MAX_SAMPLES_ENV, "").strip()
+    text = MAX_SAMPLES_BYTES.value()
     if not text:
         return DEFAULT_MAX_SAMPLES_BYTES
     if not text.isdigit() or int(text) < 1:
@@ -104,11 +106,13 @@ def to_uint8_nhwc(images, value_range=None, name="samples"):
     give a list of uint8 (H, W, 3) arrays instead.
 
     uint8 input is kept as is; floats in [0, 1] are mapped to 0..255 with rounding, ``round(255 x)``.
+    `images` may be a :class:`~genmetrics.plugin.sample_input.SampleBatches` already decoded (the batches drawn
+    for background scoring): its batches are quantised as they are.
     """
-    from .sample_input import as_uint8_nhwc, iter_sample_batches
+    from .sample_input import SampleBatches, as_uint8_nhwc
 
     try:
-        batches = [as_uint8_nhwc(b) for b in iter_sample_batches(images, None, 1 << 30, value_range)]
+        batches = [as_uint8_nhwc(b) for b in SampleBatches.of(images, None, 1 << 30, value_range)]
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
     if len({b.shape[1:] for b in batches}) > 1:

@@ -29,7 +29,6 @@ with a warning and a tag ``<prefix>skipped.<metric>`` giving the reason. A metri
 ``metrics`` is never skipped: the missing input raises a clear error instead.
 """
 import functools
-import itertools
 import importlib.metadata
 import logging
 import os
@@ -41,7 +40,9 @@ import torch
 
 from genmetrics.stats.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LPIPS_NET, DEFAULT_METRICS, DEFAULT_MODE,
                                        DEFAULT_PRECISION, DEFAULT_PREFIX, DEFAULT_SEED, DIVERSITY_PAIRS,
-                                       FEATURE_EXTRACTOR, FEATURE_LAYER, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS)
+                                       FEATURE_EXTRACTOR, FEATURE_LAYER, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
+                                       SPATIAL_LAYER)
+from genmetrics.stats.environment import INCEPTION_WEIGHTS
 from genmetrics.stats.metric_table import METRICS, compare
 from genmetrics.stats.streaming.distributed import all_reduce_sum, check_all_ranks, check_same_call, rank_and_world, shard_size
 from genmetrics.stats.messages import first_time
@@ -49,7 +50,7 @@ from genmetrics.stats.messages import first_time
 from .distributed_call import call_settings
 from .grid import gather_images, stack_images
 from .options import OPTION_NAMES, ScoreOptions
-from .sample_input import as_float01, as_uint8_nhwc, iter_sample_batches
+from .sample_input import SampleBatches, as_float01, as_uint8_nhwc
 
 __all__ = ["score_samples", "ScoreResult", "ScoreOptions"]
 
@@ -175,6 +176,7 @@ class _Plan:
     mismatches: list = field(default_factory=list)
     tags: dict = field(default_factory=dict)  #: tags a metric adds (copy detection's flagged indices)
     copies: Optional[dict] = None  #: copy_detection's result, when metric copy was computed
+    accumulator: object = None  #: the FeatureAccumulator of the feature metrics (None without them)
     metric_params: dict = field(default_factory=dict)  #: the settings the metrics report (KID's subsets, ...)
 
 
@@ -203,6 +205,7 @@ def _plan(opts, ref):
     for m in [m for m in plan.feature_metrics if _needs(m, "features") and ref is not None and not ref.has_features]:
         plan.skips.skip(m, "the reference stores no features (only mu/sigma); rebuild it with --features")
         plan.feature_metrics.remove(m)
+    _check_spatial(plan, ref)
     if plan.feature_metrics:
         _plan_extractor(plan, opts, ref, explicit)
     if "lpips" in plan.image_metrics and not _lpips_available(opts, plan):
@@ -220,6 +223,17 @@ def _needs(name, need):
     return need in METRICS[name].needs
 
 
+def _check_spatial(plan, ref):
+    """Skip (or refuse, when named) the metrics needing the ``spatial`` layer's moments (sFID) when the reference
+    stores none (:meth:`ReferenceStats.layer` says which layers it holds and how to get one that has it)."""
+    for m in [m for m in plan.feature_metrics if _needs(m, SPATIAL_LAYER) and ref is not None]:
+        try:
+            ref.layer(SPATIAL_LAYER)
+        except ValueError as error:
+            plan.skips.skip(m, str(error), error=error)
+            plan.feature_metrics.remove(m)
+
+
 def _check_feature_spaces(plan, ref):
     """Skip (or refuse, when named) the feature metrics that the reference's feature space cannot give."""
     for m in list(plan.feature_metrics):
@@ -231,25 +245,31 @@ def _check_feature_spaces(plan, ref):
 
 def _plan_extractor(plan, opts, ref, explicit):
     """The model, mode and layer of the features, checked against the reference's provenance: the FID
-    Inception, or the DINOv2 / CLIP extractor the reference records (its own mode and the reference's layer)."""
-    from genmetrics.stats.streaming.accumulator import _is_feature_extractor, extractor_name
+    Inception, or the DINOv2 / CLIP extractor the reference records (its own mode and the reference's layer);
+    the accumulator of the pass (features kept for the metrics comparing features, logits for IS, the ``spatial``
+    layer's moments too for sFID), whose provenance is what the reference is checked against."""
+    from genmetrics.stats import FeatureAccumulator, FeatureExtractor
 
     named = _reference_extractor(ref)
     if opts.model is None and named and named != FEATURE_EXTRACTOR and named.startswith(("dinov2-", "clip-")):
         plan.model = _default_extractor(named, plan.device)
     else:
-        plan.model = opts.model or _default_inception(plan.device, os.environ.get("GENMETRICS_INCEPTION_WEIGHTS"),
+        plan.model = opts.model or _default_inception(plan.device, INCEPTION_WEIGHTS.value(),
                                                       explicit and any(_needs(m, "logits") for m in
                                                                        plan.feature_metrics))
     plan.mode = opts.mode or (ref.provenance["mode"] if ref is not None else None) or DEFAULT_MODE
-    if _is_feature_extractor(plan.model):
+    if isinstance(plan.model, FeatureExtractor):
         recorded = ref.provenance.get("feature_layer") if ref is not None else None
         plan.mode = plan.model.mode
         plan.layer = recorded if recorded in plan.model.spec.layers else plan.model.spec.default_layer
+    needs = set().union(*(METRICS[m].needs for m in plan.feature_metrics))
+    plan.accumulator = FeatureAccumulator(plan.model, mode=plan.mode, layer=plan.layer,
+                                          keep_features=bool(needs & {"features", "sample_features"}),
+                                          keep_logits="logits" in needs, batch_size=opts.batch_size,
+                                          distributed=opts.distributed, precision=opts.precision,
+                                          extra_layers=(SPATIAL_LAYER,) if SPATIAL_LAYER in needs else ())
     if ref is not None:
-        samples = {"mode": plan.mode, "feature_extractor": extractor_name(plan.model), "feature_layer": plan.layer,
-                   "weights_sha256": getattr(plan.model, "weights_sha256", None)}
-        plan.mismatches = ref.check_comparable(samples, opts.allow_mismatch)
+        plan.mismatches = ref.check_comparable(plan.accumulator.provenance, opts.allow_mismatch)
 
 
 def _lpips_available(opts, plan):
@@ -276,8 +296,7 @@ class _PairedSums:
     the pairs may differ in size from each other)."""
 
     def __init__(self, targets, opts, plan):
-        batches = iter_sample_batches(targets, None, opts.batch_size, opts.value_range)
-        self.targets = [image for batch in batches for image in as_float01(batch)]  # (3, H, W) each
+        self.targets = [image for batch in targets for image in as_float01(batch)]  # (3, H, W) each (one decode)
         self.sums = {m: 0.0 for m in plan.image_metrics}
         self.count, self.opts, self.plan = 0, opts, plan
 
@@ -294,11 +313,9 @@ class _PairedSums:
             self.sums[m] += float(_image_similarity(m, x, y, self.opts, self.plan.device).double().sum())
         self.count += x.shape[0]
 
-    def check_count(self, count=None):
-        """Raise unless there is one target per sample (`count` samples; default: those paired so far)."""
-        count = self.count if count is None else count
-        if count != len(self.targets):
-            raise ValueError(f"got {count} samples but {len(self.targets)} targets; pass one target per sample")
+    def check_count(self):
+        """Raise unless there is one target per sample."""
+        _check_target_count(self.count, len(self.targets))
 
     def means(self, distributed):
         """Mean similarity per metric, over all ranks' pairs when `distributed`."""
@@ -306,6 +323,12 @@ class _PairedSums:
         if distributed:
             totals = all_reduce_sum(totals)
         return {m: total / totals[0] for m, total in zip(self.sums, totals[1:])}
+
+
+def _check_target_count(samples, targets):
+    """Raise unless there are as many targets as samples (counts of images)."""
+    if samples != targets:
+        raise ValueError(f"got {samples} samples but {targets} targets; pass one target per sample")
 
 
 @dataclass
@@ -327,49 +350,28 @@ def _local_share(opts, rank, world):
     return shard_size(opts.num_samples, rank, world)
 
 
-def _first_batch_decoded(samples, opts, share):
-    """This rank's batch stream with its first batch already decoded, so that input the normaliser refuses
-    (a float array on the 0..255 scale, a wrong layout) fails before any network loads."""
-    if share == 0:
-        return iter(())
-    batches = iter_sample_batches(samples, share, opts.batch_size, opts.value_range)
-    first = next(batches, None)
-    return batches if first is None else itertools.chain([first], batches)
-
-
 def _accumulate(batches, targets, opts, plan, rank, world):
-    """One pass over this rank's batches (none when its share of `num_samples` is 0)."""
-    from genmetrics.stats import FeatureAccumulator
-
-    accumulator = None
-    if plan.feature_metrics:
-        accumulator = FeatureAccumulator(plan.model, mode=plan.mode, layer=plan.layer,
-                                         keep_features=any(_needs(m, "features") or _needs(m, "sample_features")
-                                                           for m in plan.feature_metrics),
-                                         keep_logits=any(_needs(m, "logits") for m in plan.feature_metrics),
-                                         batch_size=opts.batch_size,
-                                         distributed=opts.distributed, precision=opts.precision)
+    """One pass over this rank's `batches` (a :class:`SampleBatches`; none when its share of `num_samples` is 0):
+    each batch, decoded once, feeds the feature accumulator and the paired sums, and the stream keeps the first
+    images (the preview's, and the diversity pairs'). `targets` (a SampleBatches or None) are decoded once too."""
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
-    keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
-                                                                           2 * opts.diversity_pairs)
-    kept, count = [], 0
+    batches.keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
+                                                                                   2 * opts.diversity_pairs)
     for batch in batches:
-        if accumulator is not None:
-            accumulator.update(batch)
+        if plan.accumulator is not None:
+            plan.accumulator.update(batch)
         if paired is not None:
             paired.update(batch)
-        if sum(k.shape[0] for k in kept) < keep:
-            kept.append(batch)
-        count += batch.shape[0]
     if paired is not None:
         paired.check_count()
-    elif targets is not None:
-        _PairedSums(targets, opts, plan).check_count(count)  # targets are checked even when no image metric uses them
-    kept, mixed_sizes = stack_images(kept, keep)  # samples of different sizes: fitted into one cell
+    elif targets is not None:  # targets are checked even when no image metric uses them
+        _check_target_count(batches.count, sum(batch.shape[0] for batch in targets))
+    kept, mixed_sizes = stack_images(batches.kept, batches.keep)  # samples of different sizes: fitted into one cell
     if world > 1:
-        kept, mixed_sizes = gather_images(kept, mixed_sizes, keep)
+        kept, mixed_sizes = gather_images(kept, mixed_sizes, batches.keep)
+    count = batches.count
     counts = [count] if world == 1 else [int(c) for c in all_reduce_sum(np.eye(world)[rank] * count)]
-    return _Pass(accumulator, paired, kept, counts, mixed_sizes)
+    return _Pass(plan.accumulator, paired, kept, counts, mixed_sizes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -433,8 +435,12 @@ def _compute(done, ref, opts, plan):
     return results
 
 
-def _copy_pairs(samples, done, ref, opts, plan, world):
+def _copy_pairs(batches, done, ref, opts, plan):
     """The grid of flagged samples beside their nearest reference images (:mod:`.copy_grid`), or None.
+
+    `batches`: the call's :class:`SampleBatches`, whose rows the grid asks for by index (read again only from an
+    input that can be), or None under a process group (then only the kept preview samples, gathered from all
+    ranks, are shown).
 
     Only when asked (``copy_pairs``) and copies were flagged. Never raises: when it cannot be made (no flagged
     sample available) the reason is warned once per process and tagged ``<prefix>skipped.copy_pairs``; when made,
@@ -448,8 +454,7 @@ def _copy_pairs(samples, done, ref, opts, plan, world):
     if not opts.copy_pairs or plan.copies is None or not len(plan.copies["indices"]):
         return None
     try:
-        grid, rows = copy_pairs(plan.copies, ref, samples if world == 1 else None, done.kept,
-                                opts.value_range, opts.num_samples, opts.batch_size, opts.reference_images)
+        grid, rows = copy_pairs(plan.copies, ref, batches, done.kept, opts.reference_images)
     except SourceUnavailableError as exc:
         grid, rows = None, str(exc)
     except Exception as exc:  # noqa: BLE001 - the grid is an illustration: scoring must not fail for it
@@ -505,8 +510,6 @@ def _params(ref, done, opts, plan):
     """Provenance that is stable for a run (str -> str, keys prefixed). ``metrics``: the metrics computed
     (skipped ones left out; their reasons are ``skipped.<metric>`` tags); ``metrics_requested``: the set asked
     for, ``default:...`` when none was named."""
-    from genmetrics.stats.streaming.accumulator import extractor_name
-
     count, paired = sum(done.counts), done.paired is not None
     computed = [m for m in plan.names if m not in plan.skips.names and f"{m}_diversity" not in plan.skips.names]
     params = {"metrics": ",".join(computed) or "none",
@@ -517,8 +520,9 @@ def _params(ref, done, opts, plan):
     if ref is not None:
         params.update(_reference_params(ref))
     if plan.feature_metrics:
-        params.update({"mode": plan.mode, "extractor": extractor_name(plan.model), "feature_layer": plan.layer,
-                       "weights_sha256": getattr(plan.model, "weights_sha256", None), "precision": opts.precision})
+        provenance = plan.accumulator.provenance
+        params.update({"mode": plan.mode, "extractor": provenance["feature_extractor"], "feature_layer": plan.layer,
+                       "weights_sha256": provenance["weights_sha256"], "precision": opts.precision})
     params.update(plan.metric_params)  # the metrics' own settings as computed (KID's subsets, PRDC's k, ...)
     if plan.image_metrics:
         params["image_metrics"] = "paired" if paired else "diversity"
@@ -597,8 +601,9 @@ def _score(samples, reference, targets, opts):
 
     rank, world = rank_and_world() if opts.distributed else (0, 1)
     error = done = None
-    try:
-        batches = _first_batch_decoded(samples, opts, _local_share(opts, rank, world))
+    try:  # the input is decoded here, once: its first batch now (bad input fails before any network loads)
+        batches = SampleBatches.of(samples, _local_share(opts, rank, world), opts.batch_size, opts.value_range).peek()
+        targets = None if targets is None else SampleBatches.of(targets, None, opts.batch_size, opts.value_range)
         ref = None if reference is None else load(reference, progress=False)
         plan = _plan(opts, ref)
         settings = call_settings(opts, ref, targets) if world > 1 else {}
@@ -616,7 +621,7 @@ def _score(samples, reference, targets, opts):
     if sum(done.counts) == 0:
         raise ValueError("no samples were given; pass at least 2 images")
     results = _compute(done, ref, opts, plan)
-    pairs = _copy_pairs(samples, done, ref, opts, plan, world) if rank == 0 else None
+    pairs = _copy_pairs(batches if world == 1 else None, done, ref, opts, plan) if rank == 0 else None
     return ScoreResult(
         metrics={f"{opts.prefix}{k}": float(v) for k, v in results.items()},
         params=_params(ref, done, opts, plan),

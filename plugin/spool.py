@@ -1,14 +1,17 @@
 """Lossless logging to MLflow: retry with backoff, spool to disk when the tracking server is down, replay.
 
-Every write of the plugin (metrics + tags batch, params, sample grid; the samples of a step that a
-Ctrl-C left unscored) is an *operation*: a JSON-able dict (``op`` is ``log_batch``, ``log_params``,
-``log_image`` or ``log_samples``). `Sender.submit` tries it a few times with exponential backoff (default
+Every write of the plugin (metrics + tags batch, params, sample grid, the reference as a dataset input; the
+samples of a step that a Ctrl-C left unscored) is an *operation*: a JSON-able dict (``op`` is ``log_batch``,
+``log_params``, ``log_image``, ``log_inputs`` or ``log_samples``; a ``log_batch`` with ``model_id`` links its
+metrics to that LoggedModel). `Sender.submit` tries it a few times with exponential backoff (default
 3 tries, 0.5 s then 1 s apart), all within ``GENMETRICS_LOG_TIMEOUT`` seconds (30) even on a server that
 accepts connections and never answers (see "Bounded waits" below). When the server is down (`server_down`: a
 connection error, a timeout, an HTTP 5xx or 401) it writes the operation to the spool directory
 
-    $GENMETRICS_HOME/spool/<sha256(redact_uri(tracking uri))[:16]>/<sequence>-<id>.json   (+ <id>.png for images)
+    <spool root>/<sha256(redact_uri(tracking uri))[:16]>/<sequence>-<id>.json   (+ <id>.png for images)
 
+(the spool root, :func:`genmetrics.stats.environment.spool_root`: ``$GENMETRICS_HOME/spool``, else the
+platform's data folder, ``~/.local/share/genmetrics/spool`` on Linux),
 one file per operation, written atomically (temporary file, fsync, rename, fsync of the directory),
 with ``uri.txt`` naming the tracking URI. Spooled operations are replayed in order, automatically
 (before every new submit, and every few seconds by a daemon thread while the spool is not empty) and
@@ -36,7 +39,9 @@ first reads what the run already holds and sends only what is missing:
 - images: an artifact ``images/<key>+step+<step>+timestamp+<timestamp>+*.png`` already in the run means
   the grid arrived;
 - params and tags are idempotent in MLflow (same value twice is accepted); a param that already has
-  a *different* value (params are immutable) is logged as a tag of the same key instead.
+  a *different* value (params are immutable) is logged as a tag of the same key instead;
+- dataset inputs: a dataset (name, digest) the run already lists is not added again (nor one this sender
+  added to the run before: the reference goes in once per run, not at every step).
 A file lock on the spool directory makes one process at a time replay it.
 
 Bounded waits, without touching MLflow's settings. Nothing here sets environment variables or changes
@@ -85,6 +90,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genmetrics.stats.environment import LOG_BACKOFF, LOG_TIMEOUT, LOG_TRIES, REPLAY_INTERVAL, spool_root
+
 __all__ = ["RetryPolicy", "TrackingUnavailable", "spool_root", "spool_dir", "redact_uri", "redact_text",
            "server_down", "Sender", "SenderRegistry", "senders", "get_sender", "replay"]
 
@@ -112,21 +119,15 @@ class RetryPolicy:
     @classmethod
     def from_env(cls):
         return cls(
-            tries=max(1, int(os.environ.get("GENMETRICS_LOG_TRIES", cls.tries))),
-            backoff=float(os.environ.get("GENMETRICS_LOG_BACKOFF", cls.backoff)),
-            replay_interval=float(os.environ.get("GENMETRICS_REPLAY_INTERVAL", cls.replay_interval)),
-            timeout=max(1.0, float(os.environ.get("GENMETRICS_LOG_TIMEOUT", cls.timeout))),
+            tries=max(1, int(LOG_TRIES.value() or cls.tries)),
+            backoff=float(LOG_BACKOFF.value() or cls.backoff),
+            replay_interval=float(REPLAY_INTERVAL.value() or cls.replay_interval),
+            timeout=max(1.0, float(LOG_TIMEOUT.value() or cls.timeout)),
         )
 
 
 class TrackingUnavailable(Exception):
     """The tracking server did not answer (connection refused, timeout, 5xx)."""
-
-
-def spool_root():
-    """$GENMETRICS_HOME/spool (GENMETRICS_HOME defaults to ~/.cache/genmetrics)."""
-    home = os.environ.get("GENMETRICS_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "genmetrics")
-    return os.path.join(home, "spool")
 
 
 def spool_dir(tracking_uri):
@@ -272,6 +273,12 @@ def _run_into(future, call, args, kwargs):
         future.set_exception(exc)
 
 
+def _mlflow_version():
+    import mlflow
+
+    return mlflow.__version__
+
+
 def _attachments(op):
     """Files spooled beside an operation (its image, its samples)."""
     return [op[key] for key in ("png", "npz") if isinstance(op.get(key), str)]
@@ -299,6 +306,7 @@ class Sender:
         self._remote = tracking_uri.startswith(("http://", "https://"))
         self._late = None  # the Future of an MLflow call that outlived its deadline
         self.last_error = None
+        self._lineage = set()  # (run_id, dataset name, digest) inputs and ("model", id) LoggedModels seen to exist
 
     # ---- public -------------------------------------------------------------------------------
     def submit(self, op, image=None):
@@ -425,12 +433,14 @@ class Sender:
         kind = op["op"]
         handlers = {"log_batch": lambda: self._log_batch(op, verify), "log_params": lambda: self._log_params(op),
                     "log_image": lambda: self._log_image(op, image, verify),
-                    "log_samples": lambda: self._log_samples(op)}
+                    "log_samples": lambda: self._log_samples(op), "log_inputs": lambda: self._log_inputs(op)}
         if kind not in handlers:
             raise ValueError(f"unknown spooled operation {kind!r}")
         handlers[kind]()
 
     def _log_batch(self, op, verify):
+        """Log metrics and tags in one request; with ``model_id`` (and ``dataset`` = [name, digest]) the metrics are
+        also the LoggedModel's (`_model_link`)."""
         from mlflow.entities import Metric, RunTag
 
         metrics = [tuple(m) for m in op.get("metrics", [])]
@@ -438,12 +448,65 @@ class Sender:
             metrics = [m for m in metrics if not self._metric_logged(op["run_id"], *m)]
         if not metrics and not op.get("tags"):
             return
+        link = self._model_link(op) if metrics else {}
         self._call(
             "log_batch", op["run_id"],
-            metrics=[Metric(key, float(value), int(timestamp), int(step)) for key, value, timestamp, step in metrics],
+            metrics=[Metric(key, float(value), int(timestamp), int(step), **link)
+                     for key, value, timestamp, step in metrics],
             tags=[RunTag(k, str(v)) for k, v in op.get("tags", {}).items()],
             synchronous=True,
         )
+
+    def _model_link(self, op):
+        """The `Metric` keywords that link a batch's metrics to the LoggedModel ``op["model_id"]`` (and to the
+        reference dataset ``op["dataset"]``), or {} without a model id.
+
+        The model must exist first: a store given an unknown id stores the run's metrics and then fails on the
+        model's (a 5xx that would keep the batch spooled forever), so an id that ``get_logged_model`` does not find,
+        or an MLflow without LoggedModels (< 3), logs the metrics to the run only, with one warning. A server that is
+        down raises (the batch is spooled and replayed, link included).
+        """
+        from genmetrics.stats.messages import first_time
+
+        model_id = op.get("model_id")
+        if not model_id:
+            return {}
+        if not hasattr(self.client, "get_logged_model"):
+            if first_time(("model_link", "mlflow")):
+                logger.warning("genmetrics: MLflow %s has no LoggedModels (MLflow >= 3 has them): metrics are logged "
+                               "to the run without the link to model %s", _mlflow_version(), model_id)
+            return {}
+        if ("model", model_id) not in self._lineage:
+            try:
+                self._call("get_logged_model", model_id)
+            except Exception as exc:  # noqa: BLE001 - classified: a server down is retried, anything else unlinks
+                if server_down(exc):
+                    raise
+                if first_time(("model_link", model_id)):
+                    logger.warning("genmetrics: cannot link the metrics to model %s (%s); they are logged to run %s "
+                                   "only", model_id, _one_line(exc), op["run_id"])
+                return {}
+            self._lineage.add(("model", model_id))
+        name, digest = op.get("dataset") or (None, None)
+        return {"model_id": model_id, "dataset_name": name, "dataset_digest": digest}
+
+    def _log_inputs(self, op):
+        """Add the datasets of `op` to the run's inputs, each once per run: skipped when this sender has sent it or
+        the run already lists it (same name and digest); the input tag ``mlflow.data.context`` = ``op["context"]``."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        run_id = op["run_id"]
+        wanted = [d for d in op["datasets"] if (run_id, d["name"], d["digest"]) not in self._lineage]
+        if wanted:
+            inputs = self._call("get_run", run_id).inputs
+            listed = {(i.dataset.name, i.dataset.digest) for i in (inputs.dataset_inputs if inputs else [])}
+            missing = [d for d in wanted if (d["name"], d["digest"]) not in listed]
+            if missing:
+                tags = [InputTag("mlflow.data.context", op["context"])]
+                self._call("log_inputs", run_id, [DatasetInput(Dataset(
+                    d["name"], d["digest"], d["source_type"], d["source"], profile=d.get("profile")), tags)
+                    for d in missing])
+        self._lineage.update((run_id, d["name"], d["digest"]) for d in op["datasets"])
 
     def _metric_logged(self, run_id, key, value, timestamp, step):
         return any(

@@ -5,7 +5,8 @@ from .fetch import fetch, info, list_entries, load, verify  # noqa: F401
 from .npz_import import import_npz  # noqa: F401
 from .build import build  # noqa: F401
 from .merge import merge  # noqa: F401
+from .prompts_store import prompts  # noqa: F401
 
 __all__ = ["ReferenceStats", "RefStatsFormatError", "read_refstats", "write_refstats", "ManifestEntry",
            "UnknownRefError", "resolve", "fetch", "info", "list_entries", "load", "verify", "import_npz", "build",
-           "merge"]
+           "merge", "prompts"]

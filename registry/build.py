@@ -59,7 +59,7 @@ def _process_group(device):
 
     import torch.distributed as dist
 
-    from genmetrics.stats.streaming.distributed import rank_and_world
+    from genmetrics.stats.streaming.distributed import call_timeout, rank_and_world
 
     if dist.is_available() and dist.is_initialized():
         rank, world = rank_and_world()
@@ -69,9 +69,9 @@ def _process_group(device):
     if not os.environ.get("MASTER_ADDR"):
         raise RuntimeError("WORLD_SIZE > 1 but MASTER_ADDR is not set: start multi-process builds with torchrun, "
                            "or build shards with --shard i/k and combine them with `genmetrics stats merge`")
-    timeout = os.environ.get("GENMETRICS_DIST_TIMEOUT")
+    timeout = call_timeout()
     backend = "nccl" if str(device or "").startswith("cuda") else "gloo"
-    dist.init_process_group(backend, **({"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}))
+    dist.init_process_group(backend, **({"timeout": datetime.timedelta(seconds=timeout)} if timeout else {}))
     return dist.get_rank(), dist.get_world_size(), True
 
 
@@ -142,10 +142,12 @@ def build(source, output, name=None, split=None, resolution=None, mode=DEFAULT_M
     if src is not None:
         meta["source_listing_sha256"] = source_digest(src)
         meta.update(src.locator or {})
+        meta.update(getattr(src, "extra_meta", None) or {})
     try:
         with output_lock(target):
             run = _Run(target, meta, accumulator, features, checkpoint_every,
                        digests=features and getattr(src, "locator", None) is not None)
+            run.prompts = getattr(src, "prompts", None)
             if group is None:
                 _run_chunks(src, source, (index, count), run, progress, on_checkpoint, value_range)
             else:
@@ -383,7 +385,9 @@ class _Run:
         features = self.kept_features() if self.keep_features and self.moments.n else None
         digests = self.kept_digests() if self.keep_digests and self.moments.n else None
         self.meta["num_samples"] = self.moments.n
-        write_refstats(self.target, self.statistics(self.moments, features, self.meta, sqrt_sigma, digests))
+        stats = self.statistics(self.moments, features, self.meta, sqrt_sigma, digests)
+        stats.prompts = getattr(self, "prompts", None)
+        write_refstats(self.target, stats)
         self.remove_checkpoint()
         return read_refstats(self.target)
 

@@ -300,6 +300,12 @@ def _imagenet(root, split):
     return TorchvisionSource(tvd.ImageFolder(folder), f"torchvision.datasets.ImageFolder({folder!r})")
 
 
+def _coco2014_30k(root, split):
+    from .coco import CocoCaptionsSource
+
+    return CocoCaptionsSource(root, split)
+
+
 #: name -> (factory(root, split), default split, native resolution or None)
 DATASETS = {
     "cifar10": (_cifar("CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
@@ -311,6 +317,7 @@ DATASETS = {
     "fashion_mnist": (_mnist("FashionMNIST", "https://github.com/zalandoresearch/fashion-mnist"), "train", 28),
     "celeba": (_celeba, "train", None),
     "imagenet": (_imagenet, "train", None),
+    "coco2014_30k": (_coco2014_30k, "val2014", 256),
 }
 for _category in ("bedroom", "bridge", "church_outdoor", "classroom", "conference_room", "dining_room", "kitchen",
                   "living_room", "restaurant", "tower"):

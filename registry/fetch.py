@@ -1,6 +1,7 @@
 """Fetch registry entries into the cache, load statistics, verify and describe them.
 
-Cache layout under ``$GENMETRICS_HOME/stats/`` (default ``~/.cache/genmetrics/stats``):
+Cache layout under ``<cache root>/stats/`` (:func:`genmetrics.stats.environment.cache_root`: ``$GENMETRICS_HOME``,
+else the platform's cache folder; ``~/.cache/genmetrics/stats`` on Linux by default):
 
 - ``<name>-<split>-<resolution>-<mode>@<version>.h5``: the statistics (format v1), what `load` reads;
 - ``sources/<ref>/source-<k>.<format>``: the file downloaded from the entry's k-th source (an ``.npz``
@@ -35,7 +36,7 @@ __all__ = ["stats_dir", "cache_path", "fetch", "load", "verify", "info", "list_e
 
 
 def stats_dir():
-    """``$GENMETRICS_HOME/stats``."""
+    """``stats/`` under the cache root (:func:`genmetrics.stats.environment.cache_root`)."""
     return os.path.join(genmetrics_home(), "stats")
 
 

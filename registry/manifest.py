@@ -34,13 +34,14 @@ import warnings
 
 from genmetrics.stats.defaults import DEFAULT_MODE, MODES
 from genmetrics.stats.download import redact_url
+from genmetrics.stats.environment import MANIFEST
 
 from .refs import check_name, parse_ref
 
 __all__ = ["ManifestEntry", "Source", "load_manifests", "resolve", "UnknownRefError", "MANIFEST_ENV",
            "PACKAGED_MANIFEST", "MODES"]
 
-MANIFEST_ENV = "GENMETRICS_MANIFEST"
+MANIFEST_ENV = MANIFEST.name
 PACKAGED_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.yaml")
 MANIFEST_FORMAT_VERSION = 1
 SOURCE_FORMATS = ("npz", "h5")
@@ -120,7 +121,7 @@ def _split_locations(text):
 
 
 def _manifest_locations():
-    return [PACKAGED_MANIFEST] + _split_locations(os.environ.get(MANIFEST_ENV, ""))
+    return [PACKAGED_MANIFEST] + _split_locations(MANIFEST.value())
 
 
 def _is_url(text):
@@ -147,10 +148,10 @@ MAX_REMOTE_MANIFEST_BYTES = 1 << 20  # a manifest lists URLs and hashes: 1 MiB i
 
 
 def _read_remote(url):
-    from genmetrics.stats.download import genmetrics_home, offline
+    from genmetrics.stats.download import OFFLINE_ENV, genmetrics_home, offline
 
     cached = os.path.join(genmetrics_home(), "manifests", hashlib.sha256(url.encode()).hexdigest()[:16] + ".yaml")
-    problem = "GENMETRICS_OFFLINE=1" if offline() else None
+    problem = f"{OFFLINE_ENV}=1" if offline() else None
     if problem is None:
         from genmetrics.stats.download import DownloadError, fetch_bytes
 

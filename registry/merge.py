@@ -10,7 +10,8 @@ Shards must agree on dataset, split, resolution, mode, feature extractor, layer,
 count k, the total number of images and the sha256 of the source listing; no shard id may appear
 twice, and no two files' image ranges (``shard_range``, "start:stop" or a list of them) may overlap:
 either would count images twice. Features, when every shard has them, are put in source order, and so are
-the images' digests (``image_sha256``) when every shard has them too: a file's rows follow its ranges in
+the images' digests (``image_sha256``) when every shard has them too (and the prompts of a text-to-image
+reference when every shard stores the same list): a file's rows follow its ranges in
 increasing order (a partial merge of shards 0 and 2 holds shard 0's rows, then shard 2's), so the rows are
 cut at the ranges and sorted by their first image. Any grouping of merges, in any argument order, gives the
 rows of one build over all images. (Files without ``shard_range``, from builds before 0.2, are ordered by
@@ -154,13 +155,15 @@ def merge(paths: Sequence[str], output: str, sqrt_sigma: bool = False) -> Refere
         if all(s.image_sha256 is not None for s in shards):  # one digest per feature row, in the same order
             digests = _ordered_rows(shards, pieces, lambda s: s.image_sha256)
     meta = {k: v for k, v in first.meta.items() if k not in ("format", "format_version", "created_at", "created_by",
-                                                              "shard_range", "num_samples")}
+                                                              "shard_range", "num_samples", "prompts_sha256")}
     meta["shard"] = "0/1" if complete else ",".join(f"{i}/{k}" for i, k in sorted(seen))
     if ranges:
         meta["shard_range"] = ranges
     meta["merged_from"] = ", ".join(os.path.basename(s.path) for s in shards)
     merged = ReferenceStats.from_moments(moments, features=features, meta=meta)
     merged.image_sha256 = digests
+    if all(s.prompts is not None and s.prompts == first.prompts for s in shards):  # every shard stores the full list
+        merged.prompts = first.prompts
     if sqrt_sigma:
         from genmetrics.stats import sqrtm_psd
 

@@ -54,6 +54,8 @@ from .refstats_checks import (RefStatsFormatError, check_arrays, check_count, ch
                               check_image_sha256, check_image_sha256_rows, check_layer_name, check_layout,
                               layer_datasets, read_attributes)
 
+from .prompts_store import prompts_sha256, read_prompts, write_prompts
+
 from genmetrics.stats.defaults import PROVENANCE_KEYS, weights_identity
 
 __all__ = ["ReferenceStats", "RefStatsFormatError", "write_refstats", "read_refstats", "created_by",
@@ -86,7 +88,8 @@ class ReferenceStats:
     (the exact moments: mu = sum / n, sigma = (outer_sum - n mu mu^T) / (n - 1)), optional ``image_sha256``
     (N, 32) uint8, the sha256 of each feature row's image (read on first access); ``meta`` holds every
     root attribute of the file (bytes decoded to str, numpy scalars to Python ones); ``path`` the file it
-    came from (or None). ``layers`` maps the names of further layers (e.g. ``spatial``) to their moments, each a
+    came from (or None). ``prompts``: the captions of a text-to-image reference, in order, or None. ``layers`` maps
+    the names of further layers (e.g. ``spatial``) to their moments, each a
     ReferenceStats without features (see :meth:`layer`).
 
     Every comparison (scoring, the CLI, deferred scoring, the evaluator) goes through this class:
@@ -95,7 +98,7 @@ class ReferenceStats:
     """
 
     def __init__(self, mu, sigma, n, features=None, sqrt_sigma=None, sum=None, outer_sum=None, meta=None,
-                 path=None, image_sha256=None, layers=None):
+                 path=None, image_sha256=None, layers=None, prompts=None):
         self.mu = np.asarray(mu, dtype=np.float64)
         self.sigma = np.asarray(sigma, dtype=np.float64)
         self.n = int(n)
@@ -112,6 +115,21 @@ class ReferenceStats:
         self.layers = {}
         for name, stats in (layers or {}).items():
             self.add_layer(name, stats)
+        self._prompts = prompts
+
+    @property
+    def prompts(self):
+        """The prompts a text-to-image reference was built for, in order (a list of str), or None; read from the
+        file on first access (:mod:`genmetrics.registry.prompts_store`)."""
+        if callable(self._prompts):
+            self._prompts = self._prompts()
+        return self._prompts
+
+    @prompts.setter
+    def prompts(self, value):
+        if value is not None and not all(isinstance(p, str) for p in value):
+            raise TypeError("prompts must be a list of str")
+        self._prompts = None if value is None else list(value)
 
     @classmethod
     def from_moments(cls, moments, features=None, meta=None):
@@ -313,6 +331,8 @@ def write_refstats(path, stats, features_dtype="float32", outer_sum=False):
     meta.setdefault("version", 1)
     meta.setdefault("weights_sha256", "unknown")
     meta.setdefault("source", "unknown")
+    if stats.prompts is not None:
+        meta["prompts_sha256"] = prompts_sha256(stats.prompts)
     missing = [k for k in REQUIRED_ATTRIBUTES if meta.get(k) is None]
     if missing:
         raise ValueError(f"cannot write {path}: provenance attributes {missing} are missing; pass them "
@@ -336,6 +356,8 @@ def write_refstats(path, stats, features_dtype="float32", outer_sum=False):
                     _write_array(f, name, np.asarray(value, dtype=np.float64))
             for layer, moments in sorted(stats.layers.items()):
                 _write_layer(f, layer, moments)
+            if stats.prompts is not None:
+                write_prompts(f, stats.prompts)
             if stats.features is not None:
                 _write_array(f, "features", np.asarray(stats.features, dtype=features_dtype))
                 if stats.image_sha256 is not None:  # incompressible: stored as it is
@@ -422,7 +444,8 @@ def _read_moments(f, path):
     arrays = {name: f[name][()] for name in _MOMENT_ARRAYS if name in f}
     n = int(f["n"][()])
     check_count(meta, n, path)
-    return meta, arrays, n, {name for name in _ROW_ARRAYS if name in f}
+    present = {name for name in _ROW_ARRAYS if name in f}
+    return meta, arrays, n, present | ({"prompts"} if "prompts_utf8" in f or "prompt_ends" in f else set())
 
 
 def _read_layers(f, path):
@@ -469,14 +492,17 @@ def read_refstats(path, lazy_features=True, full=False):
     lazy = has_features and lazy_features and not full
     features = (lambda: _read_features(path)) if lazy else (_read_features(path) if has_features else None)
     digests = (lambda: _read_image_sha256(path)) if "image_sha256" in present else None
+    prompts = (lambda: _read_prompts(path, meta.get("prompts_sha256"))) if "prompts" in present else None
     stats = ReferenceStats(arrays["mu"], arrays["sigma"], n, features=features,
                            sqrt_sigma=arrays.get("sqrt_sigma"), sum=arrays.get("sum"),
-                           outer_sum=arrays.get("outer_sum"), meta=meta, path=path, image_sha256=digests)
+                           outer_sum=arrays.get("outer_sum"), meta=meta, path=path, image_sha256=digests,
+                           prompts=prompts)
     for layer, (layer_arrays, layer_n) in layers.items():
         stats.add_layer(layer, ReferenceStats(layer_arrays["mu"], layer_arrays["sigma"], layer_n,
                                               sqrt_sigma=layer_arrays.get("sqrt_sigma"), sum=layer_arrays.get("sum")))
     if full:
         check_full(stats, path)
+        stats.prompts  # noqa: B018 - read now: their offsets, UTF-8 and hash are checked
         for layer, moments in stats.layers.items():
             check_full(moments, f"{path} (layer {layer})")
     return stats
@@ -498,6 +524,20 @@ def _read_features(path):
     if not np.isfinite(features).all():
         raise RefStatsFormatError(f"{path}: features contain NaN or Inf values (check: finite); rebuild the file")
     return features.astype(np.float32, copy=False)
+
+
+def _read_prompts(path, recorded):
+    """The stored prompts, validated (:func:`genmetrics.registry.prompts_store.read_prompts`)."""
+    import h5py
+
+    try:
+        with h5py.File(_regular_file(path), "r") as f:
+            check_layout(f, path)
+            return read_prompts(f, path, recorded)
+    except RefStatsFormatError:
+        raise
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
 
 
 def _read_image_sha256(path):

@@ -36,6 +36,7 @@ _EXPORTS = {
     "networks.dinov2": ("DinoV2", "build_dinov2"),
     "networks.clip": ("ClipVisual", "build_clip"),
     "networks.clip_tokenizer": ("clip_tokenize",),
+    "streaming.clip_score": ("clip_score",),
     "streaming.features": ("extract_features",),
     "images.preprocess": ("preprocess",),
     "images.image_input": ("to_image_batch", "iter_image_batches", "check_value_range"),

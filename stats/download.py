@@ -43,12 +43,15 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, replace
 
+from .environment import (DOWNLOAD_DEADLINE, DOWNLOAD_MAX_BYTES, DOWNLOAD_MIN_RATE, DOWNLOAD_RATE_WINDOW, HOME,
+                          OFFLINE)
+from .environment import cache_root as genmetrics_home
+
 __all__ = ["genmetrics_home", "offline", "download", "fetch_bytes", "file_sha256", "cached_file_sha256", "Limits",
            "redact_url", "writable_dir", "clear_unreachable", "DownloadError", "ChecksumMismatchError", "OfflineError",
            "NetworkUnavailableError", "CacheNotWritableError", "HOME_ENV", "OFFLINE_ENV"]
 
-HOME_ENV = "GENMETRICS_HOME"
-OFFLINE_ENV = "GENMETRICS_OFFLINE"
+HOME_ENV, OFFLINE_ENV = HOME.name, OFFLINE.name
 _CHUNK = 1 << 20
 _NET_CHUNK = 1 << 16  # small reads keep almost all bytes of a body that is cut short
 _RETRYABLE_4XX = (408, 429)
@@ -83,15 +86,15 @@ class Limits:
     @classmethod
     def from_env(cls):
         """The defaults, overridden by the GENMETRICS_DOWNLOAD_* variables that are set."""
-        def number(name, default, kind=float):
-            text = os.environ.get(f"GENMETRICS_DOWNLOAD_{name}", "").strip()
+        def number(variable, default, kind=float):
+            text = variable.value()
             try:
                 return kind(text) if text else default
             except ValueError:
-                raise ValueError(f"GENMETRICS_DOWNLOAD_{name}={text!r} is not a number; fix or unset it") from None
+                raise ValueError(f"{variable.name}={text!r} is not a number; fix or unset it") from None
 
-        return cls(number("DEADLINE", cls.deadline), number("MIN_RATE", cls.min_rate),
-                   number("RATE_WINDOW", cls.rate_window), number("MAX_BYTES", cls.max_bytes, int))
+        return cls(number(DOWNLOAD_DEADLINE, cls.deadline), number(DOWNLOAD_MIN_RATE, cls.min_rate),
+                   number(DOWNLOAD_RATE_WINDOW, cls.rate_window), number(DOWNLOAD_MAX_BYTES, cls.max_bytes, int))
 
 
 def redact_url(url):
@@ -138,15 +141,9 @@ def _errors_without_secrets(url):
         raise
 
 
-def genmetrics_home():
-    """The cache root: ``$GENMETRICS_HOME``, else ``~/.cache/genmetrics`` (not created here)."""
-    home = os.environ.get(HOME_ENV, "").strip()
-    return os.path.abspath(os.path.expanduser(home or os.path.join("~", ".cache", "genmetrics")))
-
-
 def offline():
     """True when ``GENMETRICS_OFFLINE`` is set to 1/true/yes/on: use the cache only, never the network."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return OFFLINE.value().lower() in ("1", "true", "yes", "on")
 
 
 def file_sha256(path):

@@ -39,13 +39,14 @@ NOT_MEASURED = {
     "0.5s": {"logging.md", "plugin/spool.py"},                      # GENMETRICS_LOG_BACKOFF, 1 s after doubling
     "1s": {"logging.md", "plugin/spool.py"},
     "5s": {"logging.md"},                                           # GENMETRICS_REPLAY_INTERVAL
-    "30s": {"logging.md", "registry.md", "stats/download.py"},      # GENMETRICS_LOG_TIMEOUT, download rate window
-    "3600s": {"registry.md", "stats/download.py"},                  # GENMETRICS_DOWNLOAD_DEADLINE
+    "30s": {"logging.md", "stats/download.py"},                     # GENMETRICS_LOG_TIMEOUT, download rate window
+    "3600s": {"stats/download.py"},                                 # GENMETRICS_DOWNLOAD_DEADLINE
+    "30min": {"environment.md", "stats/streaming/distributed.py"},  # gloo's default process-group timeout
     "3s": {"distributed.md"},                                       # GENMETRICS_DIST_TIMEOUT in an example message
-    "4GiB": {"deferred.md", "registry.md", "plugin/samples.py", "stats/download.py"},  # size limits' defaults
+    "4GiB": {"deferred.md", "environment.md", "plugin/samples.py", "stats/download.py"},  # size limits' defaults
     "256MiB": {"deferred.md", "plugin/samples.py"},                 # COMPRESSIBLE_BYTES
     "64x": {"deferred.md", "plugin/samples.py"},                    # MAX_COMPRESSION_RATIO
-    "1e-3": {"inception.md"},                                       # BatchNorm eps of the TF graph
+    "1e-3": {"inception.md", "lightning.md"},                       # BatchNorm eps; the example's learning rate
     "2x": {"stats/networks/lpips.py", "stats/images/resize_pil.py"},   # the map 2x - 1; a 2x downscale
 }
 

@@ -30,9 +30,10 @@ def test_registry_loads_no_mlflow_and_no_plugin():
                                        "from genmetrics.stats.metric_table import METRICS"])
 def test_the_registry_the_plugin_and_the_listings_load_no_torch(statement):
     """Listing or fetching references, the plugin package and the metric table need no torch (its import costs
-    seconds on a busy machine)."""
+    seconds on a busy machine), nor Lightning (an optional extra: only genmetrics.plugin.lightning imports it)."""
     loaded = _modules_after(statement)
     assert "torch" not in loaded and "torchvision" not in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric")}
 
 
 def test_shared_names_load_without_torch():

@@ -21,6 +21,9 @@ Preprocessing (torch-fidelity's): images on the 0..255 scale, TensorFlow-1 bilin
 ``(x - 255 mean) / (255 std)`` with CLIP's mean (0.48145466, 0.4578275, 0.40821073) and std
 (0.26862954, 0.26130258, 0.27577711). (OpenAI's own pipeline resizes with PIL bicubic and centre-crops, and
 Jayasumana et al. use Hugging Face's processor, so CMMD values differ slightly from theirs.)
+
+The text tower of the same checkpoints, built from these blocks with a causal mask, is in
+:mod:`genmetrics.stats.networks.clip_text`.
 """
 from dataclasses import dataclass
 
@@ -62,11 +65,12 @@ CLIP_ARCHS = {
 
 
 class _Attention(nn.Module):
-    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names (in_proj, out_proj)."""
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names (in_proj, out_proj); `causal`:
+    token i attends to tokens j <= i only (the text tower's mask)."""
 
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, causal=False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -76,7 +80,7 @@ class _Attention(nn.Module):
         n, tokens, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.reshape(n, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head dim)) v
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # softmax(q k^T / sqrt(head dim)) v
         return self.out_proj(out.transpose(1, 2).reshape(n, tokens, width))
 
 
@@ -86,10 +90,10 @@ class _QuickGELU(nn.Module):
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, causal=False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = _Attention(width, heads)
+        self.attn = _Attention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
@@ -102,9 +106,9 @@ class _ResidualBlock(nn.Module):
 
 
 class _Transformer(nn.Module):
-    def __init__(self, width, layers, heads):
+    def __init__(self, width, layers, heads, causal=False):
         super().__init__()
-        self.resblocks = nn.Sequential(*(_ResidualBlock(width, heads) for _ in range(layers)))
+        self.resblocks = nn.Sequential(*(_ResidualBlock(width, heads, causal) for _ in range(layers)))
 
     def forward(self, x):
         return self.resblocks(x)

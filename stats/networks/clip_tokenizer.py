@@ -41,13 +41,14 @@ import torch
 
 from ..defaults import CLIP_CONTEXT_LENGTH
 from ..download import cached_file_sha256
+from ..environment import CLIP_BPE as _BPE_VARIABLE
 from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, resolve_weights
 
 __all__ = ["clip_tokenize", "ClipTokenizer", "resolve_clip_bpe", "installed_open_clip_bpe", "byte_alphabet",
            "CLIP_BPE", "CLIP_BPE_ENV", "START_TOKEN", "END_TOKEN"]
 
 #: KNOWN_WEIGHTS name of the merges file, and the environment variable naming its path.
-CLIP_BPE, CLIP_BPE_ENV = "clip-bpe", "GENMETRICS_CLIP_BPE"
+CLIP_BPE, CLIP_BPE_ENV = "clip-bpe", _BPE_VARIABLE.name
 #: Merges CLIP uses: the first 49,152 - 256 - 2 = 48,894 lines after the header (the file has 262,144; the rest
 #: are unused); with 2 x 256 byte symbols and the 2 framing tokens the vocabulary has 49,408 ids.
 _NUM_MERGES = 49152 - 256 - 2
@@ -94,7 +95,7 @@ def resolve_clip_bpe(bpe_path=None, progress=True):
     """Path of the merges file: `bpe_path` -> ``$GENMETRICS_CLIP_BPE`` -> open-clip-torch's copy -> cache ->
     download (sha256-verified). Raises :class:`~genmetrics.stats.networks.weights.WeightsUnavailableError`
     saying how to provide it when none works."""
-    if bpe_path is None and not os.environ.get(CLIP_BPE_ENV, "").strip():
+    if bpe_path is None and not _BPE_VARIABLE.value():
         installed = installed_open_clip_bpe()
         if installed:
             return installed

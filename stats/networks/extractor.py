@@ -40,6 +40,7 @@ from torch import nn
 from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, FEATURE_EXTRACTOR, FEATURE_LAYER, LOGITS_LAYER, MODES,
                         PRECISIONS, SPATIAL_LAYER)
 from ..download import cached_file_sha256
+from ..environment import weights_variable
 from ..images.preprocess import preprocess
 from .inception import FIDInception, load_inception
 from .inception_fast import FastFIDInception, build_fast_inception, check_precision
@@ -213,21 +214,19 @@ def _clip_preprocess(size):
     return run
 
 
-def _env(name):
-    return "GENMETRICS_" + name.upper().replace("-", "_") + "_WEIGHTS"
-
-
 def _dinov2_spec(name, dim):
     return ExtractorSpec(
         name=name, layers=("dinov2",), default_layer="dinov2", input_size=224, modes=("legacy_tensorflow",),
-        preprocess=_dinov2_preprocess, weights=name, weights_env=_env(name), load_network=_dinov2_network(name),
+        preprocess=_dinov2_preprocess, weights=name, weights_env=weights_variable(name).name,
+        load_network=_dinov2_network(name),
         description=f"DINOv2 {name[7:].upper()} class token ({dim}-D), torch-fidelity's 224 px preprocessing")
 
 
 def _clip_spec(name, size, dim):
     return ExtractorSpec(
         name=name, layers=("clip", "clip_l2"), default_layer="clip", input_size=size, modes=("legacy_tensorflow",),
-        preprocess=_clip_preprocess(size), weights=name, weights_env=_env(name), load_network=_clip_network(name),
+        preprocess=_clip_preprocess(size), weights=name, weights_env=weights_variable(name).name,
+        load_network=_clip_network(name),
         description=f"CLIP {name[5:].upper()} image embedding ({dim}-D; clip_l2: L2-normalised, for CMMD)")
 
 

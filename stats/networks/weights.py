@@ -1,6 +1,6 @@
 """Known weight files and where to find them: explicit path, environment, cache, download, installed package.
 
-Each known file has a name, a file name in the cache (``$GENMETRICS_HOME/weights/<filename>``), source
+Each known file has a name, a file name in the cache (``<cache root>/weights/<filename>``), source
 URLs and a pinned sha256. Resolution order (first hit wins):
 
 1. an explicit path (argument);
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..download import (OFFLINE_ENV, CacheNotWritableError, DownloadError, NetworkUnavailableError, cached_file_sha256,
                        download, genmetrics_home, offline)
+from ..environment import INCEPTION_WEIGHTS, WEIGHTS_URL_BASE, variable
 from ..messages import warn_once
 
 __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailableError", "weights_dir",
@@ -26,8 +27,7 @@ __all__ = ["KnownWeights", "KNOWN_WEIGHTS", "ResolvedWeights", "WeightsUnavailab
            "installed_fid_helper_weights", "missing_inception_head_message", "INCEPTION",
            "INCEPTION_WEIGHTS_ENV", "URL_BASE_ENV"]
 
-INCEPTION_WEIGHTS_ENV = "GENMETRICS_INCEPTION_WEIGHTS"
-URL_BASE_ENV = "GENMETRICS_WEIGHTS_URL_BASE"
+INCEPTION_WEIGHTS_ENV, URL_BASE_ENV = INCEPTION_WEIGHTS.name, WEIGHTS_URL_BASE.name
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class ResolvedWeights:
 
 
 def weights_dir():
-    """The weights cache folder, ``$GENMETRICS_HOME/weights``."""
+    """The weights cache folder, ``weights/`` under the cache root (:func:`genmetrics.stats.environment.cache_root`)."""
     return os.path.join(genmetrics_home(), "weights")
 
 
@@ -160,7 +160,7 @@ def _known(name):
 def weights_urls(name):
     """Source URLs of a known file: ``$GENMETRICS_WEIGHTS_URL_BASE/<filename>`` when that is set."""
     entry = _known(name)
-    base = os.environ.get(URL_BASE_ENV, "").strip()
+    base = WEIGHTS_URL_BASE.value()
     if base:
         return (base.rstrip("/") + "/" + entry.filename,)
     return entry.urls
@@ -221,8 +221,9 @@ def resolve_weights(name, path=None, env_var=None, fallback=None, progress=True)
     entry = _known(name)
     if path is not None:
         return ResolvedWeights(_existing(path, "weights"), "argument")
-    if env_var and os.environ.get(env_var, "").strip():
-        return ResolvedWeights(_existing(os.environ[env_var].strip(), f"${env_var} ="), f"${env_var}")
+    given = variable(env_var).value() if env_var else ""
+    if given:
+        return ResolvedWeights(_existing(given, f"${env_var} ="), f"${env_var}")
     cached = cached_weights(name)
     if cached:
         return ResolvedWeights(cached, "cache")

@@ -29,26 +29,23 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_PRECISION, FEATURE_EXTRACTOR, FEATURE_LAYER,
-                        LOGITS_LAYER)
-from ..networks.extractor import FeatureExtractor, check_extraction, has_logits, spec_of
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_PRECISION, FEATURE_LAYER, LOGITS_LAYER
+from ..networks.extractor import check_extraction, has_logits, spec_of
 from ..networks.inception import load_inception
 from .distributed import all_gather_rows, all_reduce_moments, is_distributed
 from .features import extract_features
 from .moments import GaussianMoments
 
-__all__ = ["FeatureAccumulator", "FeatureStats", "extractor_name"]
+__all__ = ["FeatureAccumulator", "FeatureStats"]
 
 
-def extractor_name(model):
-    """The name statistics files record for `model` (the FID Inception's is ``inception-v3-compat``)."""
+def _recorded_name(model):
+    """The name statistics files record for `model`: its spec's (the FID Inception's is ``inception-v3-compat``),
+    else the name a user's module declares as ``feature_extractor``, else ``custom:<class name>``."""
+    spec = spec_of(model)
+    if spec is not None:
+        return spec.name
     return getattr(model, "feature_extractor", None) or f"custom:{type(model).__name__}"
-
-
-def _is_feature_extractor(model):
-    """True for a :class:`genmetrics.stats.networks.extractor.FeatureExtractor` (``genmetrics.plugin.scoring``
-    asks)."""
-    return isinstance(model, FeatureExtractor)
 
 
 def _default_layer(model, layer):
@@ -247,7 +244,7 @@ class FeatureAccumulator:
         """mode, feature_extractor, feature_layer, weights_sha256 of the accumulated features."""
         model = self.model
         return {"mode": self.mode,
-                "feature_extractor": FEATURE_EXTRACTOR if model is None else extractor_name(model),
+                "feature_extractor": _recorded_name(model),
                 "feature_layer": self.layer,
                 "weights_sha256": getattr(model, "weights_sha256", None)}
 

@@ -22,17 +22,17 @@ process and under ``torchrun``. Collectives run on the group's device: CUDA for 
 """
 import datetime
 import hashlib
-import os
 
 import numpy as np
 import torch
 
+from ..environment import DIST_TIMEOUT
 from .moments import GaussianMoments
 
 __all__ = ["DistributedError", "is_distributed", "rank_and_world", "shard_size", "check_all_ranks",
            "check_same_call", "call_timeout", "all_reduce_moments", "all_gather_rows", "all_reduce_sum"]
 
-TIMEOUT_ENV = "GENMETRICS_DIST_TIMEOUT"
+TIMEOUT_ENV = DIST_TIMEOUT.name
 _SLOTS = 32  # int64 entries of the agreement tensor: status, names, up to 30 settings
 
 
@@ -109,7 +109,7 @@ def check_all_ranks(error=None, group=None):
 def call_timeout():
     """Seconds a rank waits for the others at :func:`check_same_call`: ``GENMETRICS_DIST_TIMEOUT``, else None
     (the process group's own timeout, 30 min for gloo unless ``init_process_group`` set another)."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    text = DIST_TIMEOUT.value()
     if not text:
         return None
     try:
