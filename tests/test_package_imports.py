@@ -86,3 +86,16 @@ def test_the_development_page_maps_every_module():
     assert not missing, f"docs/development.md's layout does not name {missing} under their folders"
 
 
+
+
+def test_every_function_is_under_80_lines():
+    """The style rule of the design step (issue 20): no function of stats/, registry/ or plugin/ over 80 lines."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    long = [f"{path.relative_to(root)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for part in ("stats", "registry", "plugin") for path in sorted((root / part).rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert not long, f"functions over 80 lines: {long}"
