@@ -68,7 +68,8 @@ def job_score(out, tracking_uri, reference):
         start = sum(shares[:rank])
         mine = iter(images[start:start + shares[rank]])
         results.append(log_gen_metrics(lambda n: np.stack([next(mine) for _ in range(n)]), reference=reference,
-                                       num_samples=7, step=step, metrics=["fid", "kid", "ssim"], model=TinyExtractor(),
+                                       num_samples=7, step=step, metrics=["fid", "kid", "ssim", "precision", "recall"],
+                                       model=TinyExtractor(),
                                        kid_subsets=5, diversity_pairs=6, batch_size=2))
     if run is not None:
         mlflow.end_run()

@@ -64,12 +64,14 @@ def test_log_gen_metrics_on_every_rank_logs_once(tmp_path, mlflow_server, tiny_r
     client = MlflowClient(mlflow_server.uri)
     run_id = seen[0]["run_id"]
     for step, result in enumerate(seen[0]["results"]):
-        alone = score_samples(score_samples_of(step), reference=tiny_reference_path, metrics=["fid", "kid", "ssim"],
-                              model=TinyExtractor(), kid_subsets=5, diversity_pairs=6).metrics
+        alone = score_samples(score_samples_of(step), reference=tiny_reference_path,
+                              metrics=["fid", "kid", "ssim", "precision", "recall"], model=TinyExtractor(), kid_subsets=5,
+                              diversity_pairs=6).metrics
         assert result.keys() == alone.keys()
         assert result["gen/fid"] == pytest.approx(alone["gen/fid"], rel=1e-6)
         assert result["gen/kid"] == pytest.approx(alone["gen/kid"], rel=1e-6)
         assert result["gen/ssim_diversity"] == pytest.approx(alone["gen/ssim_diversity"], rel=1e-6)
+        assert (result["gen/precision"], result["gen/recall"]) == (alone["gen/precision"], alone["gen/recall"])
     for key in seen[0]["results"][0]:
         history = client.get_metric_history(run_id, key)
         assert sorted(m.step for m in history) == [0, 1], key  # one entry per step: rank 0 logged once
