@@ -3,7 +3,8 @@
 A separate evaluation worker (``genmetrics score RUN_ID`` once, or ``genmetrics watch`` as a
 service) downloads each pending step's samples, computes the metrics against the reference and
 logs them to the run with the step of the samples, then marks the step scored with the tag
-``genmetrics.scored.<step>`` (naming the logged keys).
+``genmetrics.scored.<step>`` (naming the logged keys). Prompts stored beside the samples
+(``log_gen_samples(..., prompts=...)``) go with them to scoring, for ``clip_score``.
 
 Exactly once, also across a crash or a kill of the worker:
 
@@ -33,7 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from genmetrics.stats.defaults import DEFAULT_PREFIX, WATCH_INTERVAL_S
 
-from .samples import FAILED_TAG_PREFIX, SCORED_TAG_PREFIX, SamplesFileError, pending_sample_steps, read_samples_file
+from .samples import (FAILED_TAG_PREFIX, SCORED_TAG_PREFIX, SamplesFileError, pending_sample_steps,
+                      read_samples_and_prompts)
 from .spool import redact_text
 
 _logger = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def _logged_keys_at(client, run_id, prefix, step):
 def _download_samples(client, run_id, artifact_path):
     with tempfile.TemporaryDirectory(prefix="genmetrics-score-") as tmp:
         local = client.download_artifacts(run_id, artifact_path, tmp)
-        return read_samples_file(local, where=artifact_path)
+        return read_samples_and_prompts(local, where=artifact_path)
 
 
 def _mark_scored(client, run_id, step, keys):
@@ -122,8 +124,9 @@ class _Scorer:
 
         return registry.load(self.reference, progress=False)
 
-    def log_step(self, client, run_id, step, samples, targets):
-        """Compute the metrics of one step's samples and log them at that step; returns the keys.
+    def log_step(self, client, run_id, step, samples, targets, prompts=None):
+        """Compute the metrics of one step's samples (with the `prompts` stored beside them, for ``clip_score``)
+        and log them at that step; returns the keys.
 
         Raises :class:`TrackingUnavailableError` when the write was spooled (server down) instead of
         delivered: the step stays unmarked until the spool is replayed.
@@ -132,7 +135,8 @@ class _Scorer:
 
         logged = log_gen_metrics(
             samples, reference=self.loaded_reference(), step=step, metrics=self.metrics, targets=targets,
-            run_id=run_id, prefix=self.prefix, client=client, model_id=_model_at_step(client, run_id, step),
+            prompts=prompts, run_id=run_id, prefix=self.prefix, client=client,
+            model_id=_model_at_step(client, run_id, step),
             **self.options,
         )
         _require_empty_spool(client)
@@ -180,8 +184,8 @@ def _score_run_with(scorer, client, run_id):
                 _logger.info("run %s step %d: metrics already logged, marking it scored", run_id, step)
                 keys = _logged_keys_at(client, run_id, scorer.prefix, step)
             else:
-                samples, targets = _download_samples(client, run_id, artifact_path)
-                keys = scorer.log_step(client, run_id, step, samples, targets)
+                samples, targets, prompts = _download_samples(client, run_id, artifact_path)
+                keys = scorer.log_step(client, run_id, step, samples, targets, prompts)
             _mark_scored(client, run_id, step, keys)
             done.append(step)
         except SamplesFileError as exc:  # the file will never read otherwise: record it, do not retry

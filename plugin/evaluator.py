@@ -17,10 +17,11 @@ Where the images come from:
 * a model (pyfunc or callable): its predictions on ``data`` are the images.
 
 Each cell is an image file path, encoded image bytes, or a uint8 / float [0, 1] (H, W, C) array.
-Paired targets (for SSIM / MS-SSIM / LPIPS) come from ``target_column`` or ``targets=``.
+Paired targets (for SSIM / MS-SSIM / LPIPS) come from ``target_column`` or ``targets=``. The prompts of the
+images (for ``clip_score``: one text per row, in order) come from ``prompts_column``, a column of ``data``.
 Config keys: ``reference`` (registry ref, ``.h5`` path or ``ReferenceStats``), ``image_column``,
-``target_column``, ``step`` (default 0); every other key is an option of ``log_gen_metrics``, i.e. of
-:class:`genmetrics.plugin.options.ScoreOptions` (``metrics``, ``prefix``, ``batch_size``, ``device``, ``mode``,
+``target_column``, ``prompts_column``, ``step`` (default 0); every other key is an option of ``log_gen_metrics``,
+i.e. of :class:`genmetrics.plugin.options.ScoreOptions` (``metrics``, ``prefix``, ``batch_size``, ``device``, ``mode``,
 ``seed``, ``value_range``, ...; their defaults are its defaults), and an unknown key is a TypeError listing them.
 
 Lineage: the reference file becomes a dataset input of the evaluation run (context ``reference``, as for
@@ -37,7 +38,8 @@ from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 __all__ = ["GenMetricsEvaluator", "MODEL_TYPE"]
 
 MODEL_TYPE = "image-generation"
-_OWN_KEYS = ("reference", "image_column", "target_column", "step")  #: config keys that are no scoring option
+#: Config keys that are no scoring option.
+_OWN_KEYS = ("reference", "image_column", "target_column", "prompts_column", "step")
 
 
 def _load_image(cell):
@@ -126,11 +128,15 @@ class GenMetricsEvaluator(ModelEvaluator):
             if len(target_cells) != len(images):
                 raise ValueError(f"{len(images)} images but {len(target_cells)} targets; pass one target per image")
             targets = [_load_image(cell) for cell in target_cells]
+        prompts = None
+        if config.get("prompts_column"):
+            prompts = _column(dataset.features_data, config["prompts_column"], "prompts")
         metrics = log_gen_metrics(
             (_load_image(cell) for cell in images),
             reference=config.get("reference"),
             step=int(config.get("step", 0)),
             targets=targets,
+            prompts=prompts,
             run_id=run_id,
             model_id=kwargs.get("model_id"),
             **{k: v for k, v in config.items() if k not in _OWN_KEYS},

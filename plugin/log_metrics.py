@@ -9,8 +9,9 @@ from . import background
 from .grid import make_grid
 from .lineage import REFERENCE_CONTEXT, reference_dataset
 from .options import OPTION_NAMES, ScoreOptions
+from .prompt_scoring import check_prompt_count, check_prompts, known_count, prompt_metrics
 from .sample_input import SampleBatches
-from .scoring import score_samples
+from .scoring import _check_metrics, _local_share, score_samples
 from .spool import get_sender
 
 __all__ = ["log_gen_metrics"]
@@ -94,6 +95,7 @@ def log_gen_metrics(
     num_samples=None,
     value_range=None,
     model_id=None,
+    prompts=None,
     **score_options,
 ):
     """Score `samples` (see `score_samples`) and log them to the active MLflow run (or `run_id`).
@@ -106,8 +108,8 @@ def log_gen_metrics(
     "copy_pairs", step=step)``: the reference images only when `reference_images` names where they are (and
     each is the one the statistics file recorded), else a placeholder with the image's index (see
     `genmetrics.plugin.copy_grid`; the tag ``copy.pairs`` names its rows, ``skipped.copy_pairs`` why there is
-    no grid). A tracking server that is
-    down never raises here: writes are retried, then spooled and replayed (see `genmetrics.plugin.spool`).
+    no grid). A tracking server that is down never raises here: writes are retried, then spooled and replayed
+    (see `genmetrics.plugin.spool`). `prompts`: one text per sample, in order, for ``clip_score`` (`score_samples`).
 
     Returns the metrics dict (keys exactly the logged metric keys, e.g. ``gen/fid``). With
     ``blocking=False`` the samples are drawn now, scoring and logging run on a background worker in
@@ -118,7 +120,7 @@ def log_gen_metrics(
     :class:`genmetrics.plugin.options.ScoreOptions` (each one's meaning and default: ``help(ScoreOptions)``), all
     but ``copy_pairs``, which follows `log_grid`; they are checked before anything is drawn (an unknown name is a
     TypeError listing the valid ones). `client` is an `MlflowClient` to log with (its tracking URI), default the
-    fluent API's tracking URI.
+    fluent API's tracking URI. Wrong prompt counts raise before anything is logged.
 
     Lineage (`genmetrics.plugin.lineage`): the reference file is logged once per run as a dataset input; `model_id`
     (a LoggedModel's id; default MLflow's active model) links the metrics to that model too (MLflow >= 3).
@@ -137,6 +139,7 @@ def log_gen_metrics(
                          "their statistics with collectives, which must not run on a background thread; call "
                          "log_gen_metrics with blocking=True on every rank (or distributed=False)")
     try:
+        prompts, prompt_count = _check_prompts_up_front(samples, prompts, opts, rank, world)
         run_id, tracking_uri = _resolve_run(run_id, client) if rank == 0 else (None, None)
     except ValueError as error:  # under a process group the other ranks must not wait for rank 0 in scoring
         if world > 1:
@@ -148,7 +151,7 @@ def log_gen_metrics(
     timestamp = int(time.time() * 1000)
 
     def score_and_log(samples, targets, value_range):
-        result = score_samples(samples, reference=reference, targets=targets,
+        result = score_samples(samples, reference=reference, targets=targets, prompts=prompts,
                                **dict(opts.keywords(), value_range=value_range))
         if rank != 0:  # under a process group rank 0 logs, every rank returns the same numbers
             return dict(result.metrics)
@@ -156,16 +159,33 @@ def log_gen_metrics(
 
     if blocking:
         return score_and_log(samples, targets, opts.value_range)
-    return _in_background(score_and_log, samples, targets, opts, (run_id, tracking_uri, client, step))
+    return _in_background(score_and_log, samples, targets, opts, (run_id, tracking_uri, client, step), prompt_count)
 
 
-def _in_background(score_and_log, samples, targets, opts, where):
+def _check_prompts_up_front(samples, prompts, opts, rank, world):
+    """(prompts as a list of str, a copy that the caller may change afterwards; their number when a metric pairs
+    them with the samples, else None). With such a metric the counts must agree when this rank's number of samples
+    is known before drawing them; no prompts at all is an error at once."""
+    prompts = check_prompts(prompts)
+    if not prompt_metrics(_check_metrics(opts.metrics)[0]):
+        return prompts, None
+    expected = known_count(samples, _local_share(opts, rank, world))
+    if prompts is None or expected is not None:
+        check_prompt_count(expected, None if prompts is None else len(prompts))
+    return prompts, len(prompts)
+
+
+def _in_background(score_and_log, samples, targets, opts, where, prompt_count=None):
     """Draw the samples (and targets) now, score and log them on the background worker; a Future of the dict.
     `where` = (run_id, tracking_uri, client, step): where an interrupt spools the drawn samples unscored.
+    `prompt_count`: the number of prompts a metric pairs with the samples (their list, copied by the caller, is
+    held by `score_and_log`), checked here against the number drawn; None when no metric uses prompts.
 
     The input is decoded once, here: the held batches (:meth:`SampleBatches.drawn`) are what scoring, the grids
     and the spool consume, without decoding again."""
     drawn = SampleBatches(samples, opts.num_samples, opts.batch_size, opts.value_range).drawn()
+    if prompt_count is not None:
+        check_prompt_count(drawn.count, prompt_count)
     drawn_targets = None
     if targets is not None:
         drawn_targets = SampleBatches(targets, None, opts.batch_size, opts.value_range).drawn()

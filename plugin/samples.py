@@ -8,6 +8,10 @@ Convention (version 1), all inside the run:
   as ``samples_pixels``, uint8 (P, 3): the images' pixels, row-major, one image after the other, and
   ``samples_sizes``, int64 (N, 2): each image's (H, W) (likewise ``targets_pixels`` / ``targets_sizes``);
   readers from before this layout refuse such a file (no ``samples`` array) rather than misread it.
+  Optionally the prompts of the samples (one text per sample, in order, for ``clip_score``), as in statistics
+  files (:mod:`genmetrics.registry.prompts_store`): ``prompts_utf8``, uint8 (B,), their UTF-8 bytes concatenated,
+  and ``prompt_ends``, int64 (N,), each prompt's end offset in it; bytes, not a pickled or ``<U`` array, checked
+  on read (one non-decreasing offset per sample, the last one B; strict UTF-8). Older readers ignore them.
 * tag ``genmetrics.samples.<step>`` = that artifact path. It is set only AFTER the upload has
   finished, so a tag present means the file is complete. A scorer lists the steps to score from
   the run's tags alone, without listing artifacts.
@@ -28,14 +32,15 @@ read by the one normaliser, :mod:`genmetrics.stats.images.image_input`.
 import os
 import re
 import tempfile
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from genmetrics.stats.environment import MAX_SAMPLES_BYTES
 
 __all__ = ["samples_artifact_path", "logged_sample_steps", "pending_sample_steps", "to_uint8_nhwc", "image_shapes",
-           "write_samples_file", "read_samples_file", "log_gen_samples", "SAMPLES_DIR", "SAMPLES_TAG_PREFIX",
+           "write_samples_file", "read_samples_file", "read_samples_and_prompts", "log_gen_samples", "SAMPLES_DIR",
+           "SAMPLES_TAG_PREFIX",
            "SCORED_TAG_PREFIX", "FAILED_TAG_PREFIX", "SamplesFileError", "max_samples_bytes",
            "DEFAULT_MAX_SAMPLES_BYTES", "COMPRESSIBLE_BYTES"]
 
@@ -145,10 +150,19 @@ def _stored(name, images):
             f"{name}_sizes": np.array([image.shape[:2] for image in images], dtype=np.int64).reshape(-1, 2)}
 
 
-def write_samples_file(path, samples, targets=None):
+def _stored_prompts(prompts):
+    """The arrays that store `prompts` (a list of str, or None): ``prompts_utf8`` and ``prompt_ends``."""
+    if prompts is None:
+        return {}
+    encoded = [prompt.encode("utf-8") for prompt in prompts]
+    return {"prompts_utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            "prompt_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64)}
+
+
+def write_samples_file(path, samples, targets=None, prompts=None):
     """Write the npz archive of the convention above: ``samples`` and optional ``targets``, each a uint8
-    (N, H, W, 3) array or a list of uint8 (H, W, 3) arrays of different sizes."""
-    arrays = {**_stored("samples", samples), **_stored("targets", targets)}
+    (N, H, W, 3) array or a list of uint8 (H, W, 3) arrays of different sizes, and optional `prompts` (N str)."""
+    arrays = {**_stored("samples", samples), **_stored("targets", targets), **_stored_prompts(prompts)}
     limit = max_samples_bytes()
     nbytes = sum(a.nbytes for a in arrays.values())
     if nbytes > limit:
@@ -183,10 +197,17 @@ def _declared_arrays(path, where):
             raise SamplesFileError(f"{where}: '{name}' must be uint8 (P, 3), got {dtype} {shape}")
         if name.endswith("_sizes") and (dtype != np.int64 or len(shape) != 2 or shape[-1] != 2):
             raise SamplesFileError(f"{where}: '{name}' must be int64 (N, 2), got {dtype} {shape}")
-    for name in ("samples", "targets"):
-        if (f"{name}_pixels" in declared) != (f"{name}_sizes" in declared):
-            raise SamplesFileError(f"{where}: '{name}_pixels' and '{name}_sizes' come together; the file has one")
+        if name in _PROMPT_ARRAYS and (dtype != _PROMPT_ARRAYS[name] or len(shape) != 1):
+            raise SamplesFileError(f"{where}: '{name}' must be {np.dtype(_PROMPT_ARRAYS[name])} (n,), got {dtype} "
+                                   f"{shape}")
+    for first, second in (("samples_pixels", "samples_sizes"), ("targets_pixels", "targets_sizes"),
+                          tuple(_PROMPT_ARRAYS)):
+        if (first in declared) != (second in declared):
+            raise SamplesFileError(f"{where}: '{first}' and '{second}' come together; the file has one")
     return declared
+
+
+_PROMPT_ARRAYS = {"prompts_utf8": np.uint8, "prompt_ends": np.int64}  #: the prompts' arrays and their dtypes
 
 
 def _split_images(archive, name, declared, where):
@@ -208,9 +229,34 @@ def _split_images(archive, name, declared, where):
     return images
 
 
+def _split_prompts(archive, declared, count, where):
+    """The stored prompts (a list of `count` str), or None when the file has none; the offsets are checked
+    against the bytes before the bytes are read, and the bytes decoded strictly."""
+    if "prompt_ends" not in declared:
+        return None
+    ends, size = archive["prompt_ends"], declared["prompts_utf8"][0][0]
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    if len(ends) != count or (len(ends) and (ends[-1] != size or (ends < starts).any())):
+        raise SamplesFileError(f"{where}: 'prompt_ends' does not describe the {size} bytes of 'prompts_utf8' for "
+                               f"{count} samples (one non-decreasing end offset per sample, the last one {size})")
+    data = archive["prompts_utf8"].tobytes()
+    try:
+        return [data[start:end].decode("utf-8") for start, end in zip(starts.tolist(), ends.tolist())]
+    except UnicodeDecodeError as error:
+        raise SamplesFileError(f"{where}: 'prompts_utf8' is not valid UTF-8 ({error.reason} at byte "
+                               f"{error.start})") from None
+
+
 def read_samples_file(path, where=None):
     """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None), each a uint8
-    (N, H, W, 3) array, or a list of uint8 (H, W, 3) arrays when the images differ in size.
+    (N, H, W, 3) array, or a list of uint8 (H, W, 3) arrays when the images differ in size. Stored prompts are
+    checked and left out (:func:`read_samples_and_prompts` returns them)."""
+    return read_samples_and_prompts(path, where)[:2]
+
+
+def read_samples_and_prompts(path, where=None):
+    """Read an archive written by :func:`write_samples_file`: returns (samples, targets or None, prompts or None);
+    images as :func:`read_samples_file` gives them, prompts a list of one str per sample.
 
     The file is checked from its headers before anything is allocated (size limit, see the module docstring);
     any problem of the file raises :class:`SamplesFileError` (a ValueError) naming `where` (default: `path`).
@@ -224,12 +270,13 @@ def read_samples_file(path, where=None):
         with np.load(path, allow_pickle=False) as archive:
             samples = _split_images(archive, "samples", declared, where)
             targets = _split_images(archive, "targets", declared, where)
+            prompts = _split_prompts(archive, declared, len(samples), where)
     except SamplesFileError:
         raise
     except (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         raise SamplesFileError(f"{where}: cannot read the samples ({str(error).splitlines()[0]}); the file is "
                                "corrupt or truncated") from None
-    return samples, targets
+    return samples, targets, prompts
 
 
 def _resolve_run_id(run_id):
@@ -244,8 +291,8 @@ def _resolve_run_id(run_id):
 
 
 def log_gen_samples(samples, step: int, run_id: Optional[str] = None, value_range: Optional[Tuple[float, float]] = None,
-                    targets=None, client=None) -> str:
-    """Store ``samples`` (and optional paired ``targets``) of training ``step`` in an MLflow run.
+                    targets=None, client=None, prompts: Optional[Sequence[str]] = None) -> str:
+    """Store ``samples`` (and optional paired ``targets`` and ``prompts``) of training ``step`` in an MLflow run.
 
     ``samples``: any image input of :mod:`genmetrics.stats.images.image_input` (uint8, or floats in [0, 1] or
     in a declared ``value_range`` such as (-1, 1); NCHW/NHWC batches, lists of images, ...).
@@ -254,10 +301,15 @@ def log_gen_samples(samples, step: int, run_id: Optional[str] = None, value_rang
     Logging the same step twice replaces its samples (the tag points at the same path).
     Works with the active run or the given ``run_id``; ``client`` defaults to a new
     ``MlflowClient()`` on the current tracking URI. Returns the artifact path.
+    ``prompts``: one text per sample, in order (a ValueError naming both counts otherwise), stored beside the
+    samples; deferred scoring passes them to ``clip_score``.
     """
     from mlflow.tracking import MlflowClient
 
+    from .prompt_scoring import check_prompt_count, check_prompts
+
     step = _check_step(step)
+    prompts = check_prompts(prompts)
     run_id = _resolve_run_id(run_id)
     client = client or MlflowClient()
     sample_array = to_uint8_nhwc(samples, value_range, name="samples")
@@ -267,10 +319,12 @@ def log_gen_samples(samples, step: int, run_id: Optional[str] = None, value_rang
         if image_shapes(target_array) != image_shapes(sample_array):
             raise ValueError(f"targets must match samples one to one: samples {_described(sample_array)}, targets "
                              f"{_described(target_array)}")
+    if prompts is not None:
+        check_prompt_count(len(sample_array), len(prompts))
     artifact_path = samples_artifact_path(step)
     with tempfile.TemporaryDirectory(prefix="genmetrics-samples-") as tmp:
         local = os.path.join(tmp, os.path.basename(artifact_path))
-        write_samples_file(local, sample_array, target_array)
+        write_samples_file(local, sample_array, target_array, prompts)
         client.log_artifact(run_id, local, os.path.dirname(artifact_path))
     client.set_tag(run_id, SAMPLES_TAG_PREFIX + str(step), artifact_path)
     return artifact_path

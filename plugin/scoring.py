@@ -15,12 +15,14 @@
   images); without targets they measure *diversity*: the mean over ``diversity_pairs`` seeded random
   pairs of distinct samples (pairs drawn among the first ``2 * diversity_pairs`` samples), logged under
   ``*_diversity`` keys so the key always says which one it is.
+- **CLIP score** (``clip_score``): sample i against prompt i of ``prompts``,
+  ``mean_i 100 max(cos(image_i, text_i), 0)`` with CLIP, in the same pass (:mod:`genmetrics.plugin.prompt_scoring`).
 
 Metric keys are ``prefix + name`` with names ``fid, kid, kid_std, is, is_std, ssim, ms_ssim, lpips``,
-``fd_dinov2, cmmd, copy`` and ``ssim_diversity, ms_ssim_diversity, lpips_diversity``. Provenance is returned in
-``ScoreResult.params`` (reference id/version/sha256, mode, extractor, layer, weights sha256, sample count, seed,
-metric settings) and ``ScoreResult.tags`` (package versions, skipped metrics, allowed mismatches);
-`log_gen_metrics` logs both as MLflow tags.
+``fd_dinov2, cmmd, copy, clip_score`` and ``ssim_diversity, ms_ssim_diversity, lpips_diversity``. Provenance is
+returned in ``ScoreResult.params`` (reference id/version/sha256, mode, extractor, layer, weights sha256, sample
+count, seed, metric settings, clip_score's model and prompts_sha256) and ``ScoreResult.tags`` (package versions,
+skipped metrics, allowed mismatches); `log_gen_metrics` logs both as MLflow tags.
 
 Requested vs default metrics: with ``metrics=None`` (the default set ``fid, kid, is, ssim, lpips``) a
 metric whose inputs are unavailable (no reference; a reference without stored features for KID; an
@@ -50,6 +52,7 @@ from genmetrics.stats.messages import first_time
 from .distributed_call import call_settings
 from .grid import gather_images, stack_images
 from .options import OPTION_NAMES, ScoreOptions
+from .prompt_scoring import check_prompts, prompt_scores
 from .sample_input import SampleBatches, as_float01, as_uint8_nhwc
 
 __all__ = ["score_samples", "ScoreResult", "ScoreOptions"]
@@ -178,6 +181,8 @@ class _Plan:
     copies: Optional[dict] = None  #: copy_detection's result, when metric copy was computed
     accumulator: object = None  #: the FeatureAccumulator of the feature metrics (None without them)
     metric_params: dict = field(default_factory=dict)  #: the settings the metrics report (KID's subsets, ...)
+    prompts: object = None  #: the PromptScores of clip_score (None without it; prompt_scoring.py)
+    prompt_params: dict = field(default_factory=dict)  #: clip_score's provenance (model, prompts_sha256)
 
 
 def _check_metrics(metrics):
@@ -196,7 +201,8 @@ def _check_metrics(metrics):
 def _plan(opts, ref):
     names, explicit = _check_metrics(opts.metrics)
     plan = _Plan(names, _Skips(explicit, opts.prefix), [m for m in names if METRICS[m].kind == "features"],
-                 [m for m in names if METRICS[m].kind == "images"], _resolve_device(opts.device))
+                 [m for m in names if METRICS[m].kind == "images" and not _needs(m, "prompts")],
+                 _resolve_device(opts.device))
     if ref is None:
         for m in [m for m in plan.feature_metrics if _needs(m, "reference")]:
             plan.skips.skip(m, "no reference given; pass reference='<registry ref>' or a path to an .h5 file")
@@ -350,10 +356,11 @@ def _local_share(opts, rank, world):
     return shard_size(opts.num_samples, rank, world)
 
 
-def _accumulate(batches, targets, opts, plan, rank, world):
+def _accumulate(batches, targets, opts, plan):
     """One pass over this rank's `batches` (a :class:`SampleBatches`; none when its share of `num_samples` is 0):
-    each batch, decoded once, feeds the feature accumulator and the paired sums, and the stream keeps the first
-    images (the preview's, and the diversity pairs'). `targets` (a SampleBatches or None) are decoded once too."""
+    each batch, decoded once, feeds the feature accumulator, the paired sums and the CLIP score's sums, and the
+    stream keeps the first images (the preview's, and the diversity pairs'). `targets` (a SampleBatches or None)
+    are decoded once too. Local work only: :func:`_combine` meets the other ranks once every rank succeeded."""
     paired = _PairedSums(targets, opts, plan) if targets is not None and plan.image_metrics else None
     batches.keep = PREVIEW_MAX_IMAGES if paired or not plan.image_metrics else max(PREVIEW_MAX_IMAGES,
                                                                                    2 * opts.diversity_pairs)
@@ -362,16 +369,25 @@ def _accumulate(batches, targets, opts, plan, rank, world):
             plan.accumulator.update(batch)
         if paired is not None:
             paired.update(batch)
+        if plan.prompts is not None:
+            plan.prompts.update(batch)
     if paired is not None:
         paired.check_count()
     elif targets is not None:  # targets are checked even when no image metric uses them
         _check_target_count(batches.count, sum(batch.shape[0] for batch in targets))
+    if plan.prompts is not None:
+        plan.prompts.check_count()
     kept, mixed_sizes = stack_images(batches.kept, batches.keep)  # samples of different sizes: fitted into one cell
+    return _Pass(plan.accumulator, paired, kept, [batches.count], mixed_sizes)
+
+
+def _combine(done, keep, rank, world):
+    """Under a process group, after every rank's pass succeeded: the kept images of all ranks (at most `keep`)
+    and every rank's number of samples (collectives, in the same order on every rank)."""
     if world > 1:
-        kept, mixed_sizes = gather_images(kept, mixed_sizes, batches.keep)
-    count = batches.count
-    counts = [count] if world == 1 else [int(c) for c in all_reduce_sum(np.eye(world)[rank] * count)]
-    return _Pass(plan.accumulator, paired, kept, counts, mixed_sizes)
+        done.kept, done.mixed_sizes = gather_images(done.kept, done.mixed_sizes, keep)
+        done.counts = [int(c) for c in all_reduce_sum(np.eye(world)[rank] * done.counts[0])]
+    return done
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,6 +448,8 @@ def _compute(done, ref, opts, plan):
         results.update(done.paired.means(len(done.counts) > 1))
     elif plan.image_metrics:
         results.update(_diversity(done.kept, opts, plan, done.mixed_sizes))
+    if plan.prompts is not None:
+        results["clip_score"], plan.prompt_params = plan.prompts.finish(len(done.counts) > 1)
     return results
 
 
@@ -524,6 +542,7 @@ def _params(ref, done, opts, plan):
         params.update({"mode": plan.mode, "extractor": provenance["feature_extractor"], "feature_layer": plan.layer,
                        "weights_sha256": provenance["weights_sha256"], "precision": opts.precision})
     params.update(plan.metric_params)  # the metrics' own settings as computed (KID's subsets, PRDC's k, ...)
+    params.update(plan.prompt_params)  # clip_score's model and the hash of the prompts
     if plan.image_metrics:
         params["image_metrics"] = "paired" if paired else "diversity"
         if not paired:
@@ -550,6 +569,7 @@ def score_samples(
     reference=None,
     metrics: Optional[Sequence[str]] = None,
     targets=None,
+    prompts: Optional[Sequence[str]] = None,
     prefix: str = DEFAULT_PREFIX,
     value_range: Optional[Tuple[float, float]] = None,
     mode: Optional[str] = None,
@@ -580,6 +600,10 @@ def score_samples(
         reference: registry ref (``"cifar10-train-32"``), ``.h5`` path or `ReferenceStats`; needed by FID/KID.
         targets: images paired one-to-one with the samples (same form, same `value_range`) for
             SSIM/MS-SSIM/LPIPS; without targets those metrics measure diversity.
+        prompts: texts paired one-to-one with the samples, in order, for ``clip_score`` (its CLIP model: the
+            metric option ``clip_score_model``, default ``clip-vit-b-32``). Read only when ``clip_score`` is
+            asked for: otherwise only checked to be strings, neither encoded nor counted. Under a process group each rank passes the
+            prompts of its own samples.
 
     Every other keyword is an option, declared once in :class:`genmetrics.plugin.options.ScoreOptions` (its
     meaning, default and check: ``help(ScoreOptions)``); this signature lists the same names and defaults, which
@@ -587,14 +611,16 @@ def score_samples(
 
     Raises:
         ValueError: bad images or options, unknown metrics, a metric named explicitly whose input is missing, a
-            reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`).
+            reference made with other preprocessing, extractor, layer or weights (without `allow_mismatch`);
+            ``clip_score`` without prompts or with another number of prompts than samples (both counts named;
+            before the pass when the count is known up front, else when it ends, before returning).
     """
     given = locals()  # exactly the parameters: nothing else is defined yet
     opts = ScoreOptions(**{name: given[name] for name in OPTION_NAMES})
-    return _score(samples, reference, targets, opts)
+    return _score(samples, reference, targets, opts, check_prompts(prompts))
 
 
-def _score(samples, reference, targets, opts):
+def _score(samples, reference, targets, opts, prompts=None):
     """`score_samples` once its options are checked: plan, one pass over the samples, the metrics, provenance.
     Under a process group a failure on any rank (before the pass, or in it) raises on every rank."""
     from genmetrics.registry import load
@@ -602,22 +628,25 @@ def _score(samples, reference, targets, opts):
     rank, world = rank_and_world() if opts.distributed else (0, 1)
     error = done = None
     try:  # the input is decoded here, once: its first batch now (bad input fails before any network loads)
-        batches = SampleBatches.of(samples, _local_share(opts, rank, world), opts.batch_size, opts.value_range).peek()
+        share = _local_share(opts, rank, world)
+        batches = SampleBatches.of(samples, share, opts.batch_size, opts.value_range).peek()
         targets = None if targets is None else SampleBatches.of(targets, None, opts.batch_size, opts.value_range)
         ref = None if reference is None else load(reference, progress=False)
         plan = _plan(opts, ref)
+        plan.prompts = prompt_scores(plan.names, prompts, opts, plan.device, samples, share)
         settings = call_settings(opts, ref, targets) if world > 1 else {}
     except Exception as exc:  # noqa: BLE001 - under a process group every rank must learn of it (below)
         error, settings = exc, {}
     if world > 1:  # the first collective: the ranks' calls agree, or every rank raises naming the difference
         check_same_call("score_samples", settings, error)
     try:
-        done = None if error is not None else _accumulate(batches, targets, opts, plan, rank, world)
+        done = None if error is not None else _accumulate(batches, targets, opts, plan)
     except Exception as exc:  # noqa: BLE001 - under a process group every rank must learn of it (below)
         error = exc
     check_all_ranks(error if world > 1 else None)
     if error is not None:
         raise error
+    done = _combine(done, batches.keep, rank, world)
     if sum(done.counts) == 0:
         raise ValueError("no samples were given; pass at least 2 images")
     results = _compute(done, ref, opts, plan)

@@ -10,7 +10,7 @@ __all__ = ["MODES", "DEFAULT_MODE", "FEATURE_LAYER", "LOGITS_LAYER", "FEATURE_EX
            "DEFAULT_BATCH_SIZE", "DEFAULT_PRECISION", "DEFAULT_SEED", "DEFAULT_LPIPS_NET", "DIVERSITY_PAIRS",
            "WATCH_INTERVAL_S", "PROVENANCE_KEYS", "PRECISIONS", "KID_SUBSETS", "KID_SUBSET_SIZE", "IS_SPLITS",
            "COPY_THRESHOLD", "PRDC_K", "FID_INF_MIN_SAMPLES", "FID_INF_POINTS", "CLIP_CONTEXT_LENGTH",
-           "ADM_PR_K", "SPATIAL_LAYER"]
+           "ADM_PR_K", "SPATIAL_LAYER", "CLIP_SCORE_MODEL"]
 
 #: Image preprocessing modes (see :mod:`genmetrics.stats.images.preprocess`): clean-fid's, TTUR/torch-fidelity's,
 #: pytorch-fid's.
@@ -89,3 +89,6 @@ SPATIAL_LAYER = "spatial"
 #: precision/recall by the ADM evaluator's rule (:mod:`genmetrics.stats.metrics.precision_recall`): each point's
 #: radius is the squared distance to its k-th nearest other point of its set, k = 3 (Kynkäänniemi et al.).
 ADM_PR_K = 3
+#: The CLIP model of the ``clip_score`` metric (its table option ``model``, set as ``clip_score_model``): ViT-B/32,
+#: as most text-to-image papers report it.
+CLIP_SCORE_MODEL = "clip-vit-b-32"

@@ -13,7 +13,8 @@ The sample side is the accumulator's :class:`~genmetrics.stats.streaming.accumul
 ``genmetrics fid`` command line both call :func:`compare`, so they cannot disagree; ``--help`` and the docs'
 metric list read :data:`METRICS`. SSIM, MS-SSIM and LPIPS are declared here too (``kind="images"``): they
 compare images, pairwise, not two sides, and are computed by the plugin's scoring (paired with targets, or
-diversity: ``<name>_diversity``).
+diversity: ``<name>_diversity``); so is the CLIP score (``clip_score``, needs ``"prompts"``: sample i against
+prompt i, ``genmetrics.plugin.prompt_scoring``).
 
 A metric of your own is one call (:func:`register_metric`)::
 
@@ -27,8 +28,8 @@ This module imports neither torch nor numpy at import time (the command line lis
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .defaults import (ADM_PR_K, COPY_THRESHOLD, FID_INF_MIN_SAMPLES, FID_INF_POINTS, IS_SPLITS, KID_SUBSET_SIZE,
-                       KID_SUBSETS, PRDC_K, SPATIAL_LAYER)
+from .defaults import (ADM_PR_K, CLIP_SCORE_MODEL, COPY_THRESHOLD, FID_INF_MIN_SAMPLES, FID_INF_POINTS, IS_SPLITS,
+                       KID_SUBSET_SIZE, KID_SUBSETS, PRDC_K, SPATIAL_LAYER)
 
 __all__ = ["Metric", "MetricValue", "MetricError", "METRICS", "register_metric", "unregister_metric", "metric",
            "compare", "metric_options", "check_options", "frechet_order", "Comparison"]
@@ -63,7 +64,8 @@ class Metric:
     settings and their defaults; a caller sets one as ``<name>_<option>`` (``kid_subsets=50``) and ``seed``
     as ``seed``. needs: ``"reference"`` (a reference side), ``"features"`` (the features of both sides),
     ``"sample_features"`` (the samples' features), ``"logits"`` (the samples' classifier outputs),
-    ``"spatial"`` (both sides' moments of the Inception's ``spatial`` layer, through ``side.layer("spatial")``).
+    ``"spatial"`` (both sides' moments of the Inception's ``spatial`` layer, through ``side.layer("spatial")``),
+    ``"prompts"`` (one text per sample, ``prompts=`` of the scoring call; an image metric).
     extractor: the feature space it is defined on, as a prefix of the recorded extractor name
     (``"inception"``, ``"dinov2-"``, ``"clip-"``), or None for any. min_samples: fewer samples are an error.
     kind: ``"features"`` (computed here from two sides) or ``"images"`` (pairwise on images, by the plugin).
@@ -262,6 +264,9 @@ METRICS = {m.name: m for m in (
            keys=("ms_ssim", "ms_ssim_diversity"), needs=frozenset(), extractor=None, kind="images"),
     Metric("lpips", "LPIPS distance: paired with targets, else diversity (lpips_diversity)",
            keys=("lpips", "lpips_diversity"), needs=frozenset(), extractor=None, kind="images"),
+    Metric("clip_score", "CLIP score (Hessel et al. 2021): mean over pairs of 100 max(cos(image_i, prompt_i), 0) "
+           "in CLIP's space; needs prompts=[...], one per sample", keys=("clip_score",),
+           options={"model": CLIP_SCORE_MODEL}, needs=frozenset({"prompts"}), extractor=None, kind="images"),
 )}
 _BUILT_IN = frozenset(METRICS)
 

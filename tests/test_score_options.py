@@ -12,7 +12,7 @@ from genmetrics.plugin.cli import build_parser
 from genmetrics.plugin.options import OPTION_NAMES, ScoreOptions, option_help
 from genmetrics.stats import defaults
 
-NOT_OPTIONS = ("samples", "reference", "targets")  # score_samples' inputs; every other parameter is an option
+NOT_OPTIONS = ("samples", "reference", "targets", "prompts")  # score_samples' inputs; every other one is an option
 
 
 def _parameters(function, leave_out=()):
