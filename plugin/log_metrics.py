@@ -159,7 +159,8 @@ def log_gen_metrics(
 
     if blocking:
         return score_and_log(samples, targets, opts.value_range)
-    return _in_background(score_and_log, samples, targets, opts, (run_id, tracking_uri, client, step), prompt_count)
+    return _in_background(score_and_log, samples, targets, opts, (run_id, tracking_uri, client, step), prompt_count,
+                          prompts)
 
 
 def _check_prompts_up_front(samples, prompts, opts, rank, world):
@@ -175,11 +176,12 @@ def _check_prompts_up_front(samples, prompts, opts, rank, world):
     return prompts, len(prompts)
 
 
-def _in_background(score_and_log, samples, targets, opts, where, prompt_count=None):
+def _in_background(score_and_log, samples, targets, opts, where, prompt_count=None, prompts=None):
     """Draw the samples (and targets) now, score and log them on the background worker; a Future of the dict.
     `where` = (run_id, tracking_uri, client, step): where an interrupt spools the drawn samples unscored.
     `prompt_count`: the number of prompts a metric pairs with the samples (their list, copied by the caller, is
-    held by `score_and_log`), checked here against the number drawn; None when no metric uses prompts.
+    held by `score_and_log`), checked here against the number drawn; None when no metric uses prompts. `prompts`
+    (that list) are spooled with the samples when an interrupt leaves the step unscored.
 
     The input is decoded once, here: the held batches (:meth:`SampleBatches.drawn`) are what scoring, the grids
     and the spool consume, without decoding again."""
@@ -192,17 +194,17 @@ def _in_background(score_and_log, samples, targets, opts, where, prompt_count=No
     # the drawn batches are already uint8 or float in [0, 1]: no value_range in the background
     return background.submit(lambda: score_and_log(drawn, drawn_targets, None),
                              description=f"scoring of step {where[3]}",
-                             on_interrupt=lambda: _spool_unscored(drawn, drawn_targets, *where))
+                             on_interrupt=lambda: _spool_unscored(drawn, drawn_targets, *where, prompts=prompts))
 
 
-def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step):
+def _spool_unscored(drawn, drawn_targets, run_id, tracking_uri, client, step, prompts=None):
     """Spool the drawn samples of a step that an interrupt left unscored, for deferred scoring (the held batches of
     `drawn` / `drawn_targets`, :class:`SampleBatches`, quantised to uint8 without decoding again)."""
     from .samples import to_uint8_nhwc
 
     samples = to_uint8_nhwc(drawn)  # the batches as drawn: images of different sizes stay apart
     targets = to_uint8_nhwc(drawn_targets, name="targets") if drawn_targets is not None else None
-    get_sender(tracking_uri, client).spool_samples(run_id, step, samples, targets)
+    get_sender(tracking_uri, client).spool_samples(run_id, step, samples, targets, prompts)
 
 
 #: The options `log_gen_metrics` takes as ``**score_options``: every option of `ScoreOptions` except its own

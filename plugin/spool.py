@@ -582,9 +582,10 @@ class Sender:
         except RuntimeError:  # at interpreter shutdown no thread starts; the exit hook's replay tries once more
             pass
 
-    def spool_samples(self, run_id, step, samples, targets=None):
-        """Spool uint8 NHWC `samples` (and `targets`) of `step` for deferred scoring, without contacting the
-        server: replay uploads them as `log_gen_samples` would (``genmetrics score RUN_ID`` scores them)."""
+    def spool_samples(self, run_id, step, samples, targets=None, prompts=None):
+        """Spool uint8 NHWC `samples` (and `targets`, and `prompts`) of `step` for deferred scoring, without
+        contacting the server: replay uploads them as `log_gen_samples` would (``genmetrics score RUN_ID`` scores
+        them)."""
         from .samples import write_samples_file
 
         op = {"op": "log_samples", "run_id": run_id, "step": int(step), "id": uuid.uuid4().hex}
@@ -592,7 +593,7 @@ class Sender:
         self._prepare(self.directory)
         tmp = os.path.join(self.directory, op["npz"] + ".tmp")
         _private_file(tmp).close()  # write_samples_file truncates it and keeps its mode
-        write_samples_file(tmp, samples, targets)
+        write_samples_file(tmp, samples, targets, prompts)
         os.replace(tmp, os.path.join(self.directory, op["npz"]))
         self._spool(op, None)
         return op

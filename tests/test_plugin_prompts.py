@@ -214,3 +214,16 @@ def test_two_ranks_pair_their_own_prompts(clip_env, images, expected, tmp_path):
     # the same batches as the oracle's; one thread per rank (OMP_NUM_THREADS=1) rounds float32 sums differently
     assert seen[0]["metrics"]["gen/clip_score"] == pytest.approx(expected, abs=1e-5)
     assert seen[0]["prompts_sha256"] == prompts_sha256(PROMPTS)
+
+
+def test_an_interrupted_step_is_spooled_with_its_prompts(tmp_path, genmetrics_home):
+    """The spool keeps the prompts beside the samples of a step an interrupt left unscored (deferred clip_score)."""
+    from genmetrics.plugin import spool
+    from genmetrics.plugin.samples import read_samples_and_prompts
+
+    images = tiny_images(3, seed=4)
+    op = spool.Sender(f"sqlite:///{tmp_path / 'm.db'}").spool_samples("run", 2, images, None, ["a", "b é", ""])
+    samples, targets, stored = read_samples_and_prompts(os.path.join(spool.Sender(f"sqlite:///{tmp_path / 'm.db'}")
+                                                                     .directory, op["npz"]))
+    assert stored == ["a", "b é", ""] and targets is None
+    np.testing.assert_array_equal(samples, images)
