@@ -68,13 +68,13 @@ def sampler(module, n):
     return images
 
 
-def train(out_dir, tracking_uri, reference, devices=1, logger=True):
+def train(out_dir, tracking_uri, reference, devices=1, logger=True, strategy="ddp"):
     """Fit the toy generator for MAX_STEPS steps on the CPU; the callback logs to an MLFlowLogger's run on
     `tracking_uri` (experiment ``lightning``) when `logger`, else to the active run. Returns the trainer."""
     callback = GenMetricsCallback(sampler, reference, NUM_SAMPLES, every_n_train_steps=EVERY_N_STEPS,
                                   every_n_epochs=1, model=TinyExtractor(), **SCORE_OPTIONS)
     mlflow_logger = L.pytorch.loggers.MLFlowLogger(experiment_name="lightning", tracking_uri=tracking_uri)
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy if devices > 1 else "auto",
                         max_steps=MAX_STEPS, callbacks=[callback], logger=mlflow_logger if logger else False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     data = torch.utils.data.DataLoader(torch.zeros(MAX_STEPS * devices, 1), batch_size=1)
@@ -83,8 +83,8 @@ def train(out_dir, tracking_uri, reference, devices=1, logger=True):
 
 
 if __name__ == "__main__":
-    out, uri, ref, devices = sys.argv[1:5]
-    trained = train(out, uri, ref, devices=int(devices))
+    out, uri, ref, devices, strategy = (sys.argv[1:6] + ["ddp"])[:5]
+    trained = train(out, uri, ref, devices=int(devices), strategy=strategy)
     if trained.global_rank == 0:
         with open(os.path.join(out, "run_id"), "w") as f:
             f.write(trained.logger.run_id)

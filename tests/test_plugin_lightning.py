@@ -93,16 +93,23 @@ def test_one_process_logs_each_key_once_per_trigger_to_the_mlflow_logger_run(tmp
     _assert_history_equals_log_gen_metrics(_store(tmp_path), trainer.logger.run_id, out, tiny_reference_path, 1)
 
 
-def test_two_ddp_processes_score_their_shares_and_rank_0_logs_once(tmp_path, tiny_reference_path):
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_ddp_processes_score_their_shares_and_rank_0_logs_once(tmp_path, tiny_reference_path, strategy):
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, os.path.join(HERE, "lightning_jobs.py"), str(out), _store(tmp_path), tiny_reference_path,
-               "2"]
+               "2", strategy]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     _assert_sampler_saw_eval_and_no_grad(out, 2, [3, 4])  # 7 samples: contiguous shares 7*1//2 and 7*2//2 - 3
     run_id = (out / "run_id").read_text()
+    if strategy == "ddp_spawn":  # the spawned rank 0's logger starts its own run (Lightning's): the one with scores
+        client = MlflowClient(_store(tmp_path))
+        experiment = client.get_experiment_by_name("lightning")
+        scored = [r.info.run_id for r in client.search_runs([experiment.experiment_id]) if "gen/fid" in r.data.metrics]
+        assert len(scored) == 1, scored
+        run_id = scored[0]
     _assert_history_equals_log_gen_metrics(_store(tmp_path), run_id, out, tiny_reference_path, 2)
 
 
