@@ -25,7 +25,6 @@ Provenance: ``clip_score_model``, ``clip_score_weights_sha256`` and ``prompts_sh
 """
 import functools
 import hashlib
-import os
 from typing import Optional
 
 import numpy as np
@@ -84,14 +83,14 @@ def _default_clip_model(name, device, weights_env):
 def _clip_model(choice, device):
     """The ClipModel of option `choice`: a loaded ClipModel as it is, or a model name loaded once per process."""
     from genmetrics.stats.networks.clip_text import CLIP_TEXT_ARCHS, ClipModel
-    from genmetrics.stats.networks.extractor import extractor_spec
+    from genmetrics.stats.environment import weights_variable
 
     if isinstance(choice, ClipModel):
         return choice
     if choice not in CLIP_TEXT_ARCHS:
         raise ValueError(f"clip_score_model must be one of {sorted(CLIP_TEXT_ARCHS)} or a loaded ClipModel, got "
                          f"{choice!r}")
-    return _default_clip_model(choice, device, os.environ.get(extractor_spec(choice).weights_env, ""))
+    return _default_clip_model(choice, device, weights_variable(choice).value() or "")
 
 
 class PromptScores:
