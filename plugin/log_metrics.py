@@ -121,7 +121,6 @@ def log_gen_metrics(
     but ``copy_pairs``, which follows `log_grid`; they are checked before anything is drawn (an unknown name is a
     TypeError listing the valid ones). `client` is an `MlflowClient` to log with (its tracking URI), default the
     fluent API's tracking URI. Wrong prompt counts raise before anything is logged.
-
     Lineage (`genmetrics.plugin.lineage`): the reference file is logged once per run as a dataset input; `model_id`
     (a LoggedModel's id; default MLflow's active model) links the metrics to that model too (MLflow >= 3).
 
