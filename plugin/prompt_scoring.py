@@ -103,7 +103,7 @@ class PromptScores:
 
     def update(self, batch):
         """Embed one batch of samples (uint8 or float [0, 1], (n, 3, H, W)) and its prompts; add their pairs."""
-        from genmetrics.stats.metrics.clip_score import pair_cosines
+        from genmetrics.stats.metrics.clip_score import pair_scores
         from genmetrics.stats.networks.clip import CLIP_LAYER
         from genmetrics.stats.networks.clip_tokenizer import clip_tokenize
         from genmetrics.stats.streaming.clip_score import text_embeddings
@@ -116,7 +116,7 @@ class PromptScores:
         image = extract_features(batch, model=self.model.image, batch_size=self.batch_size, progress=False,
                                  layers=[CLIP_LAYER])[CLIP_LAYER]
         text = text_embeddings(self.model.text, clip_tokenize(texts), self.batch_size)
-        self.total += float((100.0 * pair_cosines(image, text).clamp(min=0)).sum())
+        self.total += float(pair_scores(image, text).sum())
         self.pairs += len(texts)
 
     def check_count(self):
@@ -127,7 +127,7 @@ class PromptScores:
         """(clip_score, provenance params), over all ranks when `distributed` (collectives: every rank calls it).
         ``prompts_sha256`` is :func:`genmetrics.registry.prompts_store.prompts_sha256` of every rank's prompts in
         rank order (the order of the samples): the sha256 of their UTF-8 bytes, each followed by a newline."""
-        from genmetrics.registry.prompts_store import prompts_sha256
+        from genmetrics.registry.prompts_store import prompts_bytes, prompts_sha256
 
         totals = np.array([self.pairs, self.total], dtype=np.float64)
         digest = prompts_sha256(self.prompts)
@@ -137,7 +137,7 @@ class PromptScores:
             from genmetrics.stats.streaming.distributed import all_gather_rows, all_reduce_sum
 
             totals = all_reduce_sum(totals)
-            text = bytearray(b"".join(prompt.encode("utf-8") + b"\n" for prompt in self.prompts))
+            text = bytearray(prompts_bytes(self.prompts))
             gathered = all_gather_rows(torch.frombuffer(text, dtype=torch.uint8) if text else None)
             digest = hashlib.sha256(b"" if gathered is None else gathered.numpy().tobytes()).hexdigest()
         params = {"clip_score_model": self.model.name, "clip_score_weights_sha256": self.model.image.weights_sha256,

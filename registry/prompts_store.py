@@ -21,7 +21,7 @@ import numpy as np
 
 from .refstats_checks import RefStatsFormatError
 
-__all__ = ["MAX_PROMPT_BYTES", "prompts", "prompts_sha256", "write_prompts", "read_prompts"]
+__all__ = ["MAX_PROMPT_BYTES", "prompts", "prompts_bytes", "prompts_sha256", "write_prompts", "read_prompts"]
 
 #: Largest stored prompt text (all prompts together): 30,000 COCO captions take about 1.6 MB.
 MAX_PROMPT_BYTES = 256 << 20
@@ -40,12 +40,14 @@ def prompts(ref, progress=True):
     return list(stats.prompts)
 
 
+def prompts_bytes(prompts):
+    """The prompts in order as hashed: their UTF-8 bytes, each followed by a newline (ranks' bytes concatenate)."""
+    return b"".join(prompt.encode("utf-8") + b"\n" for prompt in prompts)
+
+
 def prompts_sha256(prompts):
-    """sha256 (hex) of the prompts in order: of their UTF-8 bytes, each followed by a newline."""
-    digest = hashlib.sha256()
-    for prompt in prompts:
-        digest.update(prompt.encode("utf-8") + b"\n")
-    return digest.hexdigest()
+    """sha256 (hex) of :func:`prompts_bytes` of the prompts."""
+    return hashlib.sha256(prompts_bytes(prompts)).hexdigest()
 
 
 def write_prompts(f, prompts):

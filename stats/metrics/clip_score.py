@@ -14,7 +14,7 @@ import torch
 
 from .pairwise import as_feature_matrix
 
-__all__ = ["clip_score_from_embeddings", "pair_cosines"]
+__all__ = ["clip_score_from_embeddings", "pair_scores", "pair_cosines"]
 
 
 def pair_cosines(image_emb, text_emb) -> torch.Tensor:
@@ -37,6 +37,12 @@ def pair_cosines(image_emb, text_emb) -> torch.Tensor:
     return (image_emb * text_emb).sum(dim=1) / norms
 
 
+def pair_scores(image_emb, text_emb) -> torch.Tensor:
+    """``100 max(cos_i, 0)`` of each of N pairs of embeddings (float64 (N,)); their mean is the CLIPScore, and
+    scoring sums them batch by batch. Raises as :func:`pair_cosines`."""
+    return 100.0 * pair_cosines(image_emb, text_emb).clamp(min=0)
+
+
 def clip_score_from_embeddings(image_emb, text_emb) -> float:
     """CLIPScore ``mean_i 100 max(cos_i, 0)`` of N pairs of embeddings (module docstring), a float in [0, 100].
 
@@ -51,4 +57,4 @@ def clip_score_from_embeddings(image_emb, text_emb) -> float:
         >>> clip_score_from_embeddings(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]))  # doctest: +ELLIPSIS
         70.71...
     """
-    return float(100.0 * pair_cosines(image_emb, text_emb).clamp(min=0).mean())
+    return float(pair_scores(image_emb, text_emb).mean())
